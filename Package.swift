@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Hot loops are built with bounds checks off and AVX2/FMA code generation: every machine kind
+// this project runs on is x86-64-v3 or better (see BENCHMARKS.md for the measured effect).
+let hotLoopFlags: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo", "-target-cpu", "x86-64-v3"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Farside",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "farside", targets: ["farside"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // Numeric kernels: matrix-vector/matrix products over F32/F16/BF16 weights, norms, RoPE, softmax.
+        .target(name: "Kernels", swiftSettings: hotLoopFlags),
+        // Checkpoint files: memory-mapped safetensors (single or sharded) and config.json access.
+        .target(name: "Checkpoint", dependencies: ["Kernels"]),
+        // The expert-side interface the attention side calls (in-process now, ZeroMQ later).
+        .target(name: "Protocol"),
+        // Model architectures, one file each, plus their shared blocks and the KV cache.
+        .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: hotLoopFlags),
+        // The expert side: holds routed experts and computes them for batches of rows.
+        .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol"], swiftSettings: hotLoopFlags),
+        // The attention side's driver: generation, sampling, request scheduling.
+        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode"], swiftSettings: hotLoopFlags),
+        .executableTarget(
+            name: "farside",
+            dependencies: [
+                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
+        .testTarget(
+            name: "ModelsTests",
+            dependencies: ["Models", "Checkpoint", "ExpertNode", "Coordinator", "Kernels"]
+        ),
+        .testTarget(name: "CLITests", dependencies: []),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,219 @@
+import Kernels
+
+/// One attention layer of the attention side. It appends its new positions to its `KVCache`
+/// layer and attends causally over everything stored there.
+public protocol AttentionLayer {
+    /// Floats per position this layer stores in the cache: `(widthA, widthB)`.
+    var cacheWidths: (Int, Int) { get }
+    /// `output[n, hidden] = Attn(x[n, hidden])` for positions `start ..< start + n`.
+    /// `cos`/`sin` hold the RoPE table rows for those positions (`[n, ropeDim / 2]`).
+    func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
+                 cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
+                 output: UnsafeMutablePointer<Float>, workspace: Workspace)
+}
+
+@inline(__always)
+func addBias(_ y: UnsafeMutablePointer<Float>, _ bias: [Float]?, rows n: Int) {
+    guard let bias else { return }
+    bias.withUnsafeBufferPointer { b in
+        for t in 0..<n { Elementwise.add(y + t * b.count, b.baseAddress!, count: b.count) }
+    }
+}
+
+/// Softmax-weighted attention of one query over `length` cached rows, the inner loop shared by
+/// every attention variant: `out = Σ_j softmax_j(scale · score_j) · value_j`, fp32 as eager
+/// attention computes it.
+@inline(__always)
+func attend(length: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+            score: (Int) -> Float, value: (Int) -> UnsafePointer<Float>, width: Int,
+            out: UnsafeMutablePointer<Float>) {
+    for j in 0..<length { scores[j] = score(j) * scale }
+    Elementwise.softmax(scores, count: length)
+    out.update(repeating: 0, count: width)
+    for j in 0..<length { Elementwise.addScaled(out, value(j), scale: scores[j], count: width) }
+}
+
+/// Grouped-query attention (Ainslie et al. 2023) with RoPE, as Llama, Mixtral and the Qwen
+/// MoE families use it; optional q/k/v biases (Qwen2) and per-head q/k RMSNorm (Qwen3).
+public final class GroupedQueryAttention: AttentionLayer {
+    public let heads: Int, kvHeads: Int, headDim: Int
+    let wq: Matrix, wk: Matrix, wv: Matrix, wo: Matrix
+    let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?, oBias: [Float]?
+    let qNorm: [Float]?, kNorm: [Float]?
+    let normEps: Float
+    let rope: RotaryEmbedding
+    let scale: Float
+
+    public init(heads: Int, kvHeads: Int, headDim: Int, wq: Matrix, wk: Matrix, wv: Matrix, wo: Matrix,
+                qBias: [Float]? = nil, kBias: [Float]? = nil, vBias: [Float]? = nil, oBias: [Float]? = nil,
+                qNorm: [Float]? = nil, kNorm: [Float]? = nil, normEps: Float = 1e-6, rope: RotaryEmbedding) {
+        self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
+        self.wq = wq; self.wk = wk; self.wv = wv; self.wo = wo
+        self.qBias = qBias; self.kBias = kBias; self.vBias = vBias; self.oBias = oBias
+        self.qNorm = qNorm; self.kNorm = kNorm; self.normEps = normEps
+        self.rope = rope
+        self.scale = 1 / Float(headDim).squareRoot()
+    }
+
+    public var cacheWidths: (Int, Int) { (kvHeads * headDim, kvHeads * headDim) }
+
+    public func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
+                        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
+                        output: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
+        let hd = headDim, qDim = heads * hd, kvDim = kvHeads * hd, half = rope.dim / 2
+        let q = ws.buffer(10, count: n * qDim)
+        let k = cache.a + start * kvDim
+        let v = cache.b + start * kvDim
+        Linear.forward(wq, input: x, count: n, output: q)
+        Linear.forward(wk, input: x, count: n, output: k)
+        Linear.forward(wv, input: x, count: n, output: v)
+        addBias(q, qBias, rows: n)
+        addBias(k, kBias, rows: n)
+        addBias(v, vBias, rows: n)
+        for t in 0..<n {
+            for h in 0..<heads {
+                let row = q + t * qDim + h * hd
+                if let qNorm { Elementwise.rmsNorm(row, weight: qNorm, eps: normEps, dim: hd, output: row) }
+                rope.rotate(row, cos: cos + t * half, sin: sin + t * half)
+            }
+            for h in 0..<kvHeads {
+                let row = k + t * kvDim + h * hd
+                if let kNorm { Elementwise.rmsNorm(row, weight: kNorm, eps: normEps, dim: hd, output: row) }
+                rope.rotate(row, cos: cos + t * half, sin: sin + t * half)
+            }
+        }
+        let ctx = ws.buffer(11, count: n * qDim)
+        let group = heads / kvHeads
+        let keys = UnsafePointer(cache.a), values = UnsafePointer(cache.b)
+        let scale = self.scale, heads = self.heads
+        ThreadPool.shared.parallelFor(n * heads) { lo, hi in
+            // One score row per chunk, sized for the longest context in this batch.
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: start + n) { buf in
+                for idx in lo..<hi {
+                    let t = idx / heads, h = idx % heads, kvh = h / group
+                    let qv = UnsafePointer(q + t * qDim + h * hd)
+                    attend(length: start + t + 1, scale: scale, scores: buf.baseAddress!,
+                           score: { j in Elementwise.dot(qv, keys + j * kvDim + kvh * hd, count: hd) },
+                           value: { j in values + j * kvDim + kvh * hd }, width: hd,
+                           out: ctx + t * qDim + h * hd)
+                }
+            }
+        }
+        Linear.forward(wo, input: ctx, count: n, output: output)
+        addBias(output, oBias, rows: n)
+    }
+}
+
+/// Multi-head Latent Attention (DeepSeek-V2 §2.1, used by DeepSeek-V3 and Kimi K2).
+///
+/// The cache holds only the normalised latent `c_kv` (`kv_lora_rank` floats) and the rotated
+/// shared key `k_pe` (`qk_rope_head_dim`) per position. Keys and values are never expanded: the
+/// up-projections are absorbed (DeepSeek-V2 appendix): score = (W_UKᵀ q_nope)·c_kv + q_pe·k_pe,
+/// and the value is W_UV (Σ_j p_j c_kv_j). Same function as transformers' expand-then-attend,
+/// with fp32 rounding differences only.
+public final class MultiHeadLatentAttention: AttentionLayer {
+    public let heads: Int, kvLoraRank: Int, nopeDim: Int, ropeDim: Int, vDim: Int
+    let wq: Matrix?
+    let qA: Matrix?, qANorm: [Float]?, qB: Matrix?
+    let kvA: Matrix, kvANorm: [Float], kvB: Matrix, wo: Matrix
+    let qABias: [Float]?, kvABias: [Float]?, oBias: [Float]?
+    let eps: Float
+    let rope: RotaryEmbedding
+    let scale: Float
+
+    public init(heads: Int, kvLoraRank: Int, nopeDim: Int, ropeDim: Int, vDim: Int,
+                wq: Matrix?, qA: Matrix?, qANorm: [Float]?, qB: Matrix?,
+                kvA: Matrix, kvANorm: [Float], kvB: Matrix, wo: Matrix,
+                qABias: [Float]? = nil, kvABias: [Float]? = nil, oBias: [Float]? = nil,
+                eps: Float, rope: RotaryEmbedding, scale: Float) {
+        self.heads = heads; self.kvLoraRank = kvLoraRank; self.nopeDim = nopeDim
+        self.ropeDim = ropeDim; self.vDim = vDim
+        self.wq = wq; self.qA = qA; self.qANorm = qANorm; self.qB = qB
+        self.kvA = kvA; self.kvANorm = kvANorm; self.kvB = kvB; self.wo = wo
+        self.qABias = qABias; self.kvABias = kvABias; self.oBias = oBias
+        self.eps = eps; self.rope = rope; self.scale = scale
+    }
+
+    public var cacheWidths: (Int, Int) { (kvLoraRank, ropeDim) }
+
+    public func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
+                        cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
+                        output: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
+        let qkDim = nopeDim + ropeDim, qDim = heads * qkDim, half = ropeDim / 2
+        let r = kvLoraRank, heads = self.heads, nope = nopeDim, rd = ropeDim, vd = vDim
+        let q = ws.buffer(10, count: n * qDim)
+        if let wq {
+            Linear.forward(wq, input: x, count: n, output: q)
+        } else if let qA, let qB, let qANorm {
+            let qa = ws.buffer(12, count: n * qA.rows)
+            Linear.forward(qA, input: x, count: n, output: qa)
+            addBias(qa, qABias, rows: n)
+            for t in 0..<n {
+                Elementwise.rmsNorm(qa + t * qA.rows, weight: qANorm, eps: eps, dim: qA.rows, output: qa + t * qA.rows)
+            }
+            Linear.forward(qB, input: qa, count: n, output: q)
+        }
+        let kv = ws.buffer(13, count: n * (r + rd))
+        Linear.forward(kvA, input: x, count: n, output: kv)
+        addBias(kv, kvABias, rows: n)
+        for t in 0..<n {
+            let src = kv + t * (r + rd)
+            Elementwise.rmsNorm(src, weight: kvANorm, eps: eps, dim: r, output: cache.a + (start + t) * r)
+            let kpe = cache.b + (start + t) * rd
+            kpe.update(from: src + r, count: rd)
+            rope.rotate(kpe, cos: cos + t * half, sin: sin + t * half)
+            for h in 0..<heads {
+                rope.rotate(q + t * qDim + h * qkDim + nope, cos: cos + t * half, sin: sin + t * half)
+            }
+        }
+        // Absorb W_UK into the query: qLat[h, t] = W_UK[h]ᵀ q_nope[t, h]   (head-major).
+        let qLat = ws.buffer(14, count: n * heads * r)
+        let kvB = self.kvB
+        ThreadPool.shared.parallelFor(heads) { lo, hi in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: r) { rowBuf in
+                let w = rowBuf.baseAddress!
+                for h in lo..<hi {
+                    let dst = qLat + h * n * r
+                    dst.update(repeating: 0, count: n * r)
+                    for i in 0..<nope {
+                        kvB.widenRow(h * (nope + vd) + i, into: w)
+                        for t in 0..<n {
+                            Elementwise.addScaled(dst + t * r, w, scale: q[t * qDim + h * qkDim + i], count: r)
+                        }
+                    }
+                }
+            }
+        }
+        let oLat = ws.buffer(15, count: n * heads * r)
+        let latents = UnsafePointer(cache.a), ropeKeys = UnsafePointer(cache.b), scale = self.scale
+        ThreadPool.shared.parallelFor(n * heads) { lo, hi in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: start + n) { buf in
+                for idx in lo..<hi {
+                    let h = idx / n, t = idx % n
+                    let ql = UnsafePointer(qLat + (h * n + t) * r)
+                    let qpe = UnsafePointer(q + t * qDim + h * qkDim + nope)
+                    attend(length: start + t + 1, scale: scale, scores: buf.baseAddress!,
+                           score: { j in
+                               Elementwise.dot(ql, latents + j * r, count: r) + Elementwise.dot(qpe, ropeKeys + j * rd, count: rd)
+                           },
+                           value: { j in latents + j * r }, width: r,
+                           out: oLat + (h * n + t) * r)
+                }
+            }
+        }
+        // Values: v[t, h] = W_UV[h] oLat[h, t], gathered token-major for o_proj.
+        let vHead = ws.buffer(16, count: n * heads * vd)
+        ThreadPool.shared.parallelFor(heads) { lo, hi in
+            for h in lo..<hi {
+                let wuv = kvB.rows(h * (nope + vd) + nope, count: vd)
+                Linear.forward(wuv, input: oLat + h * n * r, count: n, output: vHead + h * n * vd)
+            }
+        }
+        let ctx = ws.buffer(17, count: n * heads * vd)
+        for h in 0..<heads {
+            for t in 0..<n { (ctx + t * heads * vd + h * vd).update(from: vHead + (h * n + t) * vd, count: vd) }
+        }
+        Linear.forward(wo, input: ctx, count: n, output: output)
+        addBias(output, oBias, rows: n)
+    }
+}

@@ -1,0 +1,198 @@
+import Kernels
+import Protocol
+
+/// A decoder layer's feed-forward part: dense on the attention side, or sparse (routed experts on
+/// the expert side, plus optional shared experts on the attention side).
+public enum FeedForward {
+    case dense(SwiGLU)
+    case sparse(SparseMoE)
+}
+
+/// A sparse MoE block as the attention side runs it: route, ask the `ExpertBackend` for the
+/// routed sum, add the shared expert (scaled by `sigmoid(sharedGate · x)` when present: Qwen2-MoE).
+public struct SparseMoE {
+    public let router: Router
+    public let shared: SwiGLU?
+    public let sharedGate: Matrix?
+    /// Routed experts' intermediate size (for expert-side loading and accounting).
+    public let expertIntermediate: Int
+}
+
+/// One decoder layer: pre-norm attention and pre-norm feed-forward, each with a residual.
+public struct DecoderLayer {
+    public let inputNorm: [Float]
+    public let attention: AttentionLayer
+    public let postAttentionNorm: [Float]
+    public let feedForward: FeedForward
+}
+
+/// Which positions' logits a forward pass returns.
+public enum LogitSelection: Sendable {
+    case none, last, all
+}
+
+/// Per MoE layer and position, the experts a forward pass chose and their weights.
+public final class RouteTrace {
+    public struct Entry: Sendable {
+        public let layer: Int
+        public let position: Int
+        public let experts: [Int]
+        public let weights: [Float]
+    }
+    public private(set) var entries: [Entry] = []
+    public init() {}
+    func record(layer: Int, start: Int, batch: RoutedBatch) {
+        for t in 0..<batch.rows {
+            let r = t * batch.topK ..< (t + 1) * batch.topK
+            entries.append(Entry(layer: layer, position: start + t,
+                                 experts: batch.experts[r].map(Int.init), weights: Array(batch.weights[r])))
+        }
+    }
+}
+
+/// Loads routed expert `expert` of decoder layer `layer` from the model's weights.
+public typealias ExpertLoader = (_ layer: Int, _ expert: Int) throws -> SwiGLU
+
+/// A decoder-only transformer as the attention side runs it. The architecture files
+/// (`LlamaForCausalLM.swift`, `DeepseekV3ForCausalLM.swift`, …) build one from their config and
+/// weight-name table; routed experts are reached only through `experts`.
+public final class DecoderModel {
+    /// The Hugging Face class this model reproduces.
+    public let architecture: String
+    public let vocabSize: Int
+    public let hidden: Int
+    public let maxPositions: Int
+    public let normEps: Float
+    public let embedding: Matrix
+    public let layers: [DecoderLayer]
+    public let finalNorm: [Float]
+    public let lmHead: Matrix
+    public let rope: RotaryEmbedding
+    /// Tokens that end generation (config.json's `eos_token_id`, one or several).
+    public let eosTokenIds: [Int]
+    /// Reads routed experts' weights; the expert side calls it for the experts it holds.
+    public let expertLoader: ExpertLoader
+    /// Where routed experts are computed. Set before the first forward pass of a sparse model.
+    public var experts: ExpertBackend?
+    /// The weights' owner (a mapped checkpoint): every `Matrix` above points into it.
+    public let weightSource: WeightSource
+
+    let workspace = Workspace()
+    var routed = RoutedBatch(rows: 0, hidden: 0, topK: 0, experts: [], weights: [])
+    var cosTable: [Float] = []
+    var sinTable: [Float] = []
+
+    public init(architecture: String, vocabSize: Int, hidden: Int, maxPositions: Int, normEps: Float,
+                embedding: Matrix, layers: [DecoderLayer], finalNorm: [Float], lmHead: Matrix,
+                rope: RotaryEmbedding, eosTokenIds: [Int], weightSource: WeightSource,
+                expertLoader: @escaping ExpertLoader) {
+        self.weightSource = weightSource
+        self.architecture = architecture
+        self.vocabSize = vocabSize
+        self.hidden = hidden
+        self.maxPositions = maxPositions
+        self.normEps = normEps
+        self.embedding = embedding
+        self.layers = layers
+        self.finalNorm = finalNorm
+        self.lmHead = lmHead
+        self.rope = rope
+        self.eosTokenIds = eosTokenIds
+        self.expertLoader = expertLoader
+    }
+
+    /// Indices of the layers with routed experts, and their expert counts.
+    public var sparseLayers: [(layer: Int, experts: Int, router: Router)] {
+        layers.enumerated().compactMap { i, l in
+            if case .sparse(let m) = l.feedForward { return (i, m.router.expertCount, m.router) }
+            return nil
+        }
+    }
+
+    /// A fresh, empty KV cache shaped for this model.
+    public func makeCache(capacity: Int = 256) -> KVCache {
+        KVCache(widths: layers.map { $0.attention.cacheWidths }, capacity: capacity)
+    }
+
+    /// Runs `tokens` at positions `cache.length ..< cache.length + tokens.count`, appends them to
+    /// `cache`, and returns the selected logits row-major (`[rows, vocabSize]`).
+    public func forward(_ tokens: [Int], cache: KVCache, logits selection: LogitSelection = .last,
+                        trace: RouteTrace? = nil) throws -> [Float] {
+        let n = tokens.count
+        guard n > 0 else { throw ModelError.emptyInput }
+        for t in tokens where t < 0 || t >= vocabSize { throw ModelError.tokenOutOfRange(token: t, vocab: vocabSize) }
+        let start = cache.length
+        guard start + n <= maxPositions else { throw ModelError.contextOverflow(needed: start + n, limit: maxPositions) }
+        cache.reserve(additional: n)
+
+        let d = hidden
+        let h = workspace.buffer(0, count: n * d)
+        let xn = workspace.buffer(1, count: n * d)
+        let y = workspace.buffer(2, count: n * d)
+        for (t, tok) in tokens.enumerated() { embedding.widenRow(tok, into: h + t * d) }
+        rope.table(positions: start ..< start + n, cos: &cosTable, sin: &sinTable)
+
+        for (li, layer) in layers.enumerated() {
+            for t in 0..<n { Elementwise.rmsNorm(h + t * d, weight: layer.inputNorm, eps: normEps, dim: d, output: xn + t * d) }
+            cosTable.withUnsafeBufferPointer { c in
+                sinTable.withUnsafeBufferPointer { s in
+                    layer.attention.forward(xn, count: n, start: start, cache: cache.layers[li],
+                                            cos: c.baseAddress!, sin: s.baseAddress!, output: y, workspace: workspace)
+                }
+            }
+            Elementwise.add(h, y, count: n * d)
+            for t in 0..<n { Elementwise.rmsNorm(h + t * d, weight: layer.postAttentionNorm, eps: normEps, dim: d, output: xn + t * d) }
+            switch layer.feedForward {
+            case .dense(let ffn):
+                ffn.forward(xn, count: n, output: y, scratch: workspace.buffer(3, count: 2 * n * ffn.intermediate))
+            case .sparse(let moe):
+                try runSparse(moe, layer: li, x: xn, count: n, start: start, output: y, trace: trace)
+            }
+            Elementwise.add(h, y, count: n * d)
+        }
+        cache.commit(n)
+
+        let rows: Range<Int>
+        switch selection {
+        case .none: return []
+        case .last: rows = n - 1 ..< n
+        case .all: rows = 0 ..< n
+        }
+        let normed = workspace.buffer(1, count: rows.count * d)
+        for (i, t) in rows.enumerated() {
+            Elementwise.rmsNorm(h + t * d, weight: finalNorm, eps: normEps, dim: d, output: normed + i * d)
+        }
+        var out = [Float](repeating: 0, count: rows.count * vocabSize)
+        out.withUnsafeMutableBufferPointer { o in
+            Linear.forward(lmHead, input: normed, count: rows.count, output: o.baseAddress!)
+        }
+        return out
+    }
+
+    private func runSparse(_ moe: SparseMoE, layer: Int, x: UnsafeMutablePointer<Float>, count n: Int, start: Int,
+                           output: UnsafeMutablePointer<Float>, trace: RouteTrace?) throws {
+        guard let experts else {
+            throw ModelError.invalidConfig("layer \(layer) has routed experts but no expert backend is attached")
+        }
+        routed.rows = n
+        routed.hidden = hidden
+        moe.router.route(x, batch: &routed, logits: workspace.buffer(4, count: n * moe.router.expertCount))
+        trace?.record(layer: layer, start: start, batch: routed)
+        try experts.computeExperts(layer: layer, batch: routed, input: x, output: output)
+        if let shared = moe.shared {
+            if let gate = moe.sharedGate {
+                let s = workspace.buffer(5, count: n * hidden)
+                shared.forward(x, count: n, output: s, scratch: workspace.buffer(3, count: 2 * n * shared.intermediate))
+                let g = workspace.buffer(6, count: n)
+                Linear.forward(gate, input: x, count: n, output: g)
+                for t in 0..<n {
+                    let sig = 1 / (1 + expf(-g[t]))
+                    Elementwise.addScaled(output + t * hidden, s + t * hidden, scale: sig, count: hidden)
+                }
+            } else {
+                shared.forward(x, count: n, output: output, accumulate: true,
+                               scratch: workspace.buffer(3, count: 2 * n * shared.intermediate))
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+import Checkpoint
+import Foundation
+
+/// Maps config.json's `model_type` to the architecture that loads it.
+public enum ModelRegistry {
+    public typealias Loader = (ConfigJSON, WeightSource) throws -> DecoderModel
+
+    /// Supported `model_type` values.
+    public static let loaders: [String: Loader] = [
+        "llama": LlamaForCausalLM.load,
+        "mixtral": MixtralForCausalLM.load,
+        "qwen3_moe": Qwen3MoeForCausalLM.load,
+        "qwen2_moe": Qwen2MoeForCausalLM.load,
+        "deepseek_v3": DeepseekV3ForCausalLM.load,
+        "kimi_k2": DeepseekV3ForCausalLM.load,
+    ]
+
+    /// Builds the model a checkpoint's config.json describes.
+    public static func load(config: ConfigJSON, weights: WeightSource) throws -> DecoderModel {
+        guard let type = try config.optionalString("model_type") else {
+            throw ModelError.invalidConfig("config.json has no model_type")
+        }
+        guard let loader = loaders[type] else {
+            throw ModelError.unknownModelType(type, known: loaders.keys.sorted())
+        }
+        return try loader(config, weights)
+    }
+
+    /// Opens a Hugging Face checkpoint directory and builds its model.
+    public static func load(directory: URL) throws -> (DecoderModel, CheckpointDirectory) {
+        let ckpt = try CheckpointDirectory(url: directory)
+        return (try load(config: ckpt.config, weights: ckpt), ckpt)
+    }
+}

@@ -1,0 +1,170 @@
+import ArgumentParser
+import Coordinator
+import ExpertNode
+import Foundation
+import Models
+
+@main
+struct Farside: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "farside",
+        abstract: "Distributed expert-parallel inference for Mixture-of-Experts language models.",
+        subcommands: [Logits.self, Generate.self, Route.self, Synth.self])
+}
+
+/// Options shared by the commands that run a model.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "Hugging Face checkpoint directory (config.json + safetensors).")
+    var model: String
+
+    @Option(name: .long, help: "Comma-separated input token ids, e.g. 5,17,3.")
+    var tokens: String
+
+    func tokenIDs() throws -> [Int] {
+        let parts = tokens.split(separator: ",", omittingEmptySubsequences: false)
+        var ids: [Int] = []
+        for p in parts {
+            let s = p.trimmingCharacters(in: .whitespaces)
+            guard let v = Int(s) else {
+                throw ValidationError("--tokens: '\(s)' is not an integer token id (expected e.g. 5,17,3)")
+            }
+            ids.append(v)
+        }
+        guard !ids.isEmpty else { throw ValidationError("--tokens: give at least one token id") }
+        return ids
+    }
+
+    /// Loads the model with its routed experts computed in this process.
+    func load() throws -> DecoderModel {
+        let (model, _) = try ModelRegistry.load(directory: URL(fileURLWithPath: model))
+        if !model.sparseLayers.isEmpty { model.experts = try LocalExperts(model: model) }
+        return model
+    }
+}
+
+/// Runs `body`, turning any error into a one-line message on stderr and exit status 1.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as ValidationError {
+        throw e
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+/// JSON number text for a Float: shortest round-trip form; non-finite values become null.
+@inline(__always)
+func jsonNumber(_ v: Float) -> String { v.isFinite ? "\(v)" : "null" }
+
+func printJSON(_ s: String) {
+    FileHandle.standardOutput.write(Data((s + "\n").utf8))
+}
+
+struct Logits: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print next-token logits as JSON: {\"logits\": [[...], ...]}.")
+
+    @OptionGroup var options: ModelOptions
+
+    @Flag(name: .long, help: "Print one row per input position instead of the last only.")
+    var allPositions = false
+
+    func run() throws {
+        try runReportingErrors {
+            let ids = try options.tokenIDs()
+            let model = try options.load()
+            let logits = try model.forward(ids, cache: model.makeCache(capacity: ids.count), logits: allPositions ? .all : .last)
+            let v = model.vocabSize
+            var s = "{\"logits\": ["
+            s.reserveCapacity(logits.count * 12)
+            for r in 0..<(logits.count / v) {
+                if r > 0 { s += ", " }
+                s += "["
+                for i in 0..<v {
+                    if i > 0 { s += ", " }
+                    s += jsonNumber(logits[r * v + i])
+                }
+                s += "]"
+            }
+            s += "]}"
+            printJSON(s)
+        }
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate tokens after a prompt of token ids.")
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(name: .long, help: "Maximum number of new tokens.")
+    var maxTokens: Int = 16
+
+    @Option(name: .long, help: "Sampling temperature; 0 is greedy.")
+    var temperature: Float = 0
+
+    @Option(name: .long, help: "Keep only the k most likely tokens (0: all).")
+    var topK: Int = 0
+
+    @Option(name: .long, help: "Nucleus sampling: keep the smallest set reaching this probability.")
+    var topP: Float = 1
+
+    @Option(name: .long, help: "Random seed for sampling.")
+    var seed: UInt64 = 0
+
+    @Flag(name: .long, help: "Do not stop at the model's end-of-sequence token.")
+    var ignoreEos = false
+
+    @Option(name: .long, help: "Output format: json or text.")
+    var format: String = "text"
+
+    func validate() throws {
+        guard format == "json" || format == "text" else { throw ValidationError("--format must be json or text, got '\(format)'") }
+        guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let ids = try options.tokenIDs()
+            let model = try options.load()
+            let gen = Generator(model: model)
+            let params = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
+            let out = try gen.generate(prompt: ids, maxTokens: maxTokens, sampling: params, ignoreEOS: ignoreEos) { tok in
+                if format == "text" { FileHandle.standardOutput.write(Data("\(tok) ".utf8)) }
+                return true
+            }
+            if format == "json" {
+                printJSON("{\"tokens\": [\(out.map(String.init).joined(separator: ", "))]}")
+            } else {
+                printJSON("")
+            }
+        }
+    }
+}
+
+struct Route: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the router's choices: per MoE layer, per position, expert ids and weights (JSON).")
+
+    @OptionGroup var options: ModelOptions
+
+    func run() throws {
+        try runReportingErrors {
+            let ids = try options.tokenIDs()
+            let model = try options.load()
+            let trace = RouteTrace()
+            _ = try model.forward(ids, cache: model.makeCache(capacity: ids.count), logits: .none, trace: trace)
+            var byLayer: [Int: [RouteTrace.Entry]] = [:]
+            for e in trace.entries { byLayer[e.layer, default: []].append(e) }
+            var layers: [String] = []
+            for l in byLayer.keys.sorted() {
+                let rows = byLayer[l]!.sorted { $0.position < $1.position }
+                let experts = rows.map { "[" + $0.experts.map(String.init).joined(separator: ", ") + "]" }.joined(separator: ", ")
+                let weights = rows.map { "[" + $0.weights.map(jsonNumber).joined(separator: ", ") + "]" }.joined(separator: ", ")
+                layers.append("{\"layer\": \(l), \"experts\": [\(experts)], \"weights\": [\(weights)]}")
+            }
+            printJSON("{\"layers\": [\(layers.joined(separator: ", "))]}")
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Checkpoint
+import Foundation
+import Models
+
+struct Synth: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a seeded random model of any supported shape in Hugging Face layout.")
+
+    @Option(name: .long, help: "Architecture: deepseek_v3, kimi_k2, mixtral, qwen3_moe, qwen2_moe or llama.")
+    var arch: String
+
+    @Option(name: .long, help: "Named shape: tiny or 1g (~1 GB in bf16).")
+    var preset: String?
+
+    @Option(name: .long, help: "A Hugging Face config.json giving the shape instead of a preset.")
+    var config: String?
+
+    @Option(name: .long, help: "Weight dtype: bf16, f16 or f32.")
+    var dtype: String = "bf16"
+
+    @Option(name: .long, help: "Random seed.")
+    var seed: UInt64 = 0
+
+    @Option(name: .long, help: "Output directory (created).")
+    var out: String
+
+    func validate() throws {
+        guard (preset == nil) != (config == nil) else { throw ValidationError("give exactly one of --preset or --config") }
+        guard ["bf16", "f16", "f32"].contains(dtype) else { throw ValidationError("--dtype must be bf16, f16 or f32, got '\(dtype)'") }
+        guard ModelRegistry.loaders[arch] != nil else {
+            throw ValidationError("--arch '\(arch)' is not supported; choose one of \(ModelRegistry.loaders.keys.sorted().joined(separator: ", "))")
+        }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            var cfg: [String: Any]
+            if let preset {
+                cfg = try SyntheticModel.preset(preset, arch: arch)
+            } else {
+                let url = URL(fileURLWithPath: config!)
+                let data: Data
+                do { data = try Data(contentsOf: url) } catch {
+                    throw ValidationError("--config: cannot read \(url.path): \(error.localizedDescription)")
+                }
+                cfg = try ConfigJSON(data: data, source: url.path).object
+                cfg["model_type"] = arch
+            }
+            let t: TensorDType = dtype == "f32" ? .f32 : dtype == "f16" ? .f16 : .bf16
+            let params = try SyntheticModel.write(config: cfg, dtype: t, seed: seed, to: URL(fileURLWithPath: out))
+            printJSON("{\"out\": \"\(out)\", \"parameters\": \(params), \"bytes\": \(params * (t == .f32 ? 4 : 2))}")
+        }
+    }
+}

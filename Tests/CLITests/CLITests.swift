@@ -1,0 +1,197 @@
+import Foundation
+import XCTest
+
+/// Runs the real `farside` binary as a separate process, as users and other tools do.
+enum CLI {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static let fixtures = packageRoot.appendingPathComponent("Tests/Fixtures")
+
+    static var binary: URL {
+        get throws {
+            if let p = ProcessInfo.processInfo.environment["FARSIDE_BIN"] { return URL(fileURLWithPath: p) }
+            for c in [".build/release/farside", ".build/debug/farside"] {
+                let u = packageRoot.appendingPathComponent(c)
+                if FileManager.default.isExecutableFile(atPath: u.path) { return u }
+            }
+            throw NSError(domain: "CLITests", code: 1, userInfo: [NSLocalizedDescriptionKey:
+                "farside binary not found: run scripts/test.sh (it builds it and sets FARSIDE_BIN)"])
+        }
+    }
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        var json: [String: Any]? {
+            (try? JSONSerialization.jsonObject(with: Data(stdout.utf8))) as? [String: Any]
+        }
+    }
+
+    static func run(_ args: [String]) throws -> Result {
+        let p = Process()
+        p.executableURL = try binary
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                      stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// A scratch copy of a fixture directory to damage.
+    static func copyFixture(_ name: String) throws -> URL {
+        let dst = FileManager.default.temporaryDirectory.appendingPathComponent("farside-cli-\(UUID().uuidString)")
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent(name), to: dst)
+        return dst
+    }
+}
+
+final class CLITests: XCTestCase {
+    func reference(_ name: String) throws -> [String: Any] {
+        let data = try Data(contentsOf: CLI.fixtures.appendingPathComponent(name).appendingPathComponent("reference.json"))
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    func testLogitsCommandPrintsReferenceLogits() throws {
+        let ref = try reference("deepseek_v3")
+        let c = try XCTUnwrap((ref["cases"] as? [[String: Any]])?[1])
+        let tokens = try XCTUnwrap(c["tokens"] as? [Int])
+        let want = try XCTUnwrap(c["logits"] as? [[Double]])
+        let model = CLI.fixtures.appendingPathComponent("deepseek_v3").path
+        let r = try CLI.run(["logits", "--model", model, "--tokens", tokens.map(String.init).joined(separator: ",")])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let rows = try XCTUnwrap(r.json?["logits"] as? [[Double]])
+        XCTAssertEqual(rows.count, 1)
+        for (g, w) in zip(rows[0], want.last!) { XCTAssertEqual(g, w, accuracy: 1e-4 * max(1, abs(w))) }
+
+        let all = try CLI.run(["logits", "--model", model, "--tokens", tokens.map(String.init).joined(separator: ","), "--all-positions"])
+        XCTAssertEqual((all.json?["logits"] as? [[Double]])?.count, tokens.count)
+    }
+
+    func testGenerateCommandPrintsGreedyTokens() throws {
+        for name in ["llama", "qwen3_moe"] {
+            let ref = try reference(name)
+            let g = try XCTUnwrap(ref["greedy"] as? [String: Any])
+            let prompt = try XCTUnwrap(g["prompt"] as? [Int])
+            let want = try XCTUnwrap(g["new_tokens"] as? [Int])
+            let r = try CLI.run(["generate", "--model", CLI.fixtures.appendingPathComponent(name).path,
+                                 "--tokens", prompt.map(String.init).joined(separator: ","),
+                                 "--max-tokens", "\(want.count)", "--temperature", "0", "--format", "json", "--ignore-eos"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.json?["tokens"] as? [Int], want, name)
+        }
+    }
+
+    func testRouteCommandPrintsRouterChoices() throws {
+        let ref = try reference("mixtral")
+        let routing = try XCTUnwrap(ref["router"] as? [[String: Any]])
+        let cases = try XCTUnwrap(ref["cases"] as? [[String: Any]])
+        let first = routing[0]
+        let tokens = try XCTUnwrap(cases[first["case"] as! Int]["tokens"] as? [Int])
+        let r = try CLI.run(["route", "--model", CLI.fixtures.appendingPathComponent("mixtral").path,
+                             "--tokens", tokens.map(String.init).joined(separator: ",")])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let layers = try XCTUnwrap(r.json?["layers"] as? [[String: Any]])
+        let layer = try XCTUnwrap(layers.first { $0["layer"] as? Int == first["layer"] as? Int })
+        let got = try XCTUnwrap(layer["experts"] as? [[Int]]).map { $0.sorted() }
+        let want = try XCTUnwrap(first["experts"] as? [[Int]]).map { $0.sorted() }
+        XCTAssertEqual(got, want)
+    }
+
+    // MARK: malformed input: a clear message and a non-zero exit, never a trap
+
+    func assertFails(_ args: [String], mentioning words: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try CLI.run(args)
+        XCTAssertNotEqual(r.status, 0, "expected failure for \(args)", file: file, line: line)
+        XCTAssertLessThan(r.status, 128, "terminated by a signal (a trap?): \(r.stderr)", file: file, line: line)
+        for w in words {
+            XCTAssertTrue(r.stderr.lowercased().contains(w.lowercased()), "stderr lacks '\(w)': \(r.stderr)", file: file, line: line)
+        }
+    }
+
+    func testMissingModelDirectory() throws {
+        try assertFails(["logits", "--model", "/nonexistent/farside-model", "--tokens", "1"], mentioning: ["config.json"])
+    }
+
+    func testTruncatedSafetensors() throws {
+        let dir = try CLI.copyFixture("llama")
+        let f = dir.appendingPathComponent("model.safetensors")
+        let data = try Data(contentsOf: f)
+        try data.prefix(data.count / 2).write(to: f)
+        try assertFails(["logits", "--model", dir.path, "--tokens", "1,2"], mentioning: ["model.safetensors"])
+    }
+
+    func testMissingSafetensors() throws {
+        let dir = try CLI.copyFixture("llama")
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("model.safetensors"))
+        try assertFails(["logits", "--model", dir.path, "--tokens", "1,2"], mentioning: ["safetensors"])
+    }
+
+    /// Rewrites the JSON header of a single-file checkpoint.
+    func editHeader(_ dir: URL, _ edit: (inout [String: Any]) -> Void) throws {
+        let f = dir.appendingPathComponent("model.safetensors")
+        let data = try Data(contentsOf: f)
+        let n = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+        var header = try XCTUnwrap(JSONSerialization.jsonObject(with: data.subdata(in: 8 ..< 8 + n)) as? [String: Any])
+        edit(&header)
+        var h = try JSONSerialization.data(withJSONObject: header)
+        while h.count < n { h.append(0x20) }
+        XCTAssertEqual(h.count, n, "edited header must keep its length for this test")
+        var out = Data(data.prefix(8))
+        out.append(h)
+        out.append(data.subdata(in: 8 + n ..< data.count))
+        try out.write(to: f)
+    }
+
+    func testHeaderThatLiesAboutOffsets() throws {
+        let dir = try CLI.copyFixture("llama")
+        try editHeader(dir) { h in
+            var t = h["model.norm.weight"] as! [String: Any]
+            let o = t["data_offsets"] as! [Int]
+            t["data_offsets"] = [o[0], o[1] + 1_000_000_000]
+            h["model.norm.weight"] = t
+        }
+        try assertFails(["logits", "--model", dir.path, "--tokens", "1,2"], mentioning: ["model.norm.weight"])
+    }
+
+    func testShapeThatDisagreesWithConfig() throws {
+        let dir = try CLI.copyFixture("mixtral")
+        let cfgURL = dir.appendingPathComponent("config.json")
+        var cfg = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: cfgURL)) as? [String: Any])
+        cfg["intermediate_size"] = (cfg["intermediate_size"] as! Int) + 8
+        try JSONSerialization.data(withJSONObject: cfg).write(to: cfgURL)
+        try assertFails(["logits", "--model", dir.path, "--tokens", "1,2"], mentioning: ["shape", "config.json"])
+    }
+
+    func testUnknownModelType() throws {
+        let dir = try CLI.copyFixture("llama")
+        let cfgURL = dir.appendingPathComponent("config.json")
+        var cfg = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: cfgURL)) as? [String: Any])
+        cfg["model_type"] = "gpt_neox_moe_9000"
+        try JSONSerialization.data(withJSONObject: cfg).write(to: cfgURL)
+        try assertFails(["logits", "--model", dir.path, "--tokens", "1"], mentioning: ["gpt_neox_moe_9000", "model_type"])
+    }
+
+    func testUnsupportedDType() throws {
+        let dir = try CLI.copyFixture("llama")
+        try editHeader(dir) { h in
+            var t = h["model.norm.weight"] as! [String: Any]
+            t["dtype"] = "I16"   // same width as bf16, so offsets stay consistent
+            h["model.norm.weight"] = t
+        }
+        try assertFails(["logits", "--model", dir.path, "--tokens", "1"], mentioning: ["I16", "model.norm.weight"])
+    }
+
+    func testTokenOutsideVocabulary() throws {
+        let model = CLI.fixtures.appendingPathComponent("llama").path
+        try assertFails(["logits", "--model", model, "--tokens", "1,99999"], mentioning: ["99999", "vocabulary"])
+        try assertFails(["logits", "--model", model, "--tokens", "1,-3"], mentioning: ["-3"])
+        try assertFails(["generate", "--model", model, "--tokens", "1,abc"], mentioning: ["abc"])
+        try assertFails(["generate", "--model", model, "--tokens", "1", "--temperature", "-1"], mentioning: ["temperature"])
+    }
+}

@@ -1,0 +1,128 @@
+import Checkpoint
+import Coordinator
+import ExpertNode
+import Foundation
+import Models
+import XCTest
+
+/// Reference data written by scripts/make-fixtures.py from Hugging Face transformers.
+struct Reference: Decodable {
+    struct Case: Decodable {
+        let tokens: [Int]
+        let logits: [[Float]]
+    }
+    struct Greedy: Decodable {
+        let prompt: [Int]
+        let new_tokens: [Int]
+    }
+    struct Routing: Decodable {
+        let `case`: Int
+        let layer: Int
+        let experts: [[Int]]
+        let weights: [[Float]]
+    }
+    let model_class: String
+    let cases: [Case]
+    let greedy: Greedy
+    let router: [Routing]?
+}
+
+enum Fixtures {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+    static let names = ["llama", "llama_untied", "mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3", "kimi_k2"]
+
+    static func directory(_ name: String) -> URL { root.appendingPathComponent(name) }
+
+    static func reference(_ name: String) throws -> Reference {
+        let data = try Data(contentsOf: directory(name).appendingPathComponent("reference.json"))
+        return try JSONDecoder().decode(Reference.self, from: data)
+    }
+
+    /// The model with its routed experts computed in-process.
+    static func model(_ name: String) throws -> DecoderModel {
+        let (m, _) = try ModelRegistry.load(directory: directory(name))
+        if !m.sparseLayers.isEmpty { m.experts = try LocalExperts(model: m) }
+        return m
+    }
+}
+
+/// transformers' tolerance for this suite: 1e-4 absolute, or relative where |logit| > 1.
+func assertClose(_ got: [Float], _ want: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(got.count, want.count, "\(what): length", file: file, line: line)
+    var worst: Float = 0
+    var worstAt = -1
+    for i in 0..<min(got.count, want.count) {
+        let err = abs(got[i] - want[i]) / max(1, abs(want[i]))
+        if !(err <= worst) { worst = err; worstAt = i }
+    }
+    XCTAssertLessThanOrEqual(worst, 1e-4, "\(what): worst error \(worst) at \(worstAt)", file: file, line: line)
+}
+
+final class FixtureTests: XCTestCase {
+    func testLogitsMatchTransformersAtEveryPosition() throws {
+        for name in Fixtures.names {
+            let ref = try Fixtures.reference(name)
+            let model = try Fixtures.model(name)
+            XCTAssertEqual(model.architecture, ref.model_class, name)
+            for (ci, c) in ref.cases.enumerated() {
+                let logits = try model.forward(c.tokens, cache: model.makeCache(), logits: .all)
+                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens)")
+            }
+        }
+    }
+
+    func testKVCachedDecodeMatchesFullRecompute() throws {
+        for name in Fixtures.names {
+            let ref = try Fixtures.reference(name)
+            let model = try Fixtures.model(name)
+            let tokens = ref.cases.max { $0.tokens.count < $1.tokens.count }!.tokens
+            // Prefill a prefix in one batch, then one token at a time: each step's logits must
+            // equal the reference row for that position (which transformers computed in one pass).
+            let full = ref.cases.first { $0.tokens == tokens }!.logits
+            let cache = model.makeCache(capacity: 4)
+            let split = tokens.count / 3
+            let first = try model.forward(Array(tokens[..<split]), cache: cache, logits: .all)
+            assertClose(first, full[..<split].flatMap { $0 }, "\(name) prefill")
+            for p in split..<tokens.count {
+                let step = try model.forward([tokens[p]], cache: cache, logits: .last)
+                assertClose(step, full[p], "\(name) decode at position \(p)")
+            }
+            XCTAssertEqual(cache.length, tokens.count)
+        }
+    }
+
+    func testGreedyContinuationIsIdentical() throws {
+        for name in Fixtures.names {
+            let ref = try Fixtures.reference(name)
+            let model = try Fixtures.model(name)
+            let out = try Generator(model: model).generate(
+                prompt: ref.greedy.prompt, maxTokens: ref.greedy.new_tokens.count, ignoreEOS: true)
+            XCTAssertEqual(out, ref.greedy.new_tokens, name)
+        }
+    }
+
+    func testRouterChoicesAreIdentical() throws {
+        var checked = 0
+        for name in Fixtures.names {
+            let ref = try Fixtures.reference(name)
+            guard let routing = ref.router, !routing.isEmpty else { continue }
+            let model = try Fixtures.model(name)
+            for r in routing {
+                let trace = RouteTrace()
+                _ = try model.forward(ref.cases[r.case].tokens, cache: model.makeCache(), logits: .none, trace: trace)
+                let entries = trace.entries.filter { $0.layer == r.layer }.sorted { $0.position < $1.position }
+                XCTAssertEqual(entries.count, r.experts.count, "\(name) layer \(r.layer): positions")
+                for (p, e) in entries.enumerated() where p < r.experts.count {
+                    // Order within a token's top-k is not meaningful (DeepSeek uses sorted=False).
+                    let got = zip(e.experts, e.weights).sorted { $0.0 < $1.0 }
+                    let want = zip(r.experts[p], r.weights[p]).sorted { $0.0 < $1.0 }
+                    XCTAssertEqual(got.map(\.0), want.map(\.0), "\(name) layer \(r.layer) position \(p): experts")
+                    assertClose(got.map(\.1), want.map(\.1), "\(name) layer \(r.layer) position \(p): weights")
+                }
+                checked += 1
+            }
+        }
+        XCTAssertGreaterThan(checked, 5, "router fixtures missing")
+    }
+}

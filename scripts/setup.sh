@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what Farside needs on a fresh Debian machine of this project's kind (Swift 6 is part
+# of the machine image at /opt/swift). Idempotent; safe to run on every invocation.
+set -euo pipefail
+need_apt=()
+command -v swift >/dev/null 2>&1 || { echo "error: swift is not on PATH (expected the Swift 6 toolchain at /opt/swift)" >&2; exit 1; }
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if ! dpkg -s "${need_apt[@]}" >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}"
+  fi
+fi
