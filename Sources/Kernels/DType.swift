@@ -33,6 +33,9 @@ public struct Matrix: @unchecked Sendable {
     /// Bytes one row occupies.
     public var rowBytes: Int { cols * dtype.byteSize }
 
+    /// Bytes the whole matrix occupies.
+    public var byteCount: Int { rows * rowBytes }
+
     /// A view of rows `start ..< start + count` (no copy).
     public func rows(_ start: Int, count: Int) -> Matrix {
         Matrix(data: data + start * rowBytes, dtype: dtype, rows: count, cols: cols)

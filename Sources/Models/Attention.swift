@@ -5,6 +5,8 @@ import Kernels
 public protocol AttentionLayer {
     /// Floats per position this layer stores in the cache: `(widthA, widthB)`.
     var cacheWidths: (Int, Int) { get }
+    /// Bytes of weights one token's pass reads.
+    var weightBytes: Int { get }
     /// `output[n, hidden] = Attn(x[n, hidden])` for positions `start ..< start + n`.
     /// `cos`/`sin` hold the RoPE table rows for those positions (`[n, ropeDim / 2]`).
     func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
@@ -56,6 +58,7 @@ public final class GroupedQueryAttention: AttentionLayer {
     }
 
     public var cacheWidths: (Int, Int) { (kvHeads * headDim, kvHeads * headDim) }
+    public var weightBytes: Int { [wq, wk, wv, wo].reduce(0) { $0 + $1.byteCount } }
 
     public func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
                         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
@@ -135,6 +138,7 @@ public final class MultiHeadLatentAttention: AttentionLayer {
     }
 
     public var cacheWidths: (Int, Int) { (kvLoraRank, ropeDim) }
+    public var weightBytes: Int { [wq, qA, qB, kvA, kvB, wo].reduce(0) { $0 + ($1?.byteCount ?? 0) } }
 
     public func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
                         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,

@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import Protocol
 
@@ -107,6 +108,23 @@ public final class DecoderModel {
             if case .sparse(let m) = l.feedForward { return (i, m.router.expertCount, m.router) }
             return nil
         }
+    }
+
+    /// Bytes of weights one decode step reads: every attention-side matrix, one embedding row,
+    /// the LM head, and `topK` routed experts per sparse layer (expert sizes taken from layer 0's
+    /// loader view of expert 0, which all experts of a layer share).
+    public func decodeWeightBytes() throws -> Int {
+        var total = embedding.rowBytes + lmHead.byteCount
+        for (i, l) in layers.enumerated() {
+            total += l.attention.weightBytes
+            switch l.feedForward {
+            case .dense(let f): total += f.weightBytes
+            case .sparse(let m):
+                total += m.router.weight.byteCount + (m.shared?.weightBytes ?? 0) + (m.sharedGate?.byteCount ?? 0)
+                total += m.router.topK * (try expertLoader(i, 0).weightBytes)
+            }
+        }
+        return total
     }
 
     /// A fresh, empty KV cache shaped for this model.

@@ -16,7 +16,7 @@ public struct SwiGLU: @unchecked Sendable {
     public var hidden: Int { gate.cols }
     public var intermediate: Int { gate.rows }
     /// Bytes of weights one token reads through this FFN.
-    public var weightBytes: Int { (gate.rows * gate.cols) * gate.dtype.byteSize + up.rows * up.cols * up.dtype.byteSize + down.rows * down.cols * down.dtype.byteSize }
+    public var weightBytes: Int { gate.byteCount + up.byteCount + down.byteCount }
 
     /// `out[n, hidden] (=|+=) FFN(x[n, hidden])`; `scratch` holds `2 · n · intermediate` floats.
     public func forward(_ x: UnsafePointer<Float>, count n: Int, output: UnsafeMutablePointer<Float>,

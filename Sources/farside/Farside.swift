@@ -9,7 +9,7 @@ struct Farside: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "farside",
         abstract: "Distributed expert-parallel inference for Mixture-of-Experts language models.",
-        subcommands: [Logits.self, Generate.self, Route.self, Synth.self])
+        subcommands: [Logits.self, Generate.self, Route.self, Synth.self, Bench.self])
 }
 
 /// Options shared by the commands that run a model.
