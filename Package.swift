@@ -4,7 +4,7 @@ import PackageDescription
 // Hot loops are built with bounds checks off and AVX2/FMA code generation: every machine kind
 // this project runs on is x86-64-v3 or better (see BENCHMARKS.md for the measured effect).
 let hotLoopFlags: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked", "-wmo", "-target-cpu", "x86-64-v3"], .when(configuration: .release)),
+    .unsafeFlags(["-Ounchecked", "-wmo", "-target-cpu", "haswell"], .when(configuration: .release)),
 ]
 
 let package = Package(

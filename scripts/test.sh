@@ -5,4 +5,15 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 # Release build of the CLI first: the CLI tests run it as a real process.
 swift build -c release --product farside
-FARSIDE_BIN="$PWD/.build/release/farside" swift test "$@"
+log=$(mktemp)
+set +e
+FARSIDE_BIN="$PWD/.build/release/farside" swift test --disable-swift-testing "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One plain summary line from XCTest's own count ("Executed N tests, with F failures").
+summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1)
+total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
+failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
+rm -f "$log"
+if [ -n "$summary" ]; then echo "tests: $((total - failed)) passed, $failed failed"; fi
+exit "$status"

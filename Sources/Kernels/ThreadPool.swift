@@ -1,21 +1,115 @@
 import Foundation
+import Synchronization
 
 /// A fixed set of worker threads that split index ranges between them. Kernels call
 /// `ThreadPool.shared.parallelFor`, so every hot loop uses all cores without spawning threads.
+///
+/// Workers spin briefly on the job word after each job (decode issues a job every few
+/// microseconds, and a futex wake costs more than that), then sleep on a condition variable.
+/// A call made while the pool is busy — from a worker (nested) or from another thread — runs
+/// inline on the calling thread, so the pool can never deadlock.
 public final class ThreadPool: @unchecked Sendable {
     /// The process-wide pool, one worker per core (override with `FARSIDE_THREADS`).
-    public static let shared = ThreadPool(threads: ProcessInfo.processInfo.environment["FARSIDE_THREADS"].flatMap(Int.init) ?? ProcessInfo.processInfo.activeProcessorCount)
+    public static let shared = ThreadPool(
+        threads: ProcessInfo.processInfo.environment["FARSIDE_THREADS"].flatMap(Int.init)
+            ?? ProcessInfo.processInfo.activeProcessorCount)
 
     public let threadCount: Int
 
+    /// The job word: generation (bits 40-63) | chunk count (20-39) | next chunk (0-19). A worker
+    /// claims a chunk by a compare-exchange that also checks the generation, so a worker that
+    /// arrives late can never run a chunk of a job that has already finished.
+    private let state = Atomic<UInt64>(0)
+    private let remaining = Atomic<Int>(0)
+    private let sleepers = Atomic<Int>(0)
+    private let busy = Atomic<Bool>(false)
+    private var job: ((Int, Int) -> Void)?
+    private var jobCount = 0
+    private var jobChunk = 1
+    private let lock = NSCondition()
+
+    private static let chunkMask: UInt64 = (1 << 20) - 1
+
     public init(threads: Int) {
-        threadCount = max(1, threads)
+        threadCount = max(1, min(threads, 256))
+        for i in 1..<threadCount {
+            let t = Thread { [unowned self] in self.workerLoop() }
+            t.name = "farside-worker-\(i)"
+            t.start()
+        }
+    }
+
+    /// Claims and runs chunks of generation `gen` until none are left.
+    private func runChunks(_ gen: UInt64) {
+        var s = state.load(ordering: .acquiring)
+        while s >> 40 == gen {
+            let total = (s >> 20) & Self.chunkMask, next = s & Self.chunkMask
+            if next >= total { return }
+            let (done, found) = state.compareExchange(expected: s, desired: s + 1, ordering: .acquiringAndReleasing)
+            if done {
+                let lo = Int(next) * jobChunk
+                job!(lo, min(jobCount, lo + jobChunk))
+                remaining.wrappingSubtract(1, ordering: .releasing)
+                s = state.load(ordering: .acquiring)
+            } else {
+                s = found
+            }
+        }
+    }
+
+    private func workerLoop() {
+        var seen: UInt64 = 0
+        while true {
+            var spins = 0
+            var gen = state.load(ordering: .acquiring) >> 40
+            while gen == seen {
+                spins += 1
+                if spins > 20_000 {
+                    lock.lock()
+                    sleepers.wrappingAdd(1, ordering: .sequentiallyConsistent)
+                    while state.load(ordering: .sequentiallyConsistent) >> 40 == seen { lock.wait() }
+                    sleepers.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+                    lock.unlock()
+                    spins = 0
+                }
+                gen = state.load(ordering: .acquiring) >> 40
+            }
+            seen = gen
+            runChunks(gen)
+        }
     }
 
     /// Calls `body(start, end)` on disjoint chunks covering `0..<count`, in parallel, and returns
-    /// when all chunks are done. Chunks are multiples of `granularity` (except the last).
+    /// when all chunks are done. Chunk boundaries are multiples of `granularity`.
     public func parallelFor(_ count: Int, granularity: Int = 1, _ body: (Int, Int) -> Void) {
         guard count > 0 else { return }
-        body(0, count)
+        let g = max(1, granularity)
+        let units = (count + g - 1) / g
+        guard threadCount > 1, units > 1,
+              busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+        else {
+            body(0, count)
+            return
+        }
+        withoutActuallyEscaping(body) { escaping in
+            // Two chunks per thread evens out a core that was descheduled.
+            let chunks = min(units, threadCount * 2)
+            jobChunk = ((units + chunks - 1) / chunks) * g
+            let total = (count + jobChunk - 1) / jobChunk
+            jobCount = count
+            job = escaping
+            remaining.store(total, ordering: .relaxed)
+            let gen = ((state.load(ordering: .relaxed) >> 40) + 1) & ((1 << 24) - 1)
+            state.store(gen << 40 | UInt64(total) << 20, ordering: .sequentiallyConsistent)
+            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+                lock.lock()
+                lock.broadcast()
+                lock.unlock()
+            }
+            runChunks(gen)
+            while remaining.load(ordering: .acquiring) > 0 {}
+            job = nil
+        }
+        busy.store(false, ordering: .releasing)
     }
 }
