@@ -54,10 +54,10 @@ public enum SyntheticModel {
                      "rope_scaling": ["type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024,
                                       "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0]]) { $1 }
             if big {
-                // DeepSeek-V3's proportions scaled down: 8 layers (1 dense), 64 experts top-6 in 8 groups.
+                // DeepSeek-V3's proportions scaled down: 8 layers (1 dense), 40 experts top-6 in 8 groups.
                 c.merge(["vocab_size": 32000, "hidden_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16,
                          "num_key_value_heads": 16, "q_lora_rank": 384, "kv_lora_rank": 256, "qk_nope_head_dim": 64,
-                         "qk_rope_head_dim": 32, "v_head_dim": 64, "n_routed_experts": 64, "num_experts_per_tok": 6,
+                         "qk_rope_head_dim": 32, "v_head_dim": 64, "n_routed_experts": 40, "num_experts_per_tok": 6,
                          "moe_intermediate_size": 512, "intermediate_size": 2816, "n_group": 8, "topk_group": 4]) { $1 }
             }
         default:
