@@ -15,14 +15,19 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
     ],
     targets: [
         // Numeric kernels: matrix-vector/matrix products over F32/F16/BF16 weights, norms, RoPE, softmax.
         .target(name: "Kernels", swiftSettings: hotLoopFlags),
         // Checkpoint files: memory-mapped safetensors (single or sharded) and config.json access.
         .target(name: "Checkpoint", dependencies: ["Kernels"]),
-        // The expert-side interface the attention side calls (in-process now, ZeroMQ later).
-        .target(name: "Protocol"),
+        // libzmq from Debian (libzmq3-dev), as a system library.
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // A thin, safe Swift layer over libzmq: context, DEALER/ROUTER sockets, multipart, polling.
+        .target(name: "Transport", dependencies: ["CZeroMQ"]),
+        // The expert-side interface (ExpertBackend) and the versioned wire schema (protobuf).
+        .target(name: "Protocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Model architectures, one file each, plus their shared blocks and the KV cache.
         .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: hotLoopFlags),
         // The expert side: holds routed experts and computes them for batches of rows.
@@ -43,6 +48,8 @@ let package = Package(
             dependencies: ["Models", "Checkpoint", "ExpertNode", "Coordinator", "Kernels"]
         ),
         .testTarget(name: "CLITests", dependencies: []),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -16,6 +16,8 @@ public final class LocalExperts: ExpertBackend {
     // Reused per call: grouping and activation scratch.
     private var order: [Int32] = []
     private var counts: [Int] = []
+    private var fill: [Int] = []
+    private var active: [(expert: Int, scratchOffset: Int)] = []
     private var gathered: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
     private var gatheredCapacity = 1
     private var scratch: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
@@ -66,25 +68,36 @@ public final class LocalExperts: ExpertBackend {
         for i in 0..<list.count { counts[i + 1] += counts[i] }
         order.removeAll(keepingCapacity: true)
         order.append(contentsOf: repeatElement(0, count: n * k))
-        var fill = counts
+        fill.removeAll(keepingCapacity: true)
+        fill.append(contentsOf: counts)
         for (r, e) in batch.experts.enumerated() {
             order[fill[Int(e)]] = Int32(r)
             fill[Int(e)] += 1
         }
+        active.removeAll(keepingCapacity: true)
+        var scratchNeed = 0
         for e in 0..<list.count where counts[e + 1] > counts[e] {
-            guard let ffn = list[e] else { continue }
-            let routes = order[counts[e] ..< counts[e + 1]]
-            let m = routes.count
-            ensure(&gathered, &gatheredCapacity, 2 * m * d)
-            ensure(&scratch, &scratchCapacity, 2 * m * ffn.intermediate)
-            for (i, r) in routes.enumerated() {
-                (gathered + i * d).update(from: input + (Int(r) / k) * d, count: d)
+            active.append((e, scratchNeed))
+            scratchNeed += 2 * (counts[e + 1] - counts[e]) * list[e]!.intermediate
+        }
+        // Rows gathered per route (expert-major), then each expert's outputs in the same layout.
+        ensure(&gathered, &gatheredCapacity, 2 * n * k * d)
+        ensure(&scratch, &scratchCapacity, max(scratchNeed, 1))
+        let x = gathered, y = gathered + n * k * d
+        for (i, r) in order.enumerated() { (x + i * d).update(from: input + (Int(r) / k) * d, count: d) }
+        // Experts run in parallel with each other (their matrices are small at decode batch
+        // sizes, so one pool dispatch per layer beats three per expert); nested kernel calls
+        // run inline. Outputs are summed afterwards in ascending expert order, so the result
+        // does not depend on the thread count.
+        let counts = self.counts, active = self.active, scratch = self.scratch
+        ThreadPool.shared.parallelFor(active.count) { lo, hi in
+            for (e, s) in active[lo..<hi] {
+                let first = counts[e], m = counts[e + 1] - first
+                list[e]!.forward(x + first * d, count: m, output: y + first * d, scratch: scratch + s)
             }
-            let y = gathered + m * d
-            ffn.forward(gathered, count: m, output: y, scratch: scratch)
-            for (i, r) in routes.enumerated() {
-                Elementwise.addScaled(output + (Int(r) / k) * d, y + i * d, scale: batch.weights[Int(r)], count: d)
-            }
+        }
+        for (i, r) in order.enumerated() {
+            Elementwise.addScaled(output + (Int(r) / k) * d, y + i * d, scale: batch.weights[Int(r)], count: d)
         }
     }
 }
