@@ -195,3 +195,64 @@ final class CLITests: XCTestCase {
         try assertFails(["generate", "--model", model, "--tokens", "1", "--temperature", "-1"], mentioning: ["temperature"])
     }
 }
+
+final class SynthTests: XCTestCase {
+    func tempDir() -> URL {
+        FileManager.default.temporaryDirectory.appendingPathComponent("farside-synth-\(UUID().uuidString)")
+    }
+
+    func testEveryArchitectureSynthesisesAModelWithFiniteVariedLogits() throws {
+        for arch in ["deepseek_v3", "kimi_k2", "mixtral", "qwen3_moe", "qwen2_moe", "llama"] {
+            let dir = tempDir()
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let w = try CLI.run(["synth", "--arch", arch, "--preset", "tiny", "--dtype", "f16", "--seed", "3", "--out", dir.path])
+            XCTAssertEqual(w.status, 0, "\(arch): \(w.stderr)")
+            let r = try CLI.run(["logits", "--model", dir.path, "--tokens", "1,2,3,4,5"])
+            XCTAssertEqual(r.status, 0, "\(arch): \(r.stderr)")
+            let row = try XCTUnwrap((r.json?["logits"] as? [[Double]])?.first, arch)
+            XCTAssertTrue(row.allSatisfy(\.isFinite), arch)
+            let mean = row.reduce(0, +) / Double(row.count)
+            let sd = (row.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(row.count)).squareRoot()
+            XCTAssertGreaterThan(sd, 0.1, "\(arch): logits should vary")
+        }
+    }
+
+    func testSameSeedWritesIdenticalBytes() throws {
+        let a = tempDir(), b = tempDir(), c = tempDir()
+        defer { for d in [a, b, c] { try? FileManager.default.removeItem(at: d) } }
+        for (d, seed) in [(a, "1"), (b, "1"), (c, "2")] {
+            XCTAssertEqual(try CLI.run(["synth", "--arch", "mixtral", "--preset", "tiny", "--seed", seed, "--out", d.path]).status, 0)
+        }
+        let fa = try Data(contentsOf: a.appendingPathComponent("model.safetensors"))
+        XCTAssertEqual(fa, try Data(contentsOf: b.appendingPathComponent("model.safetensors")))
+        XCTAssertNotEqual(fa, try Data(contentsOf: c.appendingPathComponent("model.safetensors")))
+    }
+
+    func testConfigFileGivesTheShape() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = CLI.fixtures.appendingPathComponent("deepseek_v3/config.json").path
+        let w = try CLI.run(["synth", "--arch", "deepseek_v3", "--config", cfg, "--out", dir.path])
+        XCTAssertEqual(w.status, 0, w.stderr)
+        let r = try CLI.run(["route", "--model", dir.path, "--tokens", "1,2,3"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // The fixture's shape: 3 layers, first dense, top-2 of 8.
+        let layers = try XCTUnwrap(r.json?["layers"] as? [[String: Any]])
+        XCTAssertEqual(layers.compactMap { $0["layer"] as? Int }, [1, 2])
+        XCTAssertEqual((layers[0]["experts"] as? [[Int]])?.first?.count, 2)
+    }
+
+    func testBadSynthArgumentsAreClearErrors() throws {
+        let dir = tempDir()
+        let r1 = try CLI.run(["synth", "--arch", "gpt2", "--preset", "tiny", "--out", dir.path])
+        XCTAssertNotEqual(r1.status, 0)
+        XCTAssertTrue(r1.stderr.contains("gpt2"), r1.stderr)
+        let r2 = try CLI.run(["synth", "--arch", "llama", "--preset", "huge", "--out", dir.path])
+        XCTAssertNotEqual(r2.status, 0)
+        XCTAssertTrue(r2.stderr.contains("huge"), r2.stderr)
+        let r3 = try CLI.run(["synth", "--arch", "llama", "--config", "/nonexistent/config.json", "--out", dir.path])
+        XCTAssertNotEqual(r3.status, 0)
+        XCTAssertTrue(r3.stderr.contains("/nonexistent/config.json"), r3.stderr)
+        XCTAssertLessThan(r3.status, 128)
+    }
+}
