@@ -33,7 +33,9 @@ public final class ThreadPool: @unchecked Sendable {
     public init(threads: Int) {
         threadCount = max(1, min(threads, 256))
         for i in 1..<threadCount {
-            let t = Thread { [unowned self] in self.workerLoop() }
+            // Workers keep their pool alive: a pool lives as long as the process (tests that
+            // make their own pools leave their threads parked on the condition variable).
+            let t = Thread { self.workerLoop() }
             t.name = "farside-worker-\(i)"
             t.start()
         }

@@ -90,7 +90,8 @@ public final class GroupedQueryAttention: AttentionLayer {
         let keys = UnsafePointer(cache.a), values = UnsafePointer(cache.b)
         let scale = self.scale, heads = self.heads
         ThreadPool.shared.parallelFor(n * heads) { lo, hi in
-            // One score row per chunk, sized for the longest context in this batch.
+            // One score row per worker chunk (a few per layer), sized for the longest context in
+            // this batch; past a few KiB it comes from malloc, negligible next to reading K and V.
             withUnsafeTemporaryAllocation(of: Float.self, capacity: start + n) { buf in
                 for idx in lo..<hi {
                     let t = idx / heads, h = idx % heads, kvh = h / group
