@@ -1,0 +1,2 @@
+// The libzmq layer; see Transport.swift.
+import CZeroMQ
