@@ -14,9 +14,12 @@ public final class LocalExperts: ExpertBackend {
     private let hidden: Int
 
     // Reused per call: grouping and activation scratch.
-    private var order: [Int32] = []
+    private var routeRow: [Int32] = []
+    private var routeWeight: [Float] = []
     private var counts: [Int] = []
     private var fill: [Int] = []
+    private var partial: UnsafeMutablePointer<Double> = .allocate(capacity: 1)
+    private var partialCapacity = 1
     private var active: [(expert: Int, scratchOffset: Int)] = []
     private var gathered: UnsafeMutablePointer<Float> = .allocate(capacity: 1)
     private var gatheredCapacity = 1
@@ -36,6 +39,7 @@ public final class LocalExperts: ExpertBackend {
     deinit {
         gathered.deallocate()
         scratch.deallocate()
+        partial.deallocate()
     }
 
     /// Bytes of expert weights this instance holds.
@@ -60,35 +64,92 @@ public final class LocalExperts: ExpertBackend {
         for e in batch.experts where e < 0 || Int(e) >= list.count || list[Int(e)] == nil {
             throw ExpertBackendError.unknownExpert(layer: layer, expert: Int(e))
         }
-        output.update(repeating: 0, count: n * d)
-        // Counting sort of the n·k routes by expert: `order` lists route indices grouped by expert.
-        counts.removeAll(keepingCapacity: true)
-        counts.append(contentsOf: repeatElement(0, count: list.count + 1))
+        // Counting sort of the n·k routes by expert (stable: tokens ascending within an expert).
+        beginRoutes(expertCount: list.count)
         for e in batch.experts { counts[Int(e) + 1] += 1 }
-        for i in 0..<list.count { counts[i + 1] += counts[i] }
-        order.removeAll(keepingCapacity: true)
-        order.append(contentsOf: repeatElement(0, count: n * k))
-        fill.removeAll(keepingCapacity: true)
-        fill.append(contentsOf: counts)
+        finishCounts()
         for (r, e) in batch.experts.enumerated() {
-            order[fill[Int(e)]] = Int32(r)
+            routeRow[fill[Int(e)]] = Int32(r / k)
+            routeWeight[fill[Int(e)]] = batch.weights[r]
             fill[Int(e)] += 1
         }
+        ensurePartial(n * d)
+        partial.update(repeating: 0, count: n * d)
+        run(list, input: input, partial: partial)
+        for i in 0..<(n * d) { output[i] = Float(partial[i]) }
+    }
+
+    /// The expert side of a remote request: for each `(expert, rows, weights)` group of `layer`
+    /// (rows index `input`, `[rows, hidden]`), adds `weight · Expert(x[row])` into
+    /// `partial[row]` in fp64. Partial sums stay fp64 on the wire and are rounded to fp32 once,
+    /// on the coordinator, after all nodes' partials are added: so the result does not depend
+    /// on how experts are spread over nodes (beyond fp64 rounding, ~1e-16 relative).
+    public func accumulate(layer: Int, groups: [(expert: Int, rows: [UInt32], weights: [Float])],
+                           input: UnsafePointer<Float>, rows n: Int, partial out: UnsafeMutablePointer<Double>) throws {
+        guard let list = experts[layer] else { throw ExpertBackendError.unknownLayer(layer) }
+        for g in groups {
+            guard g.expert >= 0, g.expert < list.count, list[g.expert] != nil else {
+                throw ExpertBackendError.unknownExpert(layer: layer, expert: g.expert)
+            }
+            guard g.rows.count == g.weights.count, g.rows.allSatisfy({ Int($0) < n }) else {
+                throw ExpertBackendError.shapeMismatch("expert \(g.expert): \(g.rows.count) rows, \(g.weights.count) weights, input has \(n) rows")
+            }
+        }
+        beginRoutes(expertCount: list.count)
+        for g in groups { counts[g.expert + 1] += g.rows.count }
+        finishCounts()
+        for g in groups {
+            for (i, r) in g.rows.enumerated() {
+                routeRow[fill[g.expert]] = Int32(r)
+                routeWeight[fill[g.expert]] = g.weights[i]
+                fill[g.expert] += 1
+            }
+        }
+        out.update(repeating: 0, count: n * hidden)
+        run(list, input: input, partial: out)
+    }
+
+    private func beginRoutes(expertCount: Int) {
+        counts.removeAll(keepingCapacity: true)
+        counts.append(contentsOf: repeatElement(0, count: expertCount + 1))
+    }
+
+    private func finishCounts() {
+        for i in 0..<(counts.count - 1) { counts[i + 1] += counts[i] }
+        let total = counts[counts.count - 1]
+        routeRow.removeAll(keepingCapacity: true)
+        routeRow.append(contentsOf: repeatElement(0, count: total))
+        routeWeight.removeAll(keepingCapacity: true)
+        routeWeight.append(contentsOf: repeatElement(0, count: total))
+        fill.removeAll(keepingCapacity: true)
+        fill.append(contentsOf: counts)
+    }
+
+    private func ensurePartial(_ n: Int) {
+        guard n > partialCapacity else { return }
+        partial.deallocate()
+        partial = .allocate(capacity: n)
+        partialCapacity = n
+    }
+
+    /// Computes every route (expert-major in `routeRow`/`routeWeight`, offsets in `counts`) and
+    /// adds `w · y` into `partial` in fp64, experts ascending, tokens ascending within one.
+    private func run(_ list: [SwiGLU?], input: UnsafePointer<Float>, partial: UnsafeMutablePointer<Double>) {
+        let d = hidden, total = routeRow.count
         active.removeAll(keepingCapacity: true)
         var scratchNeed = 0
-        for e in 0..<list.count where counts[e + 1] > counts[e] {
+        for e in 0..<(counts.count - 1) where counts[e + 1] > counts[e] {
             active.append((e, scratchNeed))
             scratchNeed += 2 * (counts[e + 1] - counts[e]) * list[e]!.intermediate
         }
-        // Rows gathered per route (expert-major), then each expert's outputs in the same layout.
-        ensure(&gathered, &gatheredCapacity, 2 * n * k * d)
+        ensure(&gathered, &gatheredCapacity, max(2 * total * d, 1))
         ensure(&scratch, &scratchCapacity, max(scratchNeed, 1))
-        let x = gathered, y = gathered + n * k * d
-        for (i, r) in order.enumerated() { (x + i * d).update(from: input + (Int(r) / k) * d, count: d) }
+        let x = gathered, y = gathered + total * d
+        for (i, r) in routeRow.enumerated() { (x + i * d).update(from: input + Int(r) * d, count: d) }
         // Experts run in parallel with each other (their matrices are small at decode batch
         // sizes, so one pool dispatch per layer beats three per expert); nested kernel calls
-        // run inline. Outputs are summed afterwards in ascending expert order, so the result
-        // does not depend on the thread count.
+        // run inline. Outputs are summed afterwards in a fixed order, so the result does not
+        // depend on the thread count.
         let counts = self.counts, active = self.active, scratch = self.scratch
         ThreadPool.shared.parallelFor(active.count) { lo, hi in
             for (e, s) in active[lo..<hi] {
@@ -96,8 +157,9 @@ public final class LocalExperts: ExpertBackend {
                 list[e]!.forward(x + first * d, count: m, output: y + first * d, scratch: scratch + s)
             }
         }
-        for (i, r) in order.enumerated() {
-            Elementwise.addScaled(output + (Int(r) / k) * d, y + i * d, scale: batch.weights[Int(r)], count: d)
+        for i in 0..<total {
+            let w = Double(routeWeight[i]), src = y + i * d, dst = partial + Int(routeRow[i]) * d
+            for j in 0..<d { dst[j] += w * Double(src[j]) }
         }
     }
 }
