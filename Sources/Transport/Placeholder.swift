@@ -1,2 +1,0 @@
-// The libzmq layer; see Transport.swift.
-import CZeroMQ
