@@ -27,13 +27,14 @@ let package = Package(
         // A thin, safe Swift layer over libzmq: context, DEALER/ROUTER sockets, multipart, polling.
         .target(name: "Transport", dependencies: ["CZeroMQ"]),
         // The expert-side interface (ExpertBackend) and the versioned wire schema (protobuf).
-        .target(name: "Protocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "Protocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                exclude: ["farside.proto"]),
         // Model architectures, one file each, plus their shared blocks and the KV cache.
         .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: hotLoopFlags),
         // The expert side: holds routed experts and computes them for batches of rows.
-        .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol"], swiftSettings: hotLoopFlags),
+        .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport"], swiftSettings: hotLoopFlags),
         // The attention side's driver: generation, sampling, request scheduling.
-        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode"], swiftSettings: hotLoopFlags),
+        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport"], swiftSettings: hotLoopFlags),
         .executableTarget(
             name: "farside",
             dependencies: [
@@ -41,6 +42,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Kernel micro-benchmarks: GEMV/GEMM throughput against memory bandwidth, pool overhead.
+        .executableTarget(name: "kernel-bench", dependencies: ["Kernels"], swiftSettings: hotLoopFlags),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint"]),
         .testTarget(
@@ -49,6 +52,7 @@ let package = Package(
         ),
         .testTarget(name: "CLITests", dependencies: []),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Models", "Coordinator", "ExpertNode", "Transport", "Protocol"]),
         .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
     ],
     swiftLanguageModes: [.v5]

@@ -32,3 +32,17 @@ public enum ModelRegistry {
         return (try load(config: ckpt.config, weights: ckpt), ckpt)
     }
 }
+
+extension ModelRegistry {
+    /// Identifies a model across processes: FNV-1a 64 of its config.json bytes. Expert nodes and
+    /// coordinators compare it so a node never serves a different model's experts.
+    public static func fingerprint(directory: URL) throws -> String {
+        let data = try Data(contentsOf: directory.appendingPathComponent("config.json"))
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in data {
+            h ^= UInt64(b)
+            h = h &* 0x100_0000_01b3
+        }
+        return String(h, radix: 16)
+    }
+}

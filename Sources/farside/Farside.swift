@@ -9,7 +9,7 @@ struct Farside: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "farside",
         abstract: "Distributed expert-parallel inference for Mixture-of-Experts language models.",
-        subcommands: [Logits.self, Generate.self, Route.self, Synth.self, Bench.self])
+        subcommands: [Logits.self, Generate.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
 }
 
 /// Options shared by the commands that run a model.
@@ -19,6 +19,17 @@ struct ModelOptions: ParsableArguments {
 
     @Option(name: .long, help: "Comma-separated input token ids, e.g. 5,17,3.")
     var tokens: String
+
+    @Option(name: .long, help: "Run routed experts on N expert-node processes on loopback (0: in this process).")
+    var localNodes: Int = 0
+
+    @Option(name: .long, help: "Seconds without a reply before an expert node is declared dead.")
+    var nodeTimeout: Double = 2
+
+    func validate() throws {
+        guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
+        guard nodeTimeout > 0 && nodeTimeout.isFinite else { throw ValidationError("--node-timeout must be a positive number of seconds") }
+    }
 
     func tokenIDs() throws -> [Int] {
         let parts = tokens.split(separator: ",", omittingEmptySubsequences: false)
@@ -34,16 +45,39 @@ struct ModelOptions: ParsableArguments {
         return ids
     }
 
-    /// Loads the model with its routed experts computed in this process.
+    /// Loads the model with its routed experts computed in this process, or on `--local-nodes`
+    /// expert-node processes (kept alive in `LocalRun.nodes` until the command exits).
     func load() throws -> DecoderModel {
-        let (model, _) = try ModelRegistry.load(directory: URL(fileURLWithPath: model))
-        if !model.sparseLayers.isEmpty { model.experts = try LocalExperts(model: model) }
-        return model
+        let dir = URL(fileURLWithPath: model)
+        let (m, _) = try ModelRegistry.load(directory: dir)
+        guard !m.sparseLayers.isEmpty else { return m }
+        if localNodes == 0 {
+            m.experts = try LocalExperts(model: m)
+            return m
+        }
+        var opts = ExpertCluster.Options()
+        opts.nodeTimeout = nodeTimeout
+        let cluster = try ExpertCluster(model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts) {
+            if ProcessInfo.processInfo.environment["FARSIDE_LOG"] != nil { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
+        }
+        let nodes = LocalNodes()
+        LocalRun.nodes = nodes
+        try nodes.start(count: localNodes, model: model, coordinator: cluster.controlEndpoint,
+                        quiet: ProcessInfo.processInfo.environment["FARSIDE_LOG"] == nil)
+        try cluster.start(expecting: localNodes)
+        m.experts = cluster
+        return m
     }
+}
+
+/// Processes this command started, stopped when it ends.
+enum LocalRun {
+    nonisolated(unsafe) static var nodes: LocalNodes?
 }
 
 /// Runs `body`, turning any error into a one-line message on stderr and exit status 1.
 func runReportingErrors(_ body: () throws -> Void) throws {
+    defer { LocalRun.nodes?.stop() }
     do {
         try body()
     } catch let e as ValidationError {

@@ -1,0 +1,418 @@
+import Foundation
+import Models
+import Protocol
+import Transport
+
+/// Errors of the distributed expert side.
+public enum ClusterError: Error, CustomStringConvertible {
+    case registrationTimeout(expected: Int, registered: Int)
+    case noLiveNodes
+    case nodeRefused(node: String, reason: String)
+    case remote(node: String, message: String)
+
+    public var description: String {
+        switch self {
+        case .registrationTimeout(let e, let r):
+            return "only \(r) of \(e) expert nodes registered in time; check that they run and can reach the coordinator"
+        case .noLiveNodes:
+            return "no live expert node holds or can load the routed experts"
+        case .nodeRefused(let n, let why):
+            return "expert node \(n) refused its assignment: \(why)"
+        case .remote(let n, let m):
+            return "expert node \(n): \(m)"
+        }
+    }
+}
+
+/// The coordinator's view of the expert nodes: registration, placement, and the data plane.
+///
+/// Per MoE layer it groups the batch's routes by the node holding each expert, sends every node
+/// its rows at once, and adds the nodes' fp64 partial sums in node order before rounding once to
+/// fp32 — the same function `LocalExperts` computes in-process. A node that does not answer
+/// within `nodeTimeout` is declared dead: its experts move to live nodes (which map them from
+/// their own checkpoint copies) and the step is sent again, so no request is lost.
+/// Not thread-safe: one coordinator thread drives it (libzmq sockets are single-threaded).
+public final class ExpertCluster: ExpertBackend {
+    public struct Options {
+        public var controlEndpoint = "tcp://127.0.0.1:*"
+        /// Seconds without a reply after which a node is declared dead.
+        public var nodeTimeout = 2.0
+        public var maxMessageBytes: Int64 = 1 << 30
+        public init() {}
+    }
+
+    final class Node {
+        let id: String
+        var endpoint: String
+        var memoryBudget: UInt64
+        var data: ZMQSocket?
+        var alive = true
+        var experts: [(layer: Int, expert: Int)] = []
+        var acknowledgedEpoch: UInt64 = 0
+        var ackError: String?
+        var busySeconds = 0.0
+        init(id: String, endpoint: String, memoryBudget: UInt64) {
+            self.id = id
+            self.endpoint = endpoint
+            self.memoryBudget = memoryBudget
+        }
+    }
+
+    public let options: Options
+    public let controlEndpoint: String
+    let model: DecoderModel
+    let fingerprint: String
+    let control: ZMQSocket
+    var nodes: [Node] = []
+    /// `placement[layer][expert]` = index into `nodes`.
+    var placement: [Int: [Int]] = [:]
+    var epoch: UInt64 = 0
+    var nextRequest: UInt64 = 1
+    let log: (String) -> Void
+    /// Bytes sent and received on the data plane (headers and payloads), for accounting.
+    public private(set) var bytesSent = 0
+    public private(set) var bytesReceived = 0
+    /// Steps re-sent after a node failure.
+    public private(set) var retries = 0
+
+    public init(model: DecoderModel, fingerprint: String, options: Options = Options(),
+                log: @escaping (String) -> Void = { _ in }) throws {
+        self.model = model
+        self.fingerprint = fingerprint
+        self.options = options
+        self.log = log
+        control = try ZMQSocket(kind: .router)
+        try control.setLinger(0)
+        try control.setMaxMessageSize(1 << 20)
+        controlEndpoint = try control.bind(options.controlEndpoint)
+    }
+
+    deinit {
+        for n in nodes { n.data?.close() }
+        control.close()
+    }
+
+    /// Data-plane endpoints of the live nodes.
+    public var nodeEndpoints: [String] { nodes.filter(\.alive).map(\.endpoint) }
+
+    /// Node ids and their live state, for status output.
+    public var nodeStates: [(id: String, alive: Bool, experts: Int)] {
+        nodes.map { ($0.id, $0.alive, $0.experts.count) }
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    func envelope(_ body: Farside_V1_Envelope.OneOf_Body) throws -> Frame {
+        var env = Farside_V1_Envelope()
+        env.protocolVersion = WireCodec.protocolVersion
+        env.body = body
+        return .data(try env.serializedData())
+    }
+
+    // MARK: control plane
+
+    /// Handles control messages already queued (or waits up to `timeout` seconds for one).
+    func pumpControl(timeout: Double) throws {
+        var wait = Int(timeout * 1000)
+        while let frames = try control.receive(timeout: wait) {
+            wait = 0
+            guard frames.count >= 2 else { continue }
+            let id = frames[0].string
+            let env: Farside_V1_Envelope
+            do {
+                env = try WireCodec.decodeEnvelope(frames[1].data)
+            } catch {
+                log("control: dropped a message from \(id): \(error)")
+                if let e = error as? WireError, e.code == .versionMismatch {
+                    var r = Farside_V1_RegisterReply()
+                    r.accepted = false
+                    r.reason = "\(e)"
+                    try? control.send([frames[0], try envelope(.registerReply(r))], flags: .dontWait)
+                }
+                continue
+            }
+            switch env.body {
+            case .register(let r):
+                var reply = Farside_V1_RegisterReply()
+                if r.modelFingerprint != fingerprint {
+                    reply.accepted = false
+                    reply.reason = "node serves a different model (fingerprint \(r.modelFingerprint), coordinator \(fingerprint))"
+                    log("refused node \(id): \(reply.reason)")
+                } else {
+                    reply.accepted = true
+                    try register(id: id, endpoint: r.endpoint, memory: r.memoryBudgetBytes)
+                }
+                try? control.send([frames[0], try envelope(.registerReply(reply))], flags: .dontWait)
+            case .assignmentAck(let a):
+                if let n = nodes.first(where: { $0.id == id }) {
+                    n.acknowledgedEpoch = a.epoch
+                    n.ackError = a.error.isEmpty ? nil : a.error
+                }
+            case .heartbeat(let h):
+                nodes.first { $0.id == id }?.busySeconds += h.busySeconds
+            default:
+                log("control: ignored a message from \(id)")
+            }
+        }
+    }
+
+    func register(id: String, endpoint: String, memory: UInt64) throws {
+        if let n = nodes.first(where: { $0.id == id }) {
+            // A node that comes back (restarted, or reachable again) starts empty.
+            n.data?.close()
+            n.endpoint = endpoint
+            n.memoryBudget = memory
+            n.experts = []
+            n.alive = true
+            n.data = try dataSocket(endpoint)
+            log("node \(id) re-registered at \(endpoint)")
+        } else {
+            let n = Node(id: id, endpoint: endpoint, memoryBudget: memory)
+            n.data = try dataSocket(endpoint)
+            nodes.append(n)
+            log("node \(id) registered at \(endpoint)")
+        }
+    }
+
+    func dataSocket(_ endpoint: String) throws -> ZMQSocket {
+        let s = try ZMQSocket(kind: .dealer)
+        try s.setLinger(0)
+        try s.setMaxMessageSize(options.maxMessageBytes)
+        try s.connect(endpoint)
+        return s
+    }
+
+    /// Waits until `count` nodes have registered, then places every routed expert and waits for
+    /// all nodes to load their share.
+    public func start(expecting count: Int, timeout: Double = 60) throws {
+        let deadline = Self.now() + timeout
+        while nodes.filter(\.alive).count < count {
+            let left = deadline - Self.now()
+            if left <= 0 { throw ClusterError.registrationTimeout(expected: count, registered: nodes.count) }
+            try pumpControl(timeout: min(left, 0.2))
+        }
+        try place()
+    }
+
+    /// Spreads every routed expert over the live nodes in proportion to their memory budgets
+    /// (equal shares when budgets are unset), keeping experts where they already are when their
+    /// node is alive, then sends each node its complete assignment and waits for the loads.
+    func place() throws {
+        let live = nodes.indices.filter { nodes[$0].alive }
+        guard !live.isEmpty else { throw ClusterError.noLiveNodes }
+        var bytes = [Int](repeating: 0, count: nodes.count)
+        var newPlacement: [Int: [Int]] = [:]
+        let expertBytes = try model.sparseLayers.first.map { try model.expertLoader($0.layer, 0).weightBytes } ?? 0
+        func share(_ i: Int) -> Double {
+            let budget = nodes[i].memoryBudget
+            return budget == 0 ? 1 : Double(budget)
+        }
+        for (layer, count, _) in model.sparseLayers {
+            var row = [Int](repeating: -1, count: count)
+            for e in 0..<count {
+                if let old = placement[layer]?[e], old >= 0, nodes[old].alive {
+                    row[e] = old
+                } else {
+                    row[e] = live.min { Double(bytes[$0]) / share($0) < Double(bytes[$1]) / share($1) }!
+                }
+                bytes[row[e]] += expertBytes
+            }
+            newPlacement[layer] = row
+        }
+        placement = newPlacement
+        epoch += 1
+        for i in live {
+            nodes[i].experts = []
+            nodes[i].ackError = nil
+        }
+        for (layer, row) in placement.sorted(by: { $0.key < $1.key }) {
+            for (e, i) in row.enumerated() { nodes[i].experts.append((layer, e)) }
+        }
+        for i in live {
+            var a = Farside_V1_Assignment()
+            a.epoch = epoch
+            a.experts = nodes[i].experts.map { key in
+                var k = Farside_V1_ExpertKey()
+                k.layer = UInt32(key.layer)
+                k.expert = UInt32(key.expert)
+                return k
+            }
+            try control.send([.data(Data(nodes[i].id.utf8)), try envelope(.assignment(a))], flags: .dontWait)
+        }
+        let deadline = Self.now() + max(options.nodeTimeout * 5, 10)
+        while true {
+            let pending = live.filter { nodes[$0].alive && nodes[$0].acknowledgedEpoch < epoch }
+            if let bad = live.first(where: { nodes[$0].ackError != nil }) {
+                throw ClusterError.nodeRefused(node: nodes[bad].id, reason: nodes[bad].ackError!)
+            }
+            if pending.isEmpty { break }
+            if Self.now() > deadline {
+                for i in pending { markDead(i, "did not load its assignment in time") }
+                return try place()
+            }
+            try pumpControl(timeout: 0.05)
+        }
+        log("placement epoch \(epoch): \(live.map { "\(nodes[$0].id)=\(nodes[$0].experts.count)" }.joined(separator: " "))")
+    }
+
+    func markDead(_ i: Int, _ why: String) {
+        guard nodes[i].alive else { return }
+        nodes[i].alive = false
+        nodes[i].data?.close()
+        nodes[i].data = nil
+        log("node \(nodes[i].id) declared dead: \(why)")
+    }
+
+    // MARK: data plane
+
+    /// Per-node work of one step, reused across steps.
+    struct Work {
+        var tokens: [Int32] = []          // token indices of the batch this node receives
+        var local: [Int32: UInt32] = [:]  // token -> row in the request
+        var groups: [Int: (rows: [UInt32], weights: [Float])] = [:]
+    }
+
+    public func computeExperts(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
+                               output: UnsafeMutablePointer<Float>) throws {
+        let n = batch.rows, k = batch.topK, d = model.hidden
+        guard batch.hidden == d, batch.experts.count == n * k, batch.weights.count == n * k else {
+            throw ExpertBackendError.shapeMismatch("batch of \(n) rows × top-\(k) does not fit hidden \(d)")
+        }
+        guard let row = placement[layer] else { throw ExpertBackendError.unknownLayer(layer) }
+        for e in batch.experts where e < 0 || Int(e) >= row.count {
+            throw ExpertBackendError.unknownExpert(layer: layer, expert: Int(e))
+        }
+        var attempt = 0
+        while true {
+            attempt += 1
+            if let partials = try exchange(layer: layer, batch: batch, input: input, placement: placement[layer]!) {
+                var sum = [Double](repeating: 0, count: n * d)
+                // Node order is fixed (registration order), so the fp64 sum is reproducible.
+                for (_, rows) in partials.sorted(by: { $0.key < $1.key }) {
+                    for (t, buf) in rows {
+                        for j in 0..<d { sum[t * d + j] += buf[j] }
+                    }
+                }
+                for i in 0..<(n * d) { output[i] = Float(sum[i]) }
+                return
+            }
+            retries += 1
+            guard attempt <= nodes.count else { throw ClusterError.noLiveNodes }
+            try place()
+        }
+    }
+
+    /// Sends one step to every node that holds a chosen expert and collects their partial sums
+    /// (per node: token -> fp64 row). Returns nil when a node died (it is marked dead).
+    func exchange(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
+                  placement row: [Int]) throws -> [Int: [(Int, [Double])]]? {
+        let k = batch.topK, d = model.hidden
+        var work: [Int: Work] = [:]
+        for r in 0..<(batch.rows * k) {
+            let t = Int32(r / k), e = Int(batch.experts[r])
+            let node = row[e]
+            var w = work[node] ?? Work()
+            let local: UInt32
+            if let l = w.local[t] { local = l } else {
+                local = UInt32(w.tokens.count)
+                w.local[t] = local
+                w.tokens.append(t)
+            }
+            w.groups[e, default: ([], [])].rows.append(local)
+            w.groups[e, default: ([], [])].weights.append(batch.weights[r])
+            work[node] = w
+        }
+        var pending: [UInt64: (node: Int, tokens: [Int32])] = [:]
+        for (node, w) in work.sorted(by: { $0.key < $1.key }) {
+            guard nodes[node].alive, let socket = nodes[node].data else { return nil }
+            var req = Farside_V1_ExpertRequest()
+            req.requestID = nextRequest
+            nextRequest += 1
+            req.layer = UInt32(layer)
+            req.rows = UInt32(w.tokens.count)
+            req.hidden = UInt32(d)
+            req.dtype = .f32
+            req.groups = w.groups.sorted { $0.key < $1.key }.map { e, g in
+                var eg = Farside_V1_ExpertRows()
+                eg.expert = UInt32(e)
+                eg.rows = g.rows
+                eg.weights = g.weights
+                return eg
+            }
+            let payload = FloatRows(count: w.tokens.count * d)
+            for (i, t) in w.tokens.enumerated() { (payload.pointer + i * d).update(from: input + Int(t) * d, count: d) }
+            let header = try envelope(.expertRequest(req))
+            do {
+                try socket.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: w.tokens.count * d * 4, owner: payload)],
+                                flags: .dontWait)
+            } catch {
+                markDead(node, "send failed: \(error)")
+                return nil
+            }
+            bytesSent += header.count + w.tokens.count * d * 4
+            pending[req.requestID] = (node, w.tokens)
+        }
+        var results: [Int: [(Int, [Double])]] = [:]
+        let deadline = Self.now() + options.nodeTimeout
+        while !pending.isEmpty {
+            let waiting = Set(pending.values.map(\.node))
+            let sockets = waiting.sorted().compactMap { nodes[$0].data }
+            let left = deadline - Self.now()
+            if left <= 0 {
+                for node in waiting { markDead(node, "no reply within \(options.nodeTimeout) s") }
+                return nil
+            }
+            let ready = try ZMQSocket.poll(sockets + [control], timeout: max(1, Int(left * 1000)))
+            if ready.last == true { try pumpControl(timeout: 0) }
+            for (i, node) in waiting.sorted().enumerated() where ready[i] {
+                guard let socket = nodes[node].data, let frames = try socket.receive(timeout: 0) else { continue }
+                bytesReceived += frames.reduce(0) { $0 + $1.count }
+                guard let first = frames.first, let env = try? WireCodec.decodeEnvelope(first.data) else {
+                    log("node \(nodes[node].id): dropped an undecodable reply")
+                    continue
+                }
+                switch env.body {
+                case .expertReply(let rep):
+                    guard let p = pending[rep.requestID], p.node == node else { continue }  // stale
+                    guard frames.count == 2 else {
+                        throw ClusterError.remote(node: nodes[node].id, message: "reply without its payload frame")
+                    }
+                    try WireCodec.validateReply(rep, payloadByteCount: frames[1].count, expectedRows: p.tokens.count, hidden: d,
+                                                requestID: rep.requestID, dtype: .f64)
+                    var rows: [(Int, [Double])] = []
+                    frames[1].withUnsafeBytes { raw in
+                        for (i, t) in p.tokens.enumerated() {
+                            var buf = [Double](repeating: 0, count: d)
+                            buf.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[(i * d * 8)..<((i + 1) * d * 8)])) }
+                            rows.append((Int(t), buf))
+                        }
+                    }
+                    results[node, default: []].append(contentsOf: rows)
+                    pending[rep.requestID] = nil
+                case .error(let e):
+                    guard pending[e.requestID] != nil else { continue }
+                    if e.code == .unknownExpert || e.code == .unknownLayer {
+                        // The node lost its assignment (restarted): treat like a failure.
+                        markDead(node, e.message)
+                        return nil
+                    }
+                    throw ClusterError.remote(node: nodes[node].id, message: e.message)
+                default:
+                    continue
+                }
+            }
+        }
+        return results
+    }
+}
+
+/// fp32 rows of one request, kept alive by libzmq until sent (zero-copy).
+final class FloatRows {
+    let pointer: UnsafeMutablePointer<Float>
+    init(count: Int) { pointer = .allocate(capacity: max(count, 1)) }
+    deinit { pointer.deallocate() }
+}

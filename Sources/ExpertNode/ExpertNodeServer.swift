@@ -1,0 +1,271 @@
+import Foundation
+import Models
+import Protocol
+import Transport
+
+/// An expert node: a separate process holding some routed experts of a model and computing them
+/// for batches of tokens sent by coordinators.
+///
+/// Sockets: a ROUTER bound at `listen` serves data-plane requests from any number of
+/// coordinator DEALERs; a DEALER (routing id = node id) connected to the coordinator's control
+/// ROUTER carries registration, assignments, heartbeats, drain and shutdown. One thread owns
+/// both sockets (libzmq sockets are single-threaded); the kernels use the worker pool.
+public final class ExpertNodeServer {
+    public struct Options {
+        public var listen: String
+        public var coordinator: String
+        public var nodeID: String
+        public var memoryBudget: Int
+        public var power: (device: String, idleWatts: Double, activeWatts: Double)
+        public var heartbeatInterval: Double = 0.5
+        /// Inbound messages larger than this are refused by libzmq (the peer is disconnected).
+        public var maxMessageBytes: Int64 = 1 << 30
+        public init(listen: String, coordinator: String, nodeID: String, memoryBudget: Int,
+                    power: (String, Double, Double) = ("cpu", 10, 60)) {
+            self.listen = listen
+            self.coordinator = coordinator
+            self.nodeID = nodeID
+            self.memoryBudget = memoryBudget
+            self.power = power
+        }
+    }
+
+    let options: Options
+    let model: DecoderModel
+    let fingerprint: String
+    var experts: LocalExperts?
+    var epoch: UInt64 = 0
+    var busySeconds = 0.0
+    var requests: UInt64 = 0
+    var loads: [Int: UInt64] = [:]   // layer << 20 | expert -> routed tokens since last heartbeat
+    var running = true
+    var log: (String) -> Void
+
+    public init(model: DecoderModel, fingerprint: String, options: Options, log: @escaping (String) -> Void) {
+        self.model = model
+        self.fingerprint = fingerprint
+        self.options = options
+        self.log = log
+    }
+
+    /// Serves until told to shut down. Throws only for set-up failures (bind, connect).
+    public func run() throws {
+        let data = try ZMQSocket(kind: .router)
+        try data.setLinger(0)
+        try data.setMaxMessageSize(options.maxMessageBytes)
+        let endpoint = try data.bind(options.listen)
+        let control = try ZMQSocket(kind: .dealer)
+        try control.setLinger(0)
+        try control.setRoutingID(Data(options.nodeID.utf8))
+        try control.setMaxMessageSize(options.maxMessageBytes)
+        try control.connect(options.coordinator)
+        defer {
+            data.close()
+            control.close()
+        }
+        log("expert node \(options.nodeID) serving \(endpoint), coordinator \(options.coordinator)")
+        var register = Farside_V1_Register()
+        register.nodeID = options.nodeID
+        register.endpoint = endpoint
+        register.memoryBudgetBytes = UInt64(max(0, options.memoryBudget))
+        register.modelFingerprint = fingerprint
+        var power = Farside_V1_PowerProfile()
+        power.device = options.power.device
+        power.idleWatts = options.power.idleWatts
+        power.activeWatts = options.power.activeWatts
+        register.power = power
+        try send(control, [], .register(register))
+
+        var lastBeat = now()
+        var lastRegister = now()
+        var registered = false
+        while running {
+            let ready = try ZMQSocket.poll([data, control], timeout: 100)
+            if ready[1], let frames = try control.receive(timeout: 0) {
+                handleControl(frames, control: control, registered: &registered)
+            }
+            if ready[0], let frames = try data.receive(timeout: 0) {
+                handleData(frames, socket: data)
+            }
+            let t = now()
+            if !registered && t - lastRegister > 1 {
+                // The coordinator may have started after us or restarted: say hello again.
+                try send(control, [], .register(register))
+                lastRegister = t
+            }
+            if registered && t - lastBeat >= options.heartbeatInterval {
+                var hb = Farside_V1_Heartbeat()
+                hb.nodeID = options.nodeID
+                hb.epoch = epoch
+                hb.busySeconds = busySeconds
+                hb.requests = requests
+                hb.loads = loads.sorted { $0.key < $1.key }.map { key, tokens in
+                    var l = Farside_V1_ExpertLoad()
+                    l.key.layer = UInt32(key >> 20)
+                    l.key.expert = UInt32(key & 0xFFFFF)
+                    l.tokens = tokens
+                    return l
+                }
+                loads.removeAll(keepingCapacity: true)
+                busySeconds = 0
+                try? send(control, [], .heartbeat(hb))
+                lastBeat = t
+            }
+        }
+        log("expert node \(options.nodeID) stopped")
+    }
+
+    func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    func send(_ socket: ZMQSocket, _ prefix: [Frame], _ body: Farside_V1_Envelope.OneOf_Body, payload: [Frame] = []) throws {
+        var env = Farside_V1_Envelope()
+        env.protocolVersion = WireCodec.protocolVersion
+        env.body = body
+        try socket.send(prefix + [.data(try env.serializedData())] + payload, flags: .dontWait)
+    }
+
+    func handleControl(_ frames: [Frame], control: ZMQSocket, registered: inout Bool) {
+        guard let first = frames.first else { return }
+        let env: Farside_V1_Envelope
+        do {
+            env = try WireCodec.decodeEnvelope(first.data)
+        } catch {
+            log("control: dropped a message: \(error)")
+            return
+        }
+        switch env.body {
+        case .registerReply(let r):
+            if r.accepted {
+                registered = true
+            } else {
+                log("coordinator refused registration: \(r.reason)")
+                running = false
+            }
+        case .assignment(let a):
+            registered = true
+            var ack = Farside_V1_AssignmentAck()
+            ack.epoch = a.epoch
+            do {
+                let wanted = Set(a.experts.map { Int($0.layer) << 20 | Int($0.expert) })
+                let sparse = Dictionary(uniqueKeysWithValues: model.sparseLayers.map { ($0.layer, $0.experts) })
+                for key in a.experts {
+                    guard let count = sparse[Int(key.layer)], Int(key.expert) < count else {
+                        throw ExpertBackendError.unknownExpert(layer: Int(key.layer), expert: Int(key.expert))
+                    }
+                }
+                let held = try LocalExperts(model: model) { l, e in wanted.contains(l << 20 | e) }
+                guard held.weightBytes <= options.memoryBudget || options.memoryBudget <= 0 else {
+                    throw ExpertBackendError.shapeMismatch("assignment needs \(held.weightBytes) bytes, over the memory budget of \(options.memoryBudget)")
+                }
+                experts = held
+                epoch = a.epoch
+                ack.loadedBytes = UInt64(held.weightBytes)
+                log("assignment epoch \(a.epoch): \(a.experts.count) experts, \(held.weightBytes) bytes")
+            } catch {
+                ack.error = "\(error)"
+                log("assignment epoch \(a.epoch) refused: \(error)")
+            }
+            try? send(control, [], .assignmentAck(ack))
+        case .drain:
+            experts = nil
+            log("drained")
+        case .shutdown:
+            running = false
+        default:
+            log("control: ignored an unexpected message")
+        }
+    }
+
+    /// Data plane: `[routing id, envelope(ExpertRequest), input rows]`. Bad input gets an error
+    /// reply naming the problem; it never stops the node.
+    func handleData(_ frames: [Frame], socket: ZMQSocket) {
+        guard frames.count >= 2 else { return }
+        let peer = frames[0]
+        var requestID: UInt64 = 0
+        func fail(_ code: Farside_V1_ErrorCode, _ message: String) {
+            log("request \(requestID): \(message)")
+            var e = Farside_V1_ErrorReply()
+            e.requestID = requestID
+            e.code = code
+            e.message = message
+            try? send(socket, [peer], .error(e))
+        }
+        let env: Farside_V1_Envelope
+        do {
+            env = try WireCodec.decodeEnvelope(frames[1].data)
+        } catch let e as WireError {
+            return fail(e.code, "\(e)")
+        } catch {
+            return fail(.malformed, "\(error)")
+        }
+        guard case .expertRequest(let req) = env.body else {
+            return fail(.malformed, "data socket accepts only expert requests")
+        }
+        requestID = req.requestID
+        guard frames.count == 3 else { return fail(.malformed, "expected 1 payload frame, got \(frames.count - 2)") }
+        let payload = frames[2]
+        do {
+            try WireCodec.validateRequest(req, payloadByteCount: payload.count, maxRows: 1 << 16, maxHidden: 1 << 16)
+        } catch let e as WireError {
+            return fail(e.code, "\(e)")
+        } catch {
+            return fail(.malformed, "\(error)")
+        }
+        guard let experts else { return fail(.unknownExpert, "no experts assigned to this node yet") }
+        guard Int(req.hidden) == model.hidden else {
+            return fail(.malformed, "hidden \(req.hidden) does not match the model's \(model.hidden)")
+        }
+        let t0 = now()
+        let n = Int(req.rows), d = Int(req.hidden)
+        let out = DoubleBuffer(count: n * d)
+        do {
+            // One copy of the input rows: libzmq's buffers carry no alignment guarantee, and
+            // bf16/f16 payloads need widening anyway.
+            var input = [Float](repeating: 0, count: n * d)
+            try payload.withUnsafeBytes { raw in
+                try input.withUnsafeMutableBufferPointer { try WireCodec.decodePayload(raw, dtype: req.dtype, into: $0) }
+            }
+            let groups = req.groups.map { (expert: Int($0.expert), rows: $0.rows, weights: $0.weights) }
+            try input.withUnsafeBufferPointer { x in
+                try experts.accumulate(layer: Int(req.layer), groups: groups, input: x.baseAddress!, rows: n, partial: out.pointer)
+            }
+        } catch let e as ExpertBackendError {
+            switch e {
+            case .unknownLayer: return fail(.unknownLayer, "\(e)")
+            case .unknownExpert: return fail(.unknownExpert, "\(e)")
+            case .shapeMismatch: return fail(.malformed, "\(e)")
+            }
+        } catch let e as WireError {
+            return fail(e.code, "\(e)")
+        } catch {
+            return fail(.internal, "\(error)")
+        }
+        let dt = now() - t0
+        busySeconds += dt
+        requests += 1
+        for g in req.groups { loads[Int(req.layer) << 20 | Int(g.expert), default: 0] += UInt64(g.rows.count) }
+        var reply = Farside_V1_ExpertReply()
+        reply.requestID = req.requestID
+        reply.rows = req.rows
+        reply.hidden = req.hidden
+        reply.dtype = .f64
+        reply.computeSeconds = dt
+        do {
+            try send(socket, [peer], .expertReply(reply),
+                     payload: [.noCopy(pointer: UnsafeRawPointer(out.pointer), count: n * d * 8, owner: out)])
+        } catch {
+            log("request \(req.requestID): reply not sent: \(error)")
+        }
+    }
+}
+
+/// Heap storage for one reply's fp64 rows, kept alive by libzmq until sent (zero-copy).
+final class DoubleBuffer {
+    let pointer: UnsafeMutablePointer<Double>
+    init(count: Int) { pointer = .allocate(capacity: max(count, 1)) }
+    deinit { pointer.deallocate() }
+}

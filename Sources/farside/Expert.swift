@@ -1,0 +1,100 @@
+import ArgumentParser
+import ExpertNode
+import Foundation
+import Models
+
+/// Parses sizes such as 8GiB, 512MiB, 2GB, 1000000 into bytes.
+func parseBytes(_ s: String) -> Int? {
+    let units: [(String, Double)] = [("GiB", 1_073_741_824), ("MiB", 1_048_576), ("KiB", 1024), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)]
+    for (u, f) in units where s.hasSuffix(u) {
+        guard let v = Double(s.dropLast(u.count)), v >= 0, v.isFinite else { return nil }
+        return Int(v * f)
+    }
+    return Int(s).flatMap { $0 >= 0 ? $0 : nil }
+}
+
+struct Expert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run an expert node: hold routed experts and compute them for coordinators.")
+
+    @Option(name: .long, help: "Data-plane endpoint to bind, e.g. tcp://127.0.0.1:5600 (port * picks a free one).")
+    var listen: String
+
+    @Option(name: .long, help: "The coordinator's control endpoint, e.g. tcp://127.0.0.1:5500.")
+    var coordinator: String
+
+    @Option(name: .long, help: "Hugging Face checkpoint directory: this node's local copy of the model.")
+    var model: String
+
+    @Option(name: .long, help: "Node id (default: hostname-pid).")
+    var nodeId: String?
+
+    @Option(name: .long, help: "Memory for expert weights, e.g. 8GiB (0: no limit).")
+    var memoryBudget: String = "0"
+
+    @Flag(name: .long, help: "Log nothing but errors.")
+    var quiet = false
+
+    func validate() throws {
+        guard parseBytes(memoryBudget) != nil else {
+            throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
+        }
+        for (flag, v) in [("--listen", listen), ("--coordinator", coordinator)] where !(v.hasPrefix("tcp://") || v.hasPrefix("ipc://") || v.hasPrefix("inproc://")) {
+            throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT)")
+        }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let dir = URL(fileURLWithPath: model)
+            let (m, _) = try ModelRegistry.load(directory: dir)
+            let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
+            let server = ExpertNodeServer(
+                model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir),
+                options: .init(listen: listen, coordinator: coordinator, nodeID: id, memoryBudget: parseBytes(memoryBudget)!),
+                log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } })
+            try server.run()
+        }
+    }
+}
+
+struct Cluster: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage a local cluster.", subcommands: [Up.self])
+
+    struct Up: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a coordinator and N expert nodes on loopback; stop them all on Ctrl-C or SIGTERM.")
+
+        @Option(name: .long, help: "Hugging Face checkpoint directory.")
+        var model: String
+
+        @Option(name: .long, help: "Number of expert-node processes.")
+        var nodes: Int = 2
+
+        func validate() throws {
+            guard nodes >= 1 && nodes <= 64 else { throw ValidationError("--nodes must be in 1...64, got \(nodes)") }
+        }
+
+        func run() throws {
+            try runReportingErrors {
+                signal(SIGINT, SIG_IGN)
+                signal(SIGTERM, SIG_IGN)
+                let stop = DispatchSemaphore(value: 0)
+                var sources: [DispatchSourceSignal] = []
+                for sig in [SIGINT, SIGTERM] {
+                    let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                    s.setEventHandler { stop.signal() }
+                    s.resume()
+                    sources.append(s)
+                }
+                let opts = try ModelOptions.parse(["--model", model, "--tokens", "0", "--local-nodes", "\(nodes)"])
+                let m = try opts.load()
+                FileHandle.standardError.write(Data("cluster up: \(m.architecture) with \(nodes) expert nodes; Ctrl-C stops it\n".utf8))
+                stop.wait()
+                FileHandle.standardError.write(Data("cluster: stopping\n".utf8))
+                _ = sources
+            }
+        }
+    }
+}

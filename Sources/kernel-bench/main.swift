@@ -1,0 +1,204 @@
+// Kernel micro-benchmarks: GEMV bandwidth against the machine's read and memcpy bandwidth, GEMM
+// throughput, and ThreadPool.parallelFor overhead. Every figure is the median of 7 runs.
+//
+//   swift run -c release --scratch-path .build-kernels kernel-bench
+//
+// Thread-count-dependent parts (GEMV, GEMM) run in child processes with FARSIDE_THREADS set,
+// since the pool's size is fixed per process.
+import Foundation
+import Kernels
+
+let runs = 7
+let mib = 1 << 20
+
+@inline(never) func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+
+/// Median seconds of `runs` calls of `body` after one warm-up call.
+func timeIt(_ body: () -> Void) -> Double {
+    body()
+    var t: [Double] = []
+    for _ in 0..<runs {
+        let s = now()
+        body()
+        t.append(now() - s)
+    }
+    return median(t)
+}
+
+/// A page-touched buffer of `bytes` filled with small pseudo-random values valid in every dtype.
+func makeBuffer(_ bytes: Int, dtype: DType = .bf16) -> UnsafeMutableRawPointer {
+    let p = UnsafeMutableRawPointer.allocate(byteCount: bytes + 64, alignment: 64)
+    var s: UInt64 = 0x9E37_79B9_7F4A_7C15
+    switch dtype {
+    case .f32:
+        let f = p.bindMemory(to: Float.self, capacity: bytes / 4)
+        for i in 0..<(bytes / 4) { s = s &* 6364136223846793005 &+ 1; f[i] = Float(Int64(bitPattern: s) >> 44) / 1e6 }
+    case .f16:
+        let h = p.bindMemory(to: UInt16.self, capacity: bytes / 2 + 32)
+        for i in 0..<(bytes / 2 + 32) { s = s &* 6364136223846793005 &+ 1; h[i] = Float16(Float(Int64(bitPattern: s) >> 44) / 1e6).bitPattern }
+    case .bf16:
+        let h = p.bindMemory(to: UInt16.self, capacity: bytes / 2 + 32)
+        for i in 0..<(bytes / 2 + 32) { s = s &* 6364136223846793005 &+ 1; h[i] = UInt16((Float(Int64(bitPattern: s) >> 44) / 1e6).bitPattern >> 16) }
+    }
+    return p
+}
+
+func vector(_ n: Int) -> UnsafeMutablePointer<Float> {
+    let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
+    for i in 0..<n { p[i] = Float(sin(Double(i) * 0.37)) }
+    return p
+}
+
+func fmt(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+
+func line(_ s: String) {
+    print(s)
+    fflush(stdout)
+}
+
+@inline(never) func readSum(_ p: UnsafeRawPointer, _ bytes: Int) -> Float {
+    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    var o = 0
+    while o + 128 <= bytes {
+        a0 += p.load(fromByteOffset: o, as: SIMD8<Float>.self)
+        a1 += p.load(fromByteOffset: o + 32, as: SIMD8<Float>.self)
+        a2 += p.load(fromByteOffset: o + 64, as: SIMD8<Float>.self)
+        a3 += p.load(fromByteOffset: o + 96, as: SIMD8<Float>.self)
+        o += 128
+    }
+    return ((a0 + a1) + (a2 + a3)).sum()
+}
+
+var sink: Float = 0
+
+// MARK: - parts
+
+func bandwidth() {
+    let readBytes = 256 * mib
+    let buf = makeBuffer(readBytes, dtype: .f32)
+    let t1 = timeIt { sink += readSum(buf, readBytes) }
+    line("read bandwidth, 1 thread, 256 MiB sum:      \(fmt(Double(readBytes) / t1 / 1e9)) GB/s")
+    let threads = ThreadPool.shared.threadCount
+    let t2 = timeIt {
+        ThreadPool.shared.parallelFor(readBytes / mib) { lo, hi in
+            let s = readSum(buf + lo * mib, (hi - lo) * mib)
+            if s == 12345 { print("") }
+        }
+    }
+    line("read bandwidth, \(threads) threads, 256 MiB sum:     \(fmt(Double(readBytes) / t2 / 1e9)) GB/s")
+    buf.deallocate()
+
+    let bytes = 64 * mib
+    let src = makeBuffer(bytes), dst = makeBuffer(bytes)
+    let tc = timeIt { memcpy(dst, src, bytes) }
+    line("memcpy, 1 thread, 64 MiB (bytes copied/s):  \(fmt(Double(bytes) / tc / 1e9)) GB/s")
+    src.deallocate(); dst.deallocate()
+}
+
+/// GEMV over a 64 MiB matrix in each dtype (and shorter rows / many small matrices for bf16).
+func gemv() {
+    let threads = ThreadPool.shared.threadCount
+    let bytes = 64 * mib
+    func bench(_ label: String, _ dtype: DType, cols: Int, offset: Int = 0, pieces: Int = 1) {
+        let rows = bytes / (cols * dtype.byteSize)
+        let buf = makeBuffer(bytes + offset, dtype: dtype)
+        let x = vector(cols), y = vector(rows)
+        let per = rows / pieces
+        let ms = (0..<pieces).map { Matrix(data: buf + offset, dtype: dtype, rows: rows, cols: cols).rows($0 * per, count: per) }
+        let t = timeIt { for m in ms { Linear.forward(m, input: x, count: 1, output: y + 0) } }
+        line("gemv \(label) \(dtype) \(pieces > 1 ? "\(pieces) × " : "")\(per)x\(cols)\(offset > 0 ? " (data +\(offset) B)" : ""), \(threads) thread\(threads > 1 ? "s" : ""): "
+             + "\(fmt(Double(bytes) / t / 1e9)) GB/s  (\(fmt(t * 1e3, 2)) ms)")
+        buf.deallocate(); x.deallocate(); y.deallocate()
+    }
+    for d in [DType.bf16, .f16, .f32] { bench("64 MiB", d, cols: 4096) }
+    bench("64 MiB", .bf16, cols: 4096, offset: 2)
+    bench("64 MiB", .bf16, cols: 1024)
+    bench("64 MiB", .bf16, cols: 7168, offset: 2)
+    bench("64 MiB", .bf16, cols: 1024, pieces: 64)  // 64 expert-sized (1 MiB) matrices in turn
+}
+
+/// GEMM: one bf16 4096×4096 matrix (and f16/f32 of the same shape) against 16 and 128 tokens.
+func gemm() {
+    let threads = ThreadPool.shared.threadCount
+    let rows = 4096, cols = 4096
+    for dtype in [DType.bf16, .f16, .f32] {
+        let bytes = rows * cols * dtype.byteSize
+        let buf = makeBuffer(bytes + 2, dtype: dtype)
+        let m = Matrix(data: buf, dtype: dtype, rows: rows, cols: cols)
+        let x = vector(128 * cols), y = vector(128 * rows)
+        let tv = timeIt { Linear.forward(m, input: x, count: 1, output: y) }
+        for n in [16, 128] {
+            let t = timeIt { Linear.forward(m, input: x, count: n, output: y) }
+            let gflops = 2.0 * Double(rows * cols * n) / t / 1e9
+            line("gemm \(dtype) \(rows)x\(cols) count \(n), \(threads) thread\(threads > 1 ? "s" : ""): \(fmt(gflops)) GFLOP/s  "
+                 + "(\(fmt(t * 1e3, 2)) ms; \(fmt(Double(n) * tv / t)) × faster than \(n) GEMVs)")
+        }
+        buf.deallocate(); x.deallocate(); y.deallocate()
+    }
+}
+
+func poolOverhead() {
+    let pool = ThreadPool.shared
+    let calls = 20_000
+    let t = timeIt { for _ in 0..<calls { pool.parallelFor(pool.threadCount) { _, _ in } } }
+    line("parallelFor overhead, \(pool.threadCount) threads, empty body: \(fmt(t / Double(calls) * 1e6, 2)) µs/call")
+    // Back-to-back calls separated by a little serial work, as between the kernels of a layer.
+    let x = vector(4096)
+    let t2 = timeIt {
+        for _ in 0..<calls {
+            sink += Elementwise.dot(x, x, count: 4096)
+            pool.parallelFor(64, granularity: 4) { lo, hi in if lo > hi { print("") } }
+        }
+    }
+    let tDot = timeIt { for _ in 0..<calls { sink += Elementwise.dot(x, x, count: 4096) } }
+    line("parallelFor overhead after 4096-float serial work: \(fmt((t2 - tDot) / Double(calls) * 1e6, 2)) µs/call")
+    // After the workers have gone to sleep.
+    var sleepy: [Double] = []
+    for _ in 0..<runs {
+        usleep(50_000)
+        let s = now()
+        pool.parallelFor(pool.threadCount) { _, _ in }
+        sleepy.append(now() - s)
+    }
+    line("parallelFor after 50 ms idle (workers asleep): \(fmt(median(sleepy) * 1e6, 2)) µs/call")
+}
+
+// MARK: - driver
+
+let args = CommandLine.arguments
+if args.count >= 3 && args[1] == "--part" {
+    switch args[2] {
+    case "gemv": gemv()
+    case "gemm": gemm()
+    case "pool": poolOverhead()
+    case "bandwidth": bandwidth()
+    default: fatalError("unknown part \(args[2])")
+    }
+    exit(0)
+}
+
+let selfPath = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).standardizedFileURL.path
+func child(_ part: String, threads: Int?) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: selfPath)
+    p.arguments = ["--part", part]
+    var env = ProcessInfo.processInfo.environment
+    if let threads { env["FARSIDE_THREADS"] = String(threads) }
+    p.environment = env
+    try! p.run()
+    p.waitUntilExit()
+}
+let cores = ProcessInfo.processInfo.activeProcessorCount
+let parts = args.count > 1 ? Array(args[1...]) : ["bandwidth", "gemv", "gemm", "pool"]
+for part in parts {
+    switch part {
+    case "gemv", "gemm": for t in Set([1, cores]).sorted() { child(part, threads: t) }
+    default: child(part, threads: nil)
+    }
+}

@@ -1,0 +1,191 @@
+import Coordinator
+import ExpertNode
+import Foundation
+import Models
+import Protocol
+import Transport
+import XCTest
+
+/// Real expert-node processes (`farside expert`) on loopback, driven by a coordinator.
+enum Harness {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static let fixtures = root.appendingPathComponent("Tests/Fixtures")
+    static let moeFixtures = ["mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3", "kimi_k2"]
+
+    static var binary: URL {
+        get throws {
+            if let p = ProcessInfo.processInfo.environment["FARSIDE_BIN"] { return URL(fileURLWithPath: p) }
+            for c in [".build/release/farside", ".build/debug/farside"] {
+                let u = root.appendingPathComponent(c)
+                if FileManager.default.isExecutableFile(atPath: u.path) { return u }
+            }
+            throw NSError(domain: "ClusterTests", code: 1, userInfo: [NSLocalizedDescriptionKey: "farside binary not found: run scripts/test.sh"])
+        }
+    }
+
+    static func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let p = Process()
+        p.executableURL = try binary
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    static func json(_ s: String) -> [String: Any]? {
+        (try? JSONSerialization.jsonObject(with: Data(s.utf8))) as? [String: Any]
+    }
+
+    struct Reference: Decodable {
+        struct Case: Decodable { let tokens: [Int] }
+        struct Greedy: Decodable { let prompt: [Int]; let new_tokens: [Int] }
+        let cases: [Case]
+        let greedy: Greedy
+    }
+
+    static func reference(_ name: String) throws -> Reference {
+        try JSONDecoder().decode(Reference.self, from: Data(contentsOf: fixtures.appendingPathComponent(name + "/reference.json")))
+    }
+
+    /// Starts `count` node processes registering with `cluster`.
+    static func startNodes(_ count: Int, model: String, cluster: ExpertCluster) throws -> [Process] {
+        try (0..<count).map { i in
+            let p = Process()
+            p.executableURL = try binary
+            p.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
+                           "--model", model, "--node-id", "test-\(i + 1)", "--quiet"]
+            try p.run()
+            return p
+        }
+    }
+
+    static func stop(_ ps: [Process]) {
+        for p in ps where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for p in ps { p.waitUntilExit() }
+    }
+}
+
+final class ClusterTests: XCTestCase {
+    /// Logits (every position), greedy tokens and router choices through 1, 2 and 3 node
+    /// processes equal the in-process engine's bit for bit.
+    func testLocalNodesAreBitIdenticalToInProcess() throws {
+        for name in Harness.moeFixtures {
+            let dir = Harness.fixtures.appendingPathComponent(name).path
+            let ref = try Harness.reference(name)
+            let tokens = ref.cases[2].tokens.map(String.init).joined(separator: ",")
+            let prompt = ref.greedy.prompt.map(String.init).joined(separator: ",")
+            let commands: [[String]] = [
+                ["logits", "--model", dir, "--tokens", tokens, "--all-positions"],
+                ["generate", "--model", dir, "--tokens", prompt, "--max-tokens", "16", "--format", "json", "--ignore-eos"],
+                ["route", "--model", dir, "--tokens", tokens],
+            ]
+            for cmd in commands {
+                let local = try Harness.run(cmd)
+                XCTAssertEqual(local.status, 0, local.stderr)
+                for n in 1...3 {
+                    let remote = try Harness.run(cmd + ["--local-nodes", "\(n)"])
+                    XCTAssertEqual(remote.status, 0, "\(name) \(cmd[0]) nodes=\(n): \(remote.stderr)")
+                    // Shortest round-trip float text: equal text <=> equal bits.
+                    XCTAssertEqual(remote.stdout, local.stdout, "\(name) \(cmd[0]) through \(n) nodes differs from in-process")
+                }
+            }
+        }
+    }
+
+    /// SIGKILL one of three nodes in the middle of a 64-token greedy generation: the request
+    /// completes with the tokens an undisturbed run produces.
+    func testKilledNodeLosesNoRequest() throws {
+        let name = "deepseek_v3"
+        let dir = Harness.fixtures.appendingPathComponent(name)
+        let ref = try Harness.reference(name)
+        let (plain, _) = try ModelRegistry.load(directory: dir)
+        plain.experts = try LocalExperts(model: plain)
+        let want = try Generator(model: plain).generate(prompt: ref.greedy.prompt, maxTokens: 64, ignoreEOS: true)
+
+        let (model, _) = try ModelRegistry.load(directory: dir)
+        var opts = ExpertCluster.Options()
+        opts.nodeTimeout = 0.5
+        let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts)
+        let nodes = try Harness.startNodes(3, model: dir.path, cluster: cluster)
+        defer { Harness.stop(nodes) }
+        try cluster.start(expecting: 3, timeout: 30)
+        model.experts = cluster
+        var produced = 0
+        let got = try Generator(model: model).generate(prompt: ref.greedy.prompt, maxTokens: 64, ignoreEOS: true) { _ in
+            produced += 1
+            if produced == 20 { kill(nodes[1].processIdentifier, SIGKILL) }
+            return true
+        }
+        XCTAssertEqual(got, want)
+        XCTAssertGreaterThanOrEqual(cluster.retries, 1, "the kill should have forced a re-sent step")
+        XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 2)
+    }
+
+    /// Thousands of random and mutated messages to a live node's data socket: each gets an error
+    /// reply or is dropped, and the node keeps serving well-formed requests.
+    func testNodeSurvivesFuzzedMessages() throws {
+        let dir = Harness.fixtures.appendingPathComponent("mixtral")
+        let (model, _) = try ModelRegistry.load(directory: dir)
+        let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir))
+        let nodes = try Harness.startNodes(1, model: dir.path, cluster: cluster)
+        defer { Harness.stop(nodes) }
+        try cluster.start(expecting: 1, timeout: 30)
+        model.experts = cluster
+        let tokens = try Harness.reference("mixtral").cases[1].tokens
+        let before = try model.forward(tokens, cache: model.makeCache(), logits: .all)
+
+        // A valid request to mutate.
+        var req = Farside_V1_ExpertRequest()
+        req.requestID = 77
+        req.layer = 0
+        req.rows = 2
+        req.hidden = UInt32(model.hidden)
+        req.dtype = .f32
+        var g = Farside_V1_ExpertRows()
+        g.expert = 1
+        g.rows = [0, 1]
+        g.weights = [0.5, 0.25]
+        req.groups = [g]
+        var env = Farside_V1_Envelope()
+        env.protocolVersion = WireCodec.protocolVersion
+        env.body = .expertRequest(req)
+        let header = [UInt8](try env.serializedData())
+        let payload = [UInt8](repeating: 0x3f, count: 2 * model.hidden * 4)
+
+        let endpoint = try XCTUnwrap(cluster.nodeEndpoints.first)
+        let fuzz = try ZMQSocket(kind: .dealer)
+        try fuzz.setLinger(0)
+        try fuzz.connect(endpoint)
+        defer { fuzz.close() }
+        var rng = SystemRandomNumberGenerator()
+        var replies = 0
+        for i in 0..<3000 {
+            var frames: [Frame]
+            switch i % 6 {
+            case 0: frames = [.bytes((0..<Int.random(in: 0...64, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) })]
+            case 1:
+                var h = header
+                for _ in 0..<3 { h[Int.random(in: 0..<h.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+                frames = [.bytes(h), .bytes(payload)]
+            case 2: frames = [.bytes(Array(header.prefix(Int.random(in: 0..<header.count, using: &rng)))), .bytes(payload)]
+            case 3: frames = [.bytes(header), .bytes(Array(payload.prefix(Int.random(in: 0..<payload.count, using: &rng))))]
+            case 4: frames = [.bytes(header)]
+            default: frames = [.bytes(header), .bytes(payload), .bytes([1, 2, 3])]
+            }
+            try fuzz.send(frames)
+            while try fuzz.receive(timeout: 0) != nil { replies += 1 }
+        }
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, try fuzz.receive(timeout: 200) != nil { replies += 1 }
+        XCTAssertGreaterThan(replies, 1000, "malformed requests should mostly get error replies")
+        XCTAssertTrue(nodes[0].isRunning, "the node must survive")
+        let after = try model.forward(tokens, cache: model.makeCache(), logits: .all)
+        XCTAssertEqual(after, before, "the node keeps serving correct results")
+    }
+}
