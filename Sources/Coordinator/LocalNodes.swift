@@ -22,6 +22,13 @@ public final class LocalNodes {
             p.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", coordinator,
                            "--model", model, "--node-id", "local-\(i + 1)"] + (quiet ? ["--quiet"] : []) + extraArguments
             p.standardInput = FileHandle.nullDevice
+            // Nodes on this machine share its cores with the coordinator and each other: split
+            // them, or spinning worker pools starve each other.
+            var env = ProcessInfo.processInfo.environment
+            if env["FARSIDE_THREADS"] == nil {
+                env["FARSIDE_THREADS"] = "\(max(1, ProcessInfo.processInfo.activeProcessorCount / count))"
+            }
+            p.environment = env
             try p.run()
             processes.append(p)
         }

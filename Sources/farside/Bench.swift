@@ -1,6 +1,7 @@
 import ArgumentParser
 import Coordinator
 import ExpertNode
+import Protocol
 import Foundation
 import Kernels
 import Models
@@ -25,7 +26,11 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Runs; the median is reported.")
     var runs: Int = 5
 
+    @Option(name: .long, help: "Run routed experts on N expert-node processes on loopback; also measures the per-layer round trip.")
+    var localNodes: Int = 0
+
     func validate() throws {
+        guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64") }
         guard promptTokens > 0, decodeTokens > 0, runs > 0 else {
             throw ValidationError("--prompt-tokens, --decode-tokens and --runs must be positive")
         }
@@ -76,20 +81,54 @@ struct Bench: ParsableCommand {
         return (median(copy), median(read))
     }
 
+    /// Round trip of one MoE layer's expert step through the cluster for `tokens` tokens with
+    /// seeded random routes (p50, p99 seconds over `samples` calls).
+    static func roundTrip(model: DecoderModel, cluster: ExpertCluster, tokens: Int, samples: Int) throws -> (Double, Double) {
+        guard let (layer, experts, router) = model.sparseLayers.first else { return (0, 0) }
+        var rng = SplitMix64(seed: UInt64(tokens))
+        let k = router.topK, d = model.hidden
+        var batch = RoutedBatch(rows: tokens, hidden: d, topK: k, experts: [], weights: [])
+        for _ in 0..<tokens {
+            var chosen: [Int32] = []
+            while chosen.count < k {
+                let e = Int32(rng.next() % UInt64(experts))
+                if !chosen.contains(e) { chosen.append(e) }
+            }
+            batch.experts += chosen
+            batch.weights += chosen.map { _ in Float(rng.next() % 1000) / 1000 }
+        }
+        let input = (0..<(tokens * d)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        var output = [Float](repeating: 0, count: tokens * d)
+        var times: [Double] = []
+        for i in 0..<(samples + 10) {
+            let t0 = now()
+            try input.withUnsafeBufferPointer { x in
+                try output.withUnsafeMutableBufferPointer { y in
+                    try cluster.computeExperts(layer: layer, batch: batch, input: x.baseAddress!, output: y.baseAddress!)
+                }
+            }
+            if i >= 10 { times.append(now() - t0) }
+        }
+        times.sort()
+        return (times[times.count / 2], times[min(times.count - 1, Int(Double(times.count) * 0.99))])
+    }
+
     func run() throws {
         try runReportingErrors {
-            let (m, _) = try ModelRegistry.load(directory: URL(fileURLWithPath: model))
-            if !m.sparseLayers.isEmpty { m.experts = try LocalExperts(model: m) }
+            let (m, cluster) = try loadModel(path: model, localNodes: localNodes)
             var rng = SplitMix64(seed: 42)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(m.vocabSize)) }
             // Warm-up: page the mapped weights in.
             _ = try m.forward(Array(prompt.prefix(8)), cache: m.makeCache(capacity: 8))
             var prefill: [Double] = [], decode: [Double] = []
+            var decodeWire = 0
             for _ in 0..<runs {
                 let cache = m.makeCache(capacity: promptTokens + decodeTokens)
                 let t0 = Self.now()
                 var logits = try m.forward(prompt, cache: cache, logits: .last)
                 let t1 = Self.now()
+                let wireBefore = cluster.map { $0.bytesSent + $0.bytesReceived } ?? 0
+                defer { decodeWire += (cluster.map { $0.bytesSent + $0.bytesReceived } ?? 0) - wireBefore }
                 for _ in 0..<decodeTokens {
                     let next = logits.withUnsafeBufferPointer { Sampler.argmax($0) }
                     logits = try m.forward([next], cache: cache, logits: .last)
@@ -102,6 +141,14 @@ struct Bench: ParsableCommand {
             let bw = Self.bandwidths()
             let roofline = bw.read / Double(bytes)
             let d = Self.median(decode)
+            var extra = ""
+            if let cluster {
+                extra = ", \"local_nodes\": \(localNodes), \"decode_wire_bytes_per_token\": \(decodeWire / (runs * decodeTokens))"
+                for size in [1, 8, 64] {
+                    let (p50, p99) = try Self.roundTrip(model: m, cluster: cluster, tokens: size, samples: 200)
+                    extra += ", \"layer_rtt_\(size)_p50_us\": \(String(format: "%.1f", p50 * 1e6)), \"layer_rtt_\(size)_p99_us\": \(String(format: "%.1f", p99 * 1e6))"
+                }
+            }
             printJSON("""
             {"model": "\(model)", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), \
             "prompt_tokens": \(promptTokens), "decode_tokens": \(decodeTokens), "runs": \(runs), \
@@ -112,7 +159,7 @@ struct Bench: ParsableCommand {
             "read_bandwidth_gb_s": \(String(format: "%.2f", bw.read / 1e9)), \
             "decode_weight_gb_s": \(String(format: "%.2f", d * Double(bytes) / 1e9)), \
             "decode_roofline_tok_s": \(String(format: "%.2f", roofline)), "decode_fraction_of_roofline": \(String(format: "%.3f", d / roofline)), \
-            "decode_fraction_of_copy_roofline": \(String(format: "%.3f", d * Double(bytes) / bw.copy))}
+            "decode_fraction_of_copy_roofline": \(String(format: "%.3f", d * Double(bytes) / bw.copy))\(extra)}
             """)
         }
     }

@@ -32,10 +32,14 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "Memory for expert weights, e.g. 8GiB (0: no limit).")
     var memoryBudget: String = "0"
 
+    @Option(name: .long, help: "Largest inbound message part in bytes; larger ones drop the sender's connection.")
+    var maxMessageBytes: Int64 = 1 << 30
+
     @Flag(name: .long, help: "Log nothing but errors.")
     var quiet = false
 
     func validate() throws {
+        guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
         guard parseBytes(memoryBudget) != nil else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
         }
@@ -49,9 +53,11 @@ struct Expert: ParsableCommand {
             let dir = URL(fileURLWithPath: model)
             let (m, _) = try ModelRegistry.load(directory: dir)
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
+            var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
+                                                   memoryBudget: parseBytes(memoryBudget)!)
+            options.maxMessageBytes = maxMessageBytes
             let server = ExpertNodeServer(
-                model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir),
-                options: .init(listen: listen, coordinator: coordinator, nodeID: id, memoryBudget: parseBytes(memoryBudget)!),
+                model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: options,
                 log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } })
             try server.run()
         }

@@ -48,26 +48,32 @@ struct ModelOptions: ParsableArguments {
     /// Loads the model with its routed experts computed in this process, or on `--local-nodes`
     /// expert-node processes (kept alive in `LocalRun.nodes` until the command exits).
     func load() throws -> DecoderModel {
-        let dir = URL(fileURLWithPath: model)
-        let (m, _) = try ModelRegistry.load(directory: dir)
-        guard !m.sparseLayers.isEmpty else { return m }
-        if localNodes == 0 {
-            m.experts = try LocalExperts(model: m)
-            return m
-        }
-        var opts = ExpertCluster.Options()
-        opts.nodeTimeout = nodeTimeout
-        let cluster = try ExpertCluster(model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts) {
-            if ProcessInfo.processInfo.environment["FARSIDE_LOG"] != nil { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
-        }
-        let nodes = LocalNodes()
-        LocalRun.nodes = nodes
-        try nodes.start(count: localNodes, model: model, coordinator: cluster.controlEndpoint,
-                        quiet: ProcessInfo.processInfo.environment["FARSIDE_LOG"] == nil)
-        try cluster.start(expecting: localNodes)
-        m.experts = cluster
-        return m
+        try loadModel(path: model, localNodes: localNodes, nodeTimeout: nodeTimeout).model
     }
+}
+
+/// Loads a model with its routed experts in this process (`localNodes == 0`) or on that many
+/// expert-node processes on loopback (kept in `LocalRun.nodes` until the command exits).
+func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
+    let dir = URL(fileURLWithPath: path)
+    let (m, _) = try ModelRegistry.load(directory: dir)
+    guard !m.sparseLayers.isEmpty else { return (m, nil) }
+    if localNodes == 0 {
+        m.experts = try LocalExperts(model: m)
+        return (m, nil)
+    }
+    let verbose = ProcessInfo.processInfo.environment["FARSIDE_LOG"] != nil
+    var opts = ExpertCluster.Options()
+    opts.nodeTimeout = nodeTimeout
+    let cluster = try ExpertCluster(model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts) {
+        if verbose { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
+    }
+    let nodes = LocalNodes()
+    LocalRun.nodes = nodes
+    try nodes.start(count: localNodes, model: path, coordinator: cluster.controlEndpoint, quiet: !verbose)
+    try cluster.start(expecting: localNodes)
+    m.experts = cluster
+    return (m, cluster)
 }
 
 /// Processes this command started, stopped when it ends.

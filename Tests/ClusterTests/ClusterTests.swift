@@ -54,12 +54,12 @@ enum Harness {
     }
 
     /// Starts `count` node processes registering with `cluster`.
-    static func startNodes(_ count: Int, model: String, cluster: ExpertCluster) throws -> [Process] {
+    static func startNodes(_ count: Int, model: String, cluster: ExpertCluster, extra: [String] = []) throws -> [Process] {
         try (0..<count).map { i in
             let p = Process()
             p.executableURL = try binary
             p.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
-                           "--model", model, "--node-id", "test-\(i + 1)", "--quiet"]
+                           "--model", model, "--node-id", "test-\(i + 1)", "--quiet"] + extra
             try p.run()
             return p
         }
@@ -133,7 +133,7 @@ final class ClusterTests: XCTestCase {
         let dir = Harness.fixtures.appendingPathComponent("mixtral")
         let (model, _) = try ModelRegistry.load(directory: dir)
         let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir))
-        let nodes = try Harness.startNodes(1, model: dir.path, cluster: cluster)
+        let nodes = try Harness.startNodes(1, model: dir.path, cluster: cluster, extra: ["--max-message-bytes", "65536"])
         defer { Harness.stop(nodes) }
         try cluster.start(expecting: 1, timeout: 30)
         model.experts = cluster
@@ -184,6 +184,34 @@ final class ClusterTests: XCTestCase {
         let deadline = Date().addingTimeInterval(5)
         while Date() < deadline, try fuzz.receive(timeout: 200) != nil { replies += 1 }
         XCTAssertGreaterThan(replies, 1000, "malformed requests should mostly get error replies")
+
+        // Specific faults get specific error codes.
+        func expectError(_ frames: [Frame], _ code: Farside_V1_ErrorCode, _ what: String) throws {
+            try fuzz.send(frames)
+            let reply = try XCTUnwrap(try fuzz.receive(timeout: 5000), "\(what): no reply")
+            let env = try WireCodec.decodeEnvelope(reply[0].data)
+            guard case .error(let e) = env.body else { return XCTFail("\(what): expected an error reply, got \(env)") }
+            XCTAssertEqual(e.code, code, "\(what): \(e.message)")
+        }
+        var wrongVersion = env
+        wrongVersion.protocolVersion = 99
+        try expectError([.data(try wrongVersion.serializedData()), .bytes(payload)], .versionMismatch, "protocol version")
+        var badLayer = req
+        badLayer.layer = 1000
+        try expectError([.data(try WireCodec.encode(.expertRequest(badLayer))), .bytes(payload)], .unknownLayer, "unknown layer")
+        var badExpert = req
+        badExpert.groups[0].expert = 999
+        try expectError([.data(try WireCodec.encode(.expertRequest(badExpert))), .bytes(payload)], .unknownExpert, "unknown expert")
+        var badShape = req
+        badShape.hidden += 1
+        try expectError([.data(try WireCodec.encode(.expertRequest(badShape))), .bytes(payload)], .malformed, "shape vs payload")
+        // Over the node's 64 KiB limit: libzmq drops that connection; the node itself goes on.
+        let big = try ZMQSocket(kind: .dealer)
+        try big.setLinger(0)
+        try big.connect(endpoint)
+        try big.send([.bytes(header), .bytes([UInt8](repeating: 0, count: 1 << 20))])
+        XCTAssertNil(try big.receive(timeout: 500), "an oversize message gets no reply")
+        big.close()
         XCTAssertTrue(nodes[0].isRunning, "the node must survive")
         let after = try model.forward(tokens, cache: model.makeCache(), logits: .all)
         XCTAssertEqual(after, before, "the node keeps serving correct results")
