@@ -30,6 +30,10 @@ public final class ThreadPool: @unchecked Sendable {
 
     private static let chunkMask: UInt64 = (1 << 20) - 1
 
+    /// Polls of the job word before a worker sleeps (`FARSIDE_SPIN`, default 20000 ≈ tens of
+    /// µs). Lower it when other processes share the cores (local expert nodes).
+    static let spinLimit = ProcessInfo.processInfo.environment["FARSIDE_SPIN"].flatMap(Int.init) ?? 20_000
+
     public init(threads: Int) {
         threadCount = max(1, min(threads, 256))
         for i in 1..<threadCount {
@@ -66,7 +70,7 @@ public final class ThreadPool: @unchecked Sendable {
             var gen = state.load(ordering: .acquiring) >> 40
             while gen == seen {
                 spins += 1
-                if spins > 20_000 {
+                if spins > ThreadPool.spinLimit {
                     lock.lock()
                     sleepers.wrappingAdd(1, ordering: .sequentiallyConsistent)
                     while state.load(ordering: .sequentiallyConsistent) >> 40 == seen { lock.wait() }
