@@ -1,4 +1,5 @@
 import Foundation
+import Models
 
 /// Token sampling settings, with llama.cpp/vLLM semantics: temperature 0 is greedy (argmax,
 /// lowest id on ties); otherwise logits are divided by the temperature, cut to the `topK` most
@@ -24,19 +25,6 @@ public struct SamplingParameters: Sendable, Equatable {
         }
         guard topK >= 0 else { throw GenerationError.invalidParameter("top-k must be >= 0, got \(topK)") }
         guard topP > 0, topP <= 1 else { throw GenerationError.invalidParameter("top-p must be in (0, 1], got \(topP)") }
-    }
-}
-
-/// SplitMix64: small, fast, and reproducible across platforms (unlike `SystemRandomNumberGenerator`).
-public struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

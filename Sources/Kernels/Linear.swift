@@ -72,9 +72,12 @@ public enum Linear {
     /// Below this many multiply-adds a call runs on the calling thread: waking the pool costs more.
     static let parallelThreshold = 1 << 15
 
-    /// Columns summed in SIMD lanes before being folded into a row total (GEMV and small
-    /// batches), and the column block of large batches (whose 4-row weight tile then fits L1).
-    static let columnBlock = Int(ProcessInfo.processInfo.environment["KB"] ?? "512")!
+    /// Columns summed in SIMD lanes before being folded into a row total.
+    static let columnBlock = Int(ProcessInfo.processInfo.environment["FOLD"] ?? "1024")!
+
+    /// Column block of large batches: a 4-row weight tile, widened to fp32, of this many columns
+    /// stays in L1 while every token tile passes over it.
+    static let panelColumns = Int(ProcessInfo.processInfo.environment["KB"] ?? "1024")!
 
     /// Batches above this many tokens use column blocking instead of row streams.
     static let streamingMaxTokens = Int(ProcessInfo.processInfo.environment["SMT"] ?? "6")!
@@ -240,24 +243,73 @@ public enum Linear {
         if n <= streamingMaxTokens {
             let per = (hi - lo) / 4
             for j in 0..<per {
-                gemmGroup(f, w, x, n, y, lo + j, per, 4, 0, cols, acc)
+                gemmGroup(f, w, x, cols, n, y, w.rows, lo + j, per, 4, 0, cols, acc)
             }
             var r = lo + 4 * per
             while r < hi {
-                gemmGroup(f, w, x, n, y, r, 1, min(4, hi - r), 0, cols, acc)
+                gemmGroup(f, w, x, cols, n, y, w.rows, r, 1, min(4, hi - r), 0, cols, acc)
                 r += 4
             }
         } else {
-            var c0 = 0
-            while c0 < cols {
-                let c1 = cols - c0 < columnBlock + columnBlock / 2 ? cols : c0 + columnBlock
+            // Each 4-row × `panelColumns` weight tile is widened to fp32 once, then every token
+            // tile runs the fp32 kernel over it (the widening is paid once per weight, not once
+            // per token tile).
+            let order = ProcessInfo.processInfo.environment["ORDER"] ?? "full"
+            if order == "full" {
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * cols) { panel in
+                let pp = panel.baseAddress!
+                let panelMatrix = Matrix(data: UnsafeRawPointer(pp), dtype: .f32, rows: 4, cols: cols)
                 var r = lo
                 while r < hi {
-                    gemmGroup(f, w, x, n, y, r, 1, min(4, hi - r), c0, c1, acc || c0 > 0)
+                    let valid = min(4, hi - r)
+                    for k in 0..<4 {
+                        widen(f, w.data + (r + min(k, valid - 1)) * w.rowBytes, pp + k * cols, cols)
+                    }
+                    var c0 = 0
+                    while c0 < cols {
+                        let c1 = cols - c0 < panelColumns + panelColumns / 2 ? cols : c0 + panelColumns
+                        gemmGroup(F32Format.self, panelMatrix, x, cols, n, y + r, w.rows, 0, 1, valid, c0, c1, acc || c0 > 0)
+                        c0 = c1
+                    }
                     r += 4
                 }
-                c0 = c1
             }
+            return
+            }
+            let kc = min(cols, panelColumns + panelColumns / 2)
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * kc) { panel in
+                let pp = panel.baseAddress!
+                let panelMatrix = Matrix(data: UnsafeRawPointer(pp), dtype: .f32, rows: 4, cols: kc)
+                var c0 = 0
+                while c0 < cols {
+                    let c1 = cols - c0 < panelColumns + panelColumns / 2 ? cols : c0 + panelColumns
+                    let len = c1 - c0
+                    var r = lo
+                    while r < hi {
+                        let valid = min(4, hi - r)
+                        for k in 0..<4 {
+                            widen(f, w.data + (r + min(k, valid - 1)) * w.rowBytes + c0 * F.byteSize, pp + k * kc, len)
+                        }
+                        gemmGroup(F32Format.self, panelMatrix, x + c0, cols, n, y + r, w.rows, 0, 1, valid, 0, len, acc || c0 > 0)
+                        r += 4
+                    }
+                    c0 = c1
+                }
+            }
+        }
+    }
+
+    /// `out[0..<count] = p[0..<count]` widened to fp32.
+    @inline(__always)
+    static func widen<F: WeightFormat>(_ f: F.Type, _ p: UnsafeRawPointer, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        var c = 0
+        while c + 8 <= count {
+            UnsafeMutableRawPointer(out + c).storeBytes(of: F.load8(p + c * F.byteSize), as: SIMD8<Float>.self)
+            c += 8
+        }
+        while c < count {
+            out[c] = F.load1(p + c * F.byteSize)
+            c += 1
         }
     }
 
@@ -265,10 +317,10 @@ public enum Linear {
     /// tokens; adds into `y` when `add`. Missing rows of a short group re-read the last row
     /// and are not stored.
     @inline(__always)
-    static func gemmGroup<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int,
-                                           _ y: UnsafeMutablePointer<Float>, _ r0: Int, _ stride: Int, _ valid: Int,
+    static func gemmGroup<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ x: UnsafePointer<Float>, _ cols: Int, _ n: Int,
+                                           _ y: UnsafeMutablePointer<Float>, _ rows: Int, _ r0: Int, _ stride: Int, _ valid: Int,
                                            _ c0: Int, _ c1: Int, _ add: Bool) {
-        let rb = w.rowBytes, cols = w.cols, rows = w.rows
+        let rb = w.rowBytes
         let base = w.data + r0 * rb
         let p0 = base
         let p1 = base + min(1, valid - 1) * stride * rb

@@ -89,7 +89,7 @@ public enum SyntheticModel {
         for (i, t) in recorder.tensors.enumerated() {
             let count = t.shape.reduce(1, *)
             params += count
-            var rng = SplitMix(seed: seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15)
+            var rng = SplitMix64(seed: seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15)
             let values = t.values(count: count, rng: &rng)
             writer.add(name: t.name, dtype: dtype, shape: t.shape, bytes: encode(values, dtype))
         }
@@ -123,19 +123,6 @@ public enum SyntheticModel {
         }
     }
 
-    struct SplitMix {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        /// Uniform in [-1, 1).
-        mutating func symmetric() -> Float { Float(Int64(bitPattern: next()) >> 40) / Float(1 << 23) }
-    }
 }
 
 /// A `WeightSource` that hands out placeholders and remembers what was asked for.
@@ -148,7 +135,7 @@ final class TensorRecorder: WeightSource {
 
         /// Values keep activations O(1): uniform weights with std 1/sqrt(fan-in), norms near 1,
         /// so logits come out finite and varied at any depth.
-        func values(count: Int, rng: inout SyntheticModel.SplitMix) -> [Float] {
+        func values(count: Int, rng: inout SplitMix64) -> [Float] {
             var v = [Float](repeating: 0, count: count)
             switch kind {
             case .matrix:
@@ -192,4 +179,22 @@ final class TensorRecorder: WeightSource {
         note(name, [experts, rows, cols], .matrix)
         return Matrix(data: UnsafeRawPointer(placeholder), dtype: .f32, rows: experts * rows, cols: cols)
     }
+}
+
+/// SplitMix64: small, fast, and reproducible across platforms (unlike `SystemRandomNumberGenerator`).
+public struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+extension SplitMix64 {
+    /// Uniform in [-1, 1), from the top 24 bits.
+    mutating func symmetric() -> Float { Float(Int64(bitPattern: next()) >> 40) / Float(1 << 23) }
 }
