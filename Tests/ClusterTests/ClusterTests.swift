@@ -216,4 +216,35 @@ final class ClusterTests: XCTestCase {
         let after = try model.forward(tokens, cache: model.makeCache(), logits: .all)
         XCTAssertEqual(after, before, "the node keeps serving correct results")
     }
+
+    /// `cluster up` starts its nodes and stops every one of them on SIGTERM.
+    func testClusterUpStopsAllNodesOnSIGTERM() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farside-up-\(UUID().uuidString)")
+        try FileManager.default.copyItem(at: Harness.fixtures.appendingPathComponent("mixtral"), to: dir)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func processes() -> Int {
+            let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+            return pids.filter { pid in
+                guard Int(pid) != nil, let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
+                let text = String(decoding: cmd, as: UTF8.self)
+                return text.contains("expert") && text.contains(dir.path)
+            }.count
+        }
+        let p = Process()
+        p.executableURL = try Harness.binary
+        p.arguments = ["cluster", "up", "--model", dir.path, "--nodes", "2"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let deadline = Date().addingTimeInterval(20)
+        while processes() < 2 && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(processes(), 2, "two expert nodes should be running")
+        usleep(500_000)
+        p.terminate()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertEqual(processes(), 0, "every node stops with the cluster")
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(text.contains("cluster up"), text)
+    }
 }
