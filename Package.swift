@@ -1,8 +1,8 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Hot loops are built with bounds checks off and AVX2/FMA code generation: every machine kind
-// this project runs on is x86-64-v3 or better (see BENCHMARKS.md for the measured effect).
+// Hot loops are built with bounds checks off and AVX2/FMA/F16C code generation ("haswell", i.e.
+// x86-64-v3): every machine of this project's kind has them (no AVX-512 on the ones measured).
 let hotLoopFlags: [SwiftSetting] = [
     .unsafeFlags(["-Ounchecked", "-wmo", "-target-cpu", "haswell"], .when(configuration: .release)),
 ]
