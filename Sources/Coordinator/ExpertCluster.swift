@@ -308,6 +308,8 @@ public final class ExpertCluster: ExpertBackend {
 
     /// Sends one step to every node that holds a chosen expert and collects their partial sums
     /// (per node: token -> fp64 row). Returns nil when a node died (it is marked dead).
+    /// It allocates per layer step (grouping tables, the request rows libzmq owns until sent,
+    /// reply rows): a few KiB against a round trip of ~1 ms; pooling them is left for later.
     func exchange(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
                   placement row: [Int]) throws -> [Int: [(Int, [Double])]]? {
         let k = batch.topK, d = model.hidden

@@ -221,6 +221,7 @@ public final class ExpertNodeServer {
         }
         let t0 = now()
         let n = Int(req.rows), d = Int(req.hidden)
+        // A fresh reply buffer per request: libzmq owns it until the zero-copy send completes.
         let out = DoubleBuffer(count: n * d)
         do {
             // One copy of the input rows: libzmq's buffers carry no alignment guarantee, and
