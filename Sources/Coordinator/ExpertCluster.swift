@@ -68,6 +68,8 @@ public final class ExpertCluster: ExpertBackend {
     var placement: [Int: [Int]] = [:]
     var epoch: UInt64 = 0
     var nextRequest: UInt64 = 1
+    /// Set when a node joins or comes back after placement: the next step spreads experts anew.
+    var rebalancePending = false
     let log: (String) -> Void
     /// Bytes sent and received on the data plane (headers and payloads), for accounting.
     public private(set) var bytesSent = 0
@@ -169,11 +171,13 @@ public final class ExpertCluster: ExpertBackend {
             n.experts = []
             n.alive = true
             n.data = try dataSocket(endpoint)
+            rebalancePending = !placement.isEmpty
             log("node \(id) re-registered at \(endpoint)")
         } else {
             let n = Node(id: id, endpoint: endpoint, memoryBudget: memory)
             n.data = try dataSocket(endpoint)
             nodes.append(n)
+            rebalancePending = !placement.isEmpty
             log("node \(id) registered at \(endpoint)")
         }
     }
@@ -201,7 +205,7 @@ public final class ExpertCluster: ExpertBackend {
     /// Spreads every routed expert over the live nodes in proportion to their memory budgets
     /// (equal shares when budgets are unset), keeping experts where they already are when their
     /// node is alive, then sends each node its complete assignment and waits for the loads.
-    func place() throws {
+    func place(rebalance: Bool = false) throws {
         let live = nodes.indices.filter { nodes[$0].alive }
         guard !live.isEmpty else { throw ClusterError.noLiveNodes }
         var bytes = [Int](repeating: 0, count: nodes.count)
@@ -214,7 +218,7 @@ public final class ExpertCluster: ExpertBackend {
         for (layer, count, _) in model.sparseLayers {
             var row = [Int](repeating: -1, count: count)
             for e in 0..<count {
-                if let old = placement[layer]?[e], old >= 0, nodes[old].alive {
+                if !rebalance, let old = placement[layer]?[e], old >= 0, nodes[old].alive {
                     row[e] = old
                 } else {
                     row[e] = live.min { Double(bytes[$0]) / share($0) < Double(bytes[$1]) / share($1) }!
@@ -285,6 +289,10 @@ public final class ExpertCluster: ExpertBackend {
         guard let row = placement[layer] else { throw ExpertBackendError.unknownLayer(layer) }
         for e in batch.experts where e < 0 || Int(e) >= row.count {
             throw ExpertBackendError.unknownExpert(layer: layer, expert: Int(e))
+        }
+        if rebalancePending {
+            rebalancePending = false
+            try place(rebalance: true)
         }
         var attempt = 0
         while true {

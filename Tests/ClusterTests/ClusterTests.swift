@@ -125,6 +125,23 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(got, want)
         XCTAssertGreaterThanOrEqual(cluster.retries, 1, "the kill should have forced a re-sent step")
         XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 2)
+
+        // The node comes back under the same id: it re-registers and gets a share of the experts.
+        let back = Process()
+        back.executableURL = try Harness.binary
+        back.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
+                          "--model", dir.path, "--node-id", "test-2", "--quiet"]
+        try back.run()
+        defer { Harness.stop([back]) }
+        let deadline = Date().addingTimeInterval(20)
+        var again: [Int] = []
+        while Date() < deadline && cluster.nodeStates.filter(\.alive).count < 3 {
+            again = try Generator(model: model).generate(prompt: ref.greedy.prompt, maxTokens: 4, ignoreEOS: true)
+        }
+        again = try Generator(model: model).generate(prompt: ref.greedy.prompt, maxTokens: 64, ignoreEOS: true)
+        XCTAssertEqual(again, want)
+        XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 3)
+        XCTAssertTrue(cluster.nodeStates.allSatisfy { $0.experts > 0 }, "\(cluster.nodeStates)")
     }
 
     /// Thousands of random and mutated messages to a live node's data socket: each gets an error
