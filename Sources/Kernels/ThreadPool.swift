@@ -8,6 +8,10 @@ import Synchronization
 /// microseconds, and a futex wake costs more than that), then sleep on a condition variable.
 /// A call made while the pool is busy — from a worker (nested) or from another thread — runs
 /// inline on the calling thread, so the pool can never deadlock.
+///
+/// Measured (2 threads, `kernel-bench pool`): ~0.5 µs per call with an empty body while the
+/// workers spin; they spin for 100-200 µs after a job, after which a call pays the wake-up
+/// (~4 µs, up to ~25 µs after long idle).
 public final class ThreadPool: @unchecked Sendable {
     /// The process-wide pool, one worker per core (override with `FARSIDE_THREADS`).
     public static let shared = ThreadPool(
@@ -85,8 +89,12 @@ public final class ThreadPool: @unchecked Sendable {
         }
     }
 
-    /// Calls `body(start, end)` on disjoint chunks covering `0..<count`, in parallel, and returns
-    /// when all chunks are done. Chunk boundaries are multiples of `granularity`.
+    /// Calls `body(start, end)` on disjoint, non-empty chunks covering `0..<count`, in parallel,
+    /// and returns when all chunks are done. Chunk boundaries are multiples of `granularity`;
+    /// there are at most `2 · threadCount` chunks, claimed dynamically (the calling thread runs
+    /// chunks too). Nested calls, and calls made while another thread holds the pool, run
+    /// `body(0, count)` inline. The body runs without being copied to the heap
+    /// (`withoutActuallyEscaping`).
     public func parallelFor(_ count: Int, granularity: Int = 1, _ body: (Int, Int) -> Void) {
         guard count > 0 else { return }
         let g = max(1, granularity)

@@ -1,7 +1,10 @@
 // Kernel micro-benchmarks: GEMV bandwidth against the machine's read and memcpy bandwidth, GEMM
 // throughput, and ThreadPool.parallelFor overhead. Every figure is the median of 7 runs.
 //
-//   swift run -c release --scratch-path .build-kernels kernel-bench
+//   swift run -c release --scratch-path .build-kernels kernel-bench [bandwidth|gemv|gemm|pool ...]
+//
+// (no arguments: all four parts). Other processes on the machine move these figures by ±20%:
+// compare ratios from one run.
 //
 // Thread-count-dependent parts (GEMV, GEMM) run in child processes with FARSIDE_THREADS set,
 // since the pool's size is fixed per process.
@@ -62,17 +65,22 @@ func line(_ s: String) {
     fflush(stdout)
 }
 
-@inline(never) func readSum(_ p: UnsafeRawPointer, _ bytes: Int) -> Float {
-    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+/// Sums `bytes` (a multiple of 64 · streams) read as `streams` sequential streams, one 64-byte
+/// line from each per step, the way the GEMV kernel reads eight rows at once.
+@inline(never) func readSum(_ p: UnsafeRawPointer, _ bytes: Int, streams: Int) -> Float {
+    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
+    let len = bytes / streams
     var o = 0
-    while o + 128 <= bytes {
-        a0 += p.load(fromByteOffset: o, as: SIMD8<Float>.self)
-        a1 += p.load(fromByteOffset: o + 32, as: SIMD8<Float>.self)
-        a2 += p.load(fromByteOffset: o + 64, as: SIMD8<Float>.self)
-        a3 += p.load(fromByteOffset: o + 96, as: SIMD8<Float>.self)
-        o += 128
+    while o + 64 <= len {
+        var q = p + o
+        for _ in 0..<streams {
+            a0 += q.load(as: SIMD8<Float>.self)
+            a1 += q.load(fromByteOffset: 32, as: SIMD8<Float>.self)
+            q += len
+        }
+        o += 64
     }
-    return ((a0 + a1) + (a2 + a3)).sum()
+    return (a0 + a1).sum()
 }
 
 var sink: Float = 0
@@ -82,22 +90,27 @@ var sink: Float = 0
 func bandwidth() {
     let readBytes = 256 * mib
     let buf = makeBuffer(readBytes, dtype: .f32)
-    let t1 = timeIt { sink += readSum(buf, readBytes) }
-    line("read bandwidth, 1 thread, 256 MiB sum:      \(fmt(Double(readBytes) / t1 / 1e9)) GB/s")
+    for streams in [1, 8] {
+        let t = timeIt { sink += readSum(buf, readBytes, streams: streams) }
+        line("read bandwidth, 1 thread, 256 MiB sum, \(streams) stream\(streams > 1 ? "s" : ""): \(fmt(Double(readBytes) / t / 1e9)) GB/s")
+    }
     let threads = ThreadPool.shared.threadCount
     let t2 = timeIt {
-        ThreadPool.shared.parallelFor(readBytes / mib) { lo, hi in
-            let s = readSum(buf + lo * mib, (hi - lo) * mib)
-            if s == 12345 { print("") }
+        ThreadPool.shared.parallelFor(threads) { lo, hi in
+            let part = readBytes / threads
+            for i in lo..<hi {
+                let s = readSum(buf + i * part, part, streams: 8)
+                if s == 12345 { print("") }
+            }
         }
     }
-    line("read bandwidth, \(threads) threads, 256 MiB sum:     \(fmt(Double(readBytes) / t2 / 1e9)) GB/s")
+    line("read bandwidth, \(threads) threads, 256 MiB sum, 8 streams each: \(fmt(Double(readBytes) / t2 / 1e9)) GB/s")
     buf.deallocate()
 
     let bytes = 64 * mib
     let src = makeBuffer(bytes), dst = makeBuffer(bytes)
     let tc = timeIt { memcpy(dst, src, bytes) }
-    line("memcpy, 1 thread, 64 MiB (bytes copied/s):  \(fmt(Double(bytes) / tc / 1e9)) GB/s")
+    line("memcpy, 1 thread, 64 MiB (bytes copied/s): \(fmt(Double(bytes) / tc / 1e9)) GB/s")
     src.deallocate(); dst.deallocate()
 }
 
@@ -133,7 +146,7 @@ func gemm() {
         let m = Matrix(data: buf, dtype: dtype, rows: rows, cols: cols)
         let x = vector(128 * cols), y = vector(128 * rows)
         let tv = timeIt { Linear.forward(m, input: x, count: 1, output: y) }
-        for n in [16, 128] {
+        for n in [4, 16, 48, 128] {
             let t = timeIt { Linear.forward(m, input: x, count: n, output: y) }
             let gflops = 2.0 * Double(rows * cols * n) / t / 1e9
             line("gemm \(dtype) \(rows)x\(cols) count \(n), \(threads) thread\(threads > 1 ? "s" : ""): \(fmt(gflops)) GFLOP/s  "
@@ -158,15 +171,19 @@ func poolOverhead() {
     }
     let tDot = timeIt { for _ in 0..<calls { sink += Elementwise.dot(x, x, count: 4096) } }
     line("parallelFor overhead after 4096-float serial work: \(fmt((t2 - tDot) / Double(calls) * 1e6, 2)) µs/call")
-    // After the workers have gone to sleep.
-    var sleepy: [Double] = []
-    for _ in 0..<runs {
-        usleep(50_000)
-        let s = now()
-        pool.parallelFor(pool.threadCount) { _, _ in }
-        sleepy.append(now() - s)
+    // After idle gaps (spin-waiting the gap, so the caller's own wake-up latency is not counted):
+    // shows how long workers keep spinning before they sleep, and what a sleeping wake costs.
+    for gapMicros in [10, 50, 100, 200, 500, 2000, 50_000] {
+        var samples: [Double] = []
+        for _ in 0..<(gapMicros >= 50_000 ? runs : 41) {
+            let until = now() + Double(gapMicros) * 1e-6
+            while now() < until {}
+            let s = now()
+            pool.parallelFor(pool.threadCount) { _, _ in }
+            samples.append(now() - s)
+        }
+        line("parallelFor after \(gapMicros) µs idle: \(fmt(median(samples) * 1e6, 2)) µs/call")
     }
-    line("parallelFor after 50 ms idle (workers asleep): \(fmt(median(sleepy) * 1e6, 2)) µs/call")
 }
 
 // MARK: - driver
