@@ -109,10 +109,7 @@ public final class ExpertCluster: ExpertBackend {
     }
 
     func envelope(_ body: Farside_V1_Envelope.OneOf_Body) throws -> Frame {
-        var env = Farside_V1_Envelope()
-        env.protocolVersion = WireCodec.protocolVersion
-        env.body = body
-        return .data(try env.serializedData())
+        .data(try WireCodec.encode(body))
     }
 
     // MARK: control plane

@@ -122,10 +122,7 @@ public final class ExpertNodeServer {
     }
 
     func send(_ socket: ZMQSocket, _ prefix: [Frame], _ body: Farside_V1_Envelope.OneOf_Body, payload: [Frame] = []) throws {
-        var env = Farside_V1_Envelope()
-        env.protocolVersion = WireCodec.protocolVersion
-        env.body = body
-        try socket.send(prefix + [.data(try env.serializedData())] + payload, flags: .dontWait)
+        try socket.send(prefix + [.data(try WireCodec.encode(body))] + payload, flags: .dontWait)
     }
 
     func handleControl(_ frames: [Frame], control: ZMQSocket, registered: inout Bool) {
