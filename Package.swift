@@ -20,8 +20,12 @@ let package = Package(
     targets: [
         // Numeric kernels: matrix-vector/matrix products over F32/F16/BF16 weights, norms, RoPE, softmax.
         .target(name: "Kernels", swiftSettings: hotLoopFlags),
-        // Checkpoint files: memory-mapped safetensors (single or sharded) and config.json access.
+        // Checkpoint files: memory-mapped safetensors (single or sharded), config.json access, GGUF v3.
         .target(name: "Checkpoint", dependencies: ["Kernels"]),
+        // Byte-level BPE tokenizers (from GGUF metadata or tokenizer.json) and streaming detokenization.
+        .target(name: "Tokenizer", dependencies: ["Checkpoint"]),
+        // A Jinja subset that renders models' own chat templates.
+        .target(name: "ChatTemplate"),
         // libzmq from Debian (libzmq3-dev), as a system library.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         // A thin, safe Swift layer over libzmq: context, DEALER/ROUTER sockets, multipart, polling.
@@ -38,7 +42,7 @@ let package = Package(
         .executableTarget(
             name: "farside",
             dependencies: [
-                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator",
+                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -54,6 +58,8 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "ClusterTests", dependencies: ["Models", "Coordinator", "ExpertNode", "Transport", "Protocol"]),
         .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Checkpoint"]),
+        .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"]),
     ],
     swiftLanguageModes: [.v5]
 )

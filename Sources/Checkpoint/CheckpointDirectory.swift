@@ -194,6 +194,9 @@ public final class CheckpointDirectory: @unchecked Sendable {
                 }
                 count = n
             }
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K:
+            // safetensors tensors never carry ggml block types (`computeType` maps none to them).
+            return []
         }
     }
 }

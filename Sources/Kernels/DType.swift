@@ -1,17 +1,57 @@
 /// Element types the kernels compute on. Weights may be stored in any of these; activations and
 /// accumulators are always `Float` (fp32), as in the reference implementation.
+///
+/// The quantized types are ggml's block formats (as GGUF files store them): a row is a sequence
+/// of blocks of `blockElements` values, each `blockBytes` long. Layouts in `Quantized.swift`.
 public enum DType: String, Sendable, CaseIterable {
     case f32 = "F32"
     case f16 = "F16"
     case bf16 = "BF16"
+    /// 32 values: fp16 scale `d`, 32 × int8; `x = d·q`.
+    case q8_0 = "Q8_0"
+    /// 32 values: fp16 `d`, 16 bytes of nibbles; `x = d·(q − 8)`.
+    case q4_0 = "Q4_0"
+    /// 32 values: fp16 `d`, fp16 `m`, 16 bytes of nibbles; `x = d·q + m`.
+    case q4_1 = "Q4_1"
+    /// 256 values: fp16 `d`, fp16 `dmin`, 12 bytes of 6-bit sub-block scales/mins, 128 bytes of nibbles.
+    case q4_K = "Q4_K"
+    /// 256 values: as Q4_K plus 32 bytes of fifth bits.
+    case q5_K = "Q5_K"
+    /// 256 values: 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 int8 sub-block scales, fp16 `d`.
+    case q6_K = "Q6_K"
 
-    /// Bytes per element.
-    public var byteSize: Int {
+    /// Values per block (1 for the float types).
+    public var blockElements: Int {
+        switch self {
+        case .f32, .f16, .bf16: return 1
+        case .q8_0, .q4_0, .q4_1: return 32
+        case .q4_K, .q5_K, .q6_K: return 256
+        }
+    }
+
+    /// Bytes per block (for the float types: bytes per element).
+    public var blockBytes: Int {
         switch self {
         case .f32: return 4
         case .f16, .bf16: return 2
+        case .q8_0: return 34
+        case .q4_0: return 18
+        case .q4_1: return 20
+        case .q4_K: return 144
+        case .q5_K: return 176
+        case .q6_K: return 210
         }
     }
+
+    /// Whether values are stored in blocks with shared scales.
+    public var isQuantized: Bool { blockElements > 1 }
+
+    /// Bytes per element of the float types. Quantized types have no whole number of bytes per
+    /// element; use `rowBytes(cols:)` for them.
+    public var byteSize: Int { blockBytes }
+
+    /// Bytes a row of `cols` values occupies (`cols` must be a multiple of `blockElements`).
+    public func rowBytes(cols: Int) -> Int { cols / blockElements * blockBytes }
 }
 
 /// A read-only, row-major `[rows, cols]` matrix in some storage dtype, viewed in place (usually
@@ -31,7 +71,7 @@ public struct Matrix: @unchecked Sendable {
     }
 
     /// Bytes one row occupies.
-    public var rowBytes: Int { cols * dtype.byteSize }
+    public var rowBytes: Int { dtype.rowBytes(cols: cols) }
 
     /// Bytes the whole matrix occupies.
     public var byteCount: Int { rows * rowBytes }
@@ -44,12 +84,14 @@ public struct Matrix: @unchecked Sendable {
     /// Element `(r, c)` widened to fp32. For tests and cold paths only.
     public func element(_ r: Int, _ c: Int) -> Float {
         let i = r * cols + c
+        if dtype.isQuantized { return Quantized.value(dtype, row: data + r * rowBytes, column: c) }
         switch dtype {
         case .f32: return data.assumingMemoryBound(to: Float.self)[i]
         case .f16: return Float(data.assumingMemoryBound(to: Float16.self)[i])
         case .bf16:
             let bits = UInt32(data.assumingMemoryBound(to: UInt16.self)[i]) << 16
             return Float(bitPattern: bits)
+        default: return 0
         }
     }
 }

@@ -166,6 +166,28 @@ public enum Linear {
         case .bf16: dispatch(BF16Format.self, w, x, count, y, accumulate)
         case .f16: dispatch(F16Format.self, w, x, count, y, accumulate)
         case .f32: dispatch(F32Format.self, w, x, count, y, accumulate)
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: quantizedReference(w, x, count, y, accumulate)
+        }
+    }
+
+    /// Quantized weights, the plain way: each row decoded to fp32 and dotted with every token.
+    /// Correct for every block format; the fast kernels replace it.
+    static func quantizedReference(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int,
+                                   _ y: UnsafeMutablePointer<Float>, _ acc: Bool) {
+        let rows = w.rows, cols = w.cols
+        ThreadPool.shared.parallelFor(rows, granularity: 4) { lo, hi in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { buf in
+                let row = buf.baseAddress!
+                for r in lo..<hi {
+                    Quantized.dequantizeRow(w.dtype, w.data + r * w.rowBytes, cols: cols, into: row)
+                    for t in 0..<n {
+                        var s: Float = 0
+                        let xt = x + t * cols
+                        for c in 0..<cols { s += row[c] * xt[c] }
+                        put(y + t * rows + r, s, acc)
+                    }
+                }
+            }
         }
     }
 
@@ -665,6 +687,7 @@ extension Matrix {
         case .bf16: widen(BF16Format.self, p, out)
         case .f16: widen(F16Format.self, p, out)
         case .f32: UnsafeMutableRawPointer(out).copyMemory(from: p, byteCount: rowBytes)
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: Quantized.dequantizeRow(dtype, p, cols: cols, into: out)
         }
     }
 

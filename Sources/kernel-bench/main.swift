@@ -48,6 +48,10 @@ func makeBuffer(_ bytes: Int, dtype: DType = .bf16) -> UnsafeMutableRawPointer {
     case .bf16:
         let h = p.bindMemory(to: UInt16.self, capacity: bytes / 2 + 32)
         for i in 0..<(bytes / 2 + 32) { s = s &* 6364136223846793005 &+ 1; h[i] = UInt16((Float(Int64(bitPattern: s) >> 44) / 1e6).bitPattern >> 16) }
+    default:
+        // Quantized blocks: random bytes with every fp16 field a small scale; valid in every block format.
+        let b = p.bindMemory(to: UInt8.self, capacity: bytes + 64)
+        for i in 0..<(bytes + 64) { s = s &* 6364136223846793005 &+ 1; b[i] = UInt8(truncatingIfNeeded: s >> 33) & 0x3B }
     }
     return p
 }
