@@ -62,12 +62,16 @@ public struct Matrix: @unchecked Sendable {
     public let dtype: DType
     public let rows: Int
     public let cols: Int
+    /// Bytes from one row's start to the next's: `rowBytes` for a whole matrix, more for a
+    /// column slice of a wider one (`columns(_:count:)`).
+    public let rowStride: Int
 
-    public init(data: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int) {
+    public init(data: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, rowStride: Int? = nil) {
         self.data = data
         self.dtype = dtype
         self.rows = rows
         self.cols = cols
+        self.rowStride = rowStride ?? dtype.rowBytes(cols: cols)
     }
 
     /// Bytes one row occupies.
@@ -78,20 +82,43 @@ public struct Matrix: @unchecked Sendable {
 
     /// A view of rows `start ..< start + count` (no copy).
     public func rows(_ start: Int, count: Int) -> Matrix {
-        Matrix(data: data + start * rowBytes, dtype: dtype, rows: count, cols: cols)
+        Matrix(data: data + start * rowStride, dtype: dtype, rows: count, cols: cols, rowStride: rowStride)
+    }
+
+    /// A view of columns `start ..< start + count` of every row (no copy). Both must be
+    /// multiples of the dtype's block size, since a block cannot be cut.
+    public func columns(_ start: Int, count: Int) throws -> Matrix {
+        let b = dtype.blockElements
+        guard start >= 0, count >= 0, start + count <= cols else {
+            throw KernelError.invalidSlice("columns \(start)..<\(start + count) of a matrix with \(cols) columns")
+        }
+        guard start % b == 0, count % b == 0 else {
+            throw KernelError.invalidSlice("columns \(start)..<\(start + count) cut \(dtype.rawValue) blocks of \(b) values")
+        }
+        return Matrix(data: data + dtype.rowBytes(cols: start), dtype: dtype, rows: rows, cols: count, rowStride: rowStride)
     }
 
     /// Element `(r, c)` widened to fp32. For tests and cold paths only.
     public func element(_ r: Int, _ c: Int) -> Float {
-        let i = r * cols + c
-        if dtype.isQuantized { return Quantized.value(dtype, row: data + r * rowBytes, column: c) }
+        let row = data + r * rowStride
+        if dtype.isQuantized { return Quantized.value(dtype, row: row, column: c) }
         switch dtype {
-        case .f32: return data.assumingMemoryBound(to: Float.self)[i]
-        case .f16: return Float(data.assumingMemoryBound(to: Float16.self)[i])
+        case .f32: return row.loadUnaligned(fromByteOffset: 4 * c, as: Float.self)
+        case .f16: return Float(Float16(bitPattern: row.loadUnaligned(fromByteOffset: 2 * c, as: UInt16.self)))
         case .bf16:
-            let bits = UInt32(data.assumingMemoryBound(to: UInt16.self)[i]) << 16
+            let bits = UInt32(row.loadUnaligned(fromByteOffset: 2 * c, as: UInt16.self)) << 16
             return Float(bitPattern: bits)
         default: return 0
+        }
+    }
+}
+
+/// Errors of the kernel layer's views.
+public enum KernelError: Error, CustomStringConvertible {
+    case invalidSlice(String)
+    public var description: String {
+        switch self {
+        case .invalidSlice(let s): return "invalid matrix slice: \(s)"
         }
     }
 }

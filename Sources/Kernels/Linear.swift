@@ -179,7 +179,7 @@ public enum Linear {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { buf in
                 let row = buf.baseAddress!
                 for r in lo..<hi {
-                    Quantized.dequantizeRow(w.dtype, w.data + r * w.rowBytes, cols: cols, into: row)
+                    Quantized.dequantizeRow(w.dtype, w.data + r * w.rowStride, cols: cols, into: row)
                     for t in 0..<n {
                         var s: Float = 0
                         let xt = x + t * cols
@@ -278,7 +278,7 @@ public enum Linear {
     @inline(__always)
     static func gemv<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ x: UnsafePointer<Float>,
                                       _ y: UnsafeMutablePointer<Float>, _ acc: Bool, _ lo: Int, _ hi: Int) {
-        let cols = w.cols, rb = w.rowBytes, vecEnd = cols & ~7, es = F.byteSize
+        let cols = w.cols, rb = w.rowStride, vecEnd = cols & ~7, es = F.byteSize
         let per = (hi - lo) / 8
         if per > 0 {
             let sb = per * rb
@@ -428,7 +428,7 @@ public enum Linear {
     @inline(__always)
     static func pack16<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ r: Int, _ valid: Int, _ c0: Int, _ len: Int,
                                         _ out: UnsafeMutablePointer<Float>) {
-        let rb = w.rowBytes, es = F.byteSize
+        let rb = w.rowStride, es = F.byteSize
         let base = w.data + r * rb + c0 * es
         for half in 0..<2 {
             let i0 = 8 * half
@@ -534,7 +534,7 @@ public enum Linear {
     static func gemmGroup<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ input: BatchInput, _ n: Int,
                                            _ y: UnsafeMutablePointer<Float>, _ r0: Int, _ stride: Int, _ valid: Int,
                                            _ add: Bool) {
-        let rb = w.rowBytes, rows = w.rows, cols = w.cols
+        let rb = w.rowStride, rows = w.rows, cols = w.cols
         let base = w.data + r0 * rb
         let rows3 = (base, base + min(1, valid - 1) * stride * rb, base + min(2, valid - 1) * stride * rb)
         // Column blocks outermost: the group's weights for one block (3 × `columnBlock` columns)
@@ -682,7 +682,7 @@ public enum Linear {
 extension Matrix {
     /// Writes row `r` widened to fp32 into `out[0..<cols]` (embedding lookup). Exact.
     public func widenRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
-        let p = data + r * rowBytes
+        let p = data + r * rowStride
         switch dtype {
         case .bf16: widen(BF16Format.self, p, out)
         case .f16: widen(F16Format.self, p, out)

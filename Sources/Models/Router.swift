@@ -11,8 +11,10 @@ import Protocol
 ///   `e_score_correction_bias`), limited to the `topkGroup` best of `groupCount` expert groups
 ///   (a group scores the sum of its two best biased scores); the *weights* are the unbiased s of
 ///   the chosen experts, renormalised when `normalizeTopK` (sum + 1e-20), times `scalingFactor`.
+/// - `.every`: no gate; every token goes to every expert with weight 1. This is a dense FFN cut
+///   into neuron slices (`DecoderModel.disaggregated(denseSlices:)`), run on the expert side.
 public struct Router {
-    public enum Scoring: Sendable { case softmax, sigmoid }
+    public enum Scoring: Sendable { case softmax, sigmoid, every }
 
     public let weight: Matrix
     public let scoring: Scoring
@@ -23,12 +25,13 @@ public struct Router {
     public let groupCount: Int
     public let topKGroups: Int
 
-    public var expertCount: Int { weight.rows }
+    public let expertCount: Int
 
     public init(weight: Matrix, scoring: Scoring, topK: Int, normalizeTopK: Bool,
                 scalingFactor: Float = 1, correctionBias: [Float]? = nil,
                 groupCount: Int = 1, topKGroups: Int = 1) {
         self.weight = weight
+        self.expertCount = weight.rows
         self.scoring = scoring
         self.topK = topK
         self.normalizeTopK = normalizeTopK
@@ -38,14 +41,36 @@ public struct Router {
         self.topKGroups = topKGroups
     }
 
+    /// A dense FFN's slices: `count` experts, all always chosen with weight 1.
+    public init(everyExpert count: Int) {
+        weight = Matrix(data: Router.noWeights, dtype: .f32, rows: 0, cols: 0)
+        expertCount = count
+        scoring = .every
+        topK = count
+        normalizeTopK = false
+        scalingFactor = 1
+        correctionBias = nil
+        groupCount = 1
+        topKGroups = 1
+    }
+
+    private static let noWeights = UnsafeRawPointer(UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 16))
+
     /// Routes `batch.rows` tokens of `x` (`[rows, hidden]`), filling `batch.experts`/`weights`.
     /// `logits` is scratch of at least `rows * expertCount` floats.
     public func route(_ x: UnsafePointer<Float>, batch: inout RoutedBatch, logits: UnsafeMutablePointer<Float>) {
         let n = batch.rows, e = expertCount, k = topK
-        Linear.forward(weight, input: x, count: n, output: logits)
         batch.topK = k
         batch.experts.removeAll(keepingCapacity: true)
         batch.weights.removeAll(keepingCapacity: true)
+        if scoring == .every {
+            for _ in 0..<n {
+                for i in 0..<e { batch.experts.append(Int32(i)) }
+                batch.weights.append(contentsOf: repeatElement(1, count: e))
+            }
+            return
+        }
+        Linear.forward(weight, input: x, count: n, output: logits)
         // Per-token scratch is small (experts ≤ a few hundred); stack-allocated.
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * e + 2 * groupCount) { tmp in
             let scores = tmp.baseAddress!
@@ -59,6 +84,8 @@ public struct Router {
                     scores.update(from: row, count: e)
                     Elementwise.softmax(scores, count: e)
                     choice.update(from: scores, count: e)
+                case .every:
+                    break
                 case .sigmoid:
                     for i in 0..<e {
                         let s = 1 / (1 + expf(-row[i]))

@@ -35,10 +35,14 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "Largest inbound message part in bytes; larger ones drop the sender's connection.")
     var maxMessageBytes: Int64 = 1 << 30
 
+    @Option(name: .long, help: "Dense FFNs cut into E neuron slices (must match the coordinator's --split-dense).")
+    var splitDense: Int?
+
     @Flag(name: .long, help: "Log nothing but errors.")
     var quiet = false
 
     func validate() throws {
+        if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
         guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
         guard parseBytes(memoryBudget) != nil else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
@@ -50,14 +54,13 @@ struct Expert: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let dir = URL(fileURLWithPath: model)
-            let (m, _) = try ModelRegistry.load(directory: dir)
+            let (m, fingerprint) = try openModel(path: model, denseSlices: splitDense)
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
                                                    memoryBudget: parseBytes(memoryBudget)!)
             options.maxMessageBytes = maxMessageBytes
             let server = ExpertNodeServer(
-                model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: options,
+                model: m, fingerprint: fingerprint, options: options,
                 log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } })
             try server.run()
         }

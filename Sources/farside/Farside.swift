@@ -26,8 +26,14 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Seconds without a reply before an expert node is declared dead.")
     var nodeTimeout: Double = 2
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Cut each dense FFN into E neuron slices computed as experts (all always active).",
+        discussion: "Default: in process, none (dense FFNs run beside attention); with --local-nodes N, N slices, so every node holds a slice of every dense layer."))
+    var splitDense: Int?
+
     func validate() throws {
         guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
+        if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
         guard nodeTimeout > 0 && nodeTimeout.isFinite else { throw ValidationError("--node-timeout must be a positive number of seconds") }
     }
 
@@ -48,15 +54,31 @@ struct ModelOptions: ParsableArguments {
     /// Loads the model with its routed experts computed in this process, or on `--local-nodes`
     /// expert-node processes (kept alive in `LocalRun.nodes` until the command exits).
     func load() throws -> DecoderModel {
-        try loadModel(path: model, localNodes: localNodes, nodeTimeout: nodeTimeout).model
+        try loadModel(path: model, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense).model
     }
 }
 
-/// Loads a model with its routed experts in this process (`localNodes == 0`) or on that many
-/// expert-node processes on loopback (kept in `LocalRun.nodes` until the command exits).
-func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
+/// A model as a process of the cluster opens it: the checkpoint, with dense FFNs cut into
+/// `denseSlices` expert slices when set. Coordinator and expert nodes must agree on both, so the
+/// slice count is part of the fingerprint they compare.
+func openModel(path: String, denseSlices: Int?) throws -> (model: DecoderModel, fingerprint: String) {
     let dir = URL(fileURLWithPath: path)
-    let (m, _) = try ModelRegistry.load(directory: dir)
+    var (m, _) = try ModelRegistry.load(directory: dir)
+    var fingerprint = try ModelRegistry.fingerprint(directory: dir)
+    if let e = denseSlices, m.layers.contains(where: { if case .dense = $0.feedForward { return true } else { return false } }) {
+        m = try m.disaggregated(denseSlices: e)
+        fingerprint += "/dense-slices=\(e)"
+    }
+    return (m, fingerprint)
+}
+
+/// Loads a model with its routed experts (and, with `splitDense`, its dense FFN slices) in this
+/// process (`localNodes == 0`) or on that many expert-node processes on loopback (kept in
+/// `LocalRun.nodes` until the command exits). With nodes, dense FFNs go to the nodes too, in
+/// `splitDense ?? localNodes` slices.
+func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDense: Int? = nil) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
+    let slices = splitDense ?? (localNodes > 0 ? localNodes : nil)
+    let (m, fingerprint) = try openModel(path: path, denseSlices: slices)
     guard !m.sparseLayers.isEmpty else { return (m, nil) }
     if localNodes == 0 {
         m.experts = try LocalExperts(model: m)
@@ -65,12 +87,13 @@ func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2) throws ->
     let verbose = ProcessInfo.processInfo.environment["FARSIDE_LOG"] != nil
     var opts = ExpertCluster.Options()
     opts.nodeTimeout = nodeTimeout
-    let cluster = try ExpertCluster(model: m, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts) {
+    let cluster = try ExpertCluster(model: m, fingerprint: fingerprint, options: opts) {
         if verbose { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
     }
     let nodes = LocalNodes()
     LocalRun.nodes = nodes
-    try nodes.start(count: localNodes, model: path, coordinator: cluster.controlEndpoint, quiet: !verbose)
+    try nodes.start(count: localNodes, model: path, coordinator: cluster.controlEndpoint, quiet: !verbose,
+                    extraArguments: slices.map { ["--split-dense", "\($0)"] } ?? [])
     try cluster.start(expecting: localNodes)
     m.experts = cluster
     return (m, cluster)

@@ -264,4 +264,50 @@ final class ClusterTests: XCTestCase {
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertTrue(text.contains("cluster up"), text)
     }
+
+    /// Attention–FFN disaggregation of a dense model: its FFNs cut into neuron slices on the
+    /// expert side give the unsplit model's logits within fp32 rounding, the same greedy tokens,
+    /// and through expert-node processes exactly the in-process split's results.
+    func testDenseFFNSplitAcrossNodes() throws {
+        for name in ["llama", "llama_untied"] {
+            let dir = Harness.fixtures.appendingPathComponent(name).path
+            let ref = try Harness.reference(name)
+            let tokens = ref.cases[2].tokens.map(String.init).joined(separator: ",")
+            let prompt = ref.greedy.prompt.map(String.init).joined(separator: ",")
+            let logits = ["logits", "--model", dir, "--tokens", tokens, "--all-positions"]
+            let generate = ["generate", "--model", dir, "--tokens", prompt, "--max-tokens", "16", "--format", "json", "--ignore-eos"]
+            func values(_ r: (status: Int32, stdout: String, stderr: String)) -> [Double] {
+                XCTAssertEqual(r.status, 0, r.stderr)
+                return ((Harness.json(r.stdout)?["logits"] as? [[Double]]) ?? []).flatMap { $0 }
+            }
+            let whole = values(try Harness.run(logits))
+            XCTAssertFalse(whole.isEmpty)
+            for e in [1, 2, 4] {
+                let split = try Harness.run(logits + ["--split-dense", "\(e)"])
+                let v = values(split)
+                XCTAssertEqual(v.count, whole.count)
+                let worst = zip(v, whole).map { abs($0 - $1) }.max() ?? .infinity
+                XCTAssertLessThan(worst, 1e-5, "\(name): --split-dense \(e) moves logits by \(worst)")
+                for n in [1, 2, 3] {
+                    let remote = try Harness.run(logits + ["--split-dense", "\(e)", "--local-nodes", "\(n)"])
+                    XCTAssertEqual(remote.status, 0, remote.stderr)
+                    XCTAssertEqual(remote.stdout, split.stdout, "\(name): \(e) slices through \(n) nodes differ from in-process")
+                }
+            }
+            let greedy = try Harness.run(generate)
+            XCTAssertEqual(greedy.status, 0, greedy.stderr)
+            // --local-nodes alone splits the dense FFN into one slice per node.
+            let remote = try Harness.run(generate + ["--local-nodes", "2"])
+            XCTAssertEqual(remote.status, 0, remote.stderr)
+            XCTAssertEqual(remote.stdout, greedy.stdout, "\(name): greedy tokens through 2 nodes differ")
+        }
+        let bad = try Harness.run(["logits", "--model", Harness.fixtures.appendingPathComponent("llama").path,
+                                   "--tokens", "1,2", "--split-dense", "3"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("into 3"), bad.stderr)
+        let zero = try Harness.run(["logits", "--model", Harness.fixtures.appendingPathComponent("llama").path,
+                                    "--tokens", "1,2", "--split-dense", "0"])
+        XCTAssertNotEqual(zero.status, 0)
+        XCTAssertTrue(zero.stderr.contains("--split-dense"), zero.stderr)
+    }
 }

@@ -1,0 +1,171 @@
+import Foundation
+import XCTest
+@testable import Kernels
+
+/// Random ggml blocks with sane fp16 scales, in a buffer aligned to nothing in particular (as
+/// inside a GGUF mapping, where blocks of 18, 20, 34… bytes sit at any address).
+final class QuantMatrix {
+    static let scaleOffsets: [DType: [Int]] = [
+        .q8_0: [0], .q4_0: [0], .q4_1: [0, 2], .q4_K: [0, 2], .q5_K: [0, 2], .q6_K: [208],
+    ]
+    static let types: [DType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K]
+
+    let rows: Int, cols: Int, dtype: DType
+    let storage: UnsafeMutableRawPointer
+    let data: UnsafeMutableRawPointer
+    /// Row-major decoded values (the reference decoders' output).
+    let values: [Float]
+
+    init(rows: Int, cols: Int, dtype: DType, seed: UInt64) {
+        self.rows = rows; self.cols = cols; self.dtype = dtype
+        let bytes = rows * dtype.rowBytes(cols: cols)
+        storage = .allocate(byteCount: bytes + 64, alignment: 64)
+        data = storage + 3
+        var rng = SeededRandom(seed)
+        for i in 0..<bytes {
+            data.storeBytes(of: UInt8(truncatingIfNeeded: Int((rng.next() + 1) * 128)), toByteOffset: i, as: UInt8.self)
+        }
+        let blocks = bytes / dtype.blockBytes
+        for b in 0..<blocks {
+            for off in Self.scaleOffsets[dtype]! {
+                let v = Float16(rng.next() * 0.01)
+                data.storeBytes(of: v.bitPattern, toByteOffset: b * dtype.blockBytes + off, as: UInt16.self)
+            }
+        }
+        var v = [Float](repeating: 0, count: rows * cols)
+        let base = data
+        v.withUnsafeMutableBufferPointer { out in
+            for r in 0..<rows {
+                Quantized.dequantizeRow(dtype, base + r * dtype.rowBytes(cols: cols), cols: cols, into: out.baseAddress! + r * cols)
+            }
+        }
+        values = v
+    }
+
+    deinit { storage.deallocate() }
+
+    var matrix: Matrix { Matrix(data: UnsafeRawPointer(data), dtype: dtype, rows: rows, cols: cols) }
+}
+
+final class QuantizedKernelsTests: XCTestCase {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/quant")
+
+    /// The scalar decoders reproduce gguf-py's dequantizers (the reference port of ggml's
+    /// `dequantize_row_*`) exactly on random blocks (scripts/make-quant-fixtures.py).
+    func testReferenceDecodersMatchGGUFPy() throws {
+        for dtype in QuantMatrix.types {
+            let data = try Data(contentsOf: Self.fixtures.appendingPathComponent(dtype.rawValue + ".bin"))
+            try data.withUnsafeBytes { raw in
+                let blocks = Int(raw.loadUnaligned(as: UInt32.self))
+                let n = dtype.blockElements
+                XCTAssertEqual(raw.count, 4 + blocks * dtype.blockBytes + blocks * n * 4, "\(dtype) fixture size")
+                let blockBase = raw.baseAddress! + 4
+                let refBase = blockBase + blocks * dtype.blockBytes
+                var out = [Float](repeating: .nan, count: n)
+                var mismatches = 0
+                for b in 0..<blocks {
+                    out.withUnsafeMutableBufferPointer { Quantized.dequantizeBlock(dtype, blockBase + b * dtype.blockBytes, into: $0.baseAddress!) }
+                    for j in 0..<n {
+                        let ref = refBase.loadUnaligned(fromByteOffset: 4 * (b * n + j), as: Float.self)
+                        if out[j].bitPattern != ref.bitPattern && !(out[j] == 0 && ref == 0) { mismatches += 1 }
+                    }
+                }
+                XCTAssertEqual(mismatches, 0, "\(dtype): \(mismatches) values differ from gguf-py")
+                // The whole-row decoder and `element` agree with the block decoder.
+                let m = Matrix(data: blockBase, dtype: dtype, rows: 1, cols: blocks * n)
+                var row = [Float](repeating: .nan, count: blocks * n)
+                row.withUnsafeMutableBufferPointer { m.widenRow(0, into: $0.baseAddress!) }
+                for j in stride(from: 0, to: blocks * n, by: 37) {
+                    let ref = refBase.loadUnaligned(fromByteOffset: 4 * j, as: Float.self)
+                    XCTAssertEqual(row[j], ref, "\(dtype) widenRow[\(j)]")
+                    XCTAssertEqual(m.element(0, j), ref, "\(dtype) element[\(j)]")
+                }
+            }
+        }
+    }
+
+    /// Every batch size and path against a fp64 dot product of the decoded weights, with and
+    /// without accumulation. Tolerance: fp32 accumulation over `cols` products of magnitude
+    /// ≤ |w|·|x| allows ~cols·2⁻²⁴ relative to Σ|w·x|; 2e-5 of that sum covers it with margin.
+    func testLinearMatchesDecodedReference() {
+        for dtype in QuantMatrix.types {
+            for (rows, cols) in [(7, 512), (40, 768), (3, 1536)] {
+                let w = QuantMatrix(rows: rows, cols: cols, dtype: dtype, seed: UInt64(rows * cols))
+                for n in [1, 2, 3, 5, 17, 48, 64, 130] {
+                    let x = inputs(n * cols, seed: UInt64(n))
+                    for accumulate in [false, true] {
+                        var y = [Float](repeating: accumulate ? 0.5 : .nan, count: n * rows)
+                        x.withUnsafeBufferPointer { xp in
+                            y.withUnsafeMutableBufferPointer { yp in
+                                Linear.forward(w.matrix, input: xp.baseAddress!, count: n, output: yp.baseAddress!, accumulate: accumulate)
+                            }
+                        }
+                        var worst = 0.0
+                        for t in 0..<n {
+                            for r in 0..<rows {
+                                var s = 0.0, mag = 0.0
+                                for c in 0..<cols {
+                                    let p = Double(w.values[r * cols + c]) * Double(x[t * cols + c])
+                                    s += p; mag += abs(p)
+                                }
+                                let got = Double(y[t * rows + r]) - (accumulate ? 0.5 : 0)
+                                worst = max(worst, abs(got - s) / max(mag, 1e-30))
+                            }
+                        }
+                        XCTAssertLessThan(worst, 2e-5, "\(dtype) \(rows)x\(cols) n=\(n) accumulate=\(accumulate)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A column view (the neuron slices of a split dense FFN) computes exactly what the same
+    /// columns of the whole matrix contribute.
+    func testColumnViewsUseRowStride() throws {
+        for dtype in QuantMatrix.types + DType.floatTypes {
+            let b = dtype.blockElements == 1 ? 32 : dtype.blockElements
+            let cols = 4 * b, rows = 9
+            let w: Matrix
+            let values: [Float]
+            let keep: AnyObject
+            if dtype.isQuantized {
+                let q = QuantMatrix(rows: rows, cols: cols, dtype: dtype, seed: 5)
+                (w, values, keep) = (q.matrix, q.values, q)
+            } else {
+                let t = TestMatrix(rows: rows, cols: cols, dtype: dtype, seed: 5)
+                (w, values, keep) = (t.matrix, t.values, t)
+            }
+            let slice = try w.columns(b, count: 2 * b)
+            XCTAssertEqual(slice.cols, 2 * b)
+            XCTAssertEqual(slice.rowStride, w.rowBytes)
+            let x = inputs(3 * 2 * b, seed: 9)
+            var y = [Float](repeating: 0, count: 3 * rows)
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer { Linear.forward(slice, input: xp.baseAddress!, count: 3, output: $0.baseAddress!) }
+            }
+            for t in 0..<3 {
+                for r in 0..<rows {
+                    var s = 0.0, mag = 0.0
+                    for c in 0..<(2 * b) {
+                        let p = Double(values[r * cols + b + c]) * Double(x[t * 2 * b + c])
+                        s += p; mag += abs(p)
+                    }
+                    XCTAssertEqual(Double(y[t * rows + r]), s, accuracy: 2e-5 * max(mag, 1e-30), "\(dtype) row \(r)")
+                    XCTAssertEqual(slice.element(r, 1), values[r * cols + b + 1])
+                }
+            }
+            withExtendedLifetime(keep) {}
+        }
+    }
+
+    func testMisalignedColumnViewsAreErrors() {
+        let q = QuantMatrix(rows: 2, cols: 512, dtype: .q4_K, seed: 1)
+        XCTAssertThrowsError(try q.matrix.columns(128, count: 256)) { e in
+            XCTAssertTrue("\(e)".contains("Q4_K"), "\(e)")
+        }
+        XCTAssertThrowsError(try q.matrix.columns(256, count: 512))
+        XCTAssertThrowsError(try q.matrix.columns(-256, count: 256))
+        XCTAssertNoThrow(try q.matrix.columns(256, count: 256))
+    }
+}
