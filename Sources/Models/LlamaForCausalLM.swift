@@ -22,10 +22,28 @@ public enum LlamaForCausalLM {
     /// Weight names (besides `SharedNames`): the MLP's three projections under `model.layers.L.`.
     public static let mlpNames = (gate: "mlp.gate_proj", up: "mlp.up_proj", down: "mlp.down_proj")
 
+    /// Hugging Face → GGUF tensor names (llama.cpp `LLM_ARCH_LLAMA`); q/k rows are permuted.
+    public static let ggufNames = GGUFNameTable([
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+        ("model.layers.{L}.input_layernorm.weight", "blk.{L}.attn_norm.weight"),
+        ("model.layers.{L}.post_attention_layernorm.weight", "blk.{L}.ffn_norm.weight"),
+        ("model.layers.{L}.self_attn.q_proj.weight", "blk.{L}.attn_q.weight"),
+        ("model.layers.{L}.self_attn.k_proj.weight", "blk.{L}.attn_k.weight"),
+        ("model.layers.{L}.self_attn.v_proj.weight", "blk.{L}.attn_v.weight"),
+        ("model.layers.{L}.self_attn.o_proj.weight", "blk.{L}.attn_output.weight"),
+        ("model.layers.{L}.mlp.gate_proj.weight", "blk.{L}.ffn_gate.weight"),
+        ("model.layers.{L}.mlp.up_proj.weight", "blk.{L}.ffn_up.weight"),
+        ("model.layers.{L}.mlp.down_proj.weight", "blk.{L}.ffn_down.weight"),
+    ], permutedQK: true)
+
     public static func load(config json: ConfigJSON, weights w: WeightSource) throws -> DecoderModel {
         let cfg = try Config(json)
         let c = cfg.base
-        let rope = RotaryEmbedding(dim: c.headDim, parameters: c.rope, interleaved: false)
+        // GGUF llama files hold q/k rows permuted for pairwise RoPE; rotating pairs then gives
+        // the same attention scores as rotating halves of the unpermuted rows.
+        let rope = RotaryEmbedding(dim: c.headDim, parameters: c.rope, interleaved: w.permutedQK)
         let layers = try (0..<c.layers).map { l -> DecoderLayer in
             let (n1, n2) = try DecoderBuilder.norms(c, w, layer: l)
             return DecoderLayer(

@@ -27,6 +27,15 @@ public enum MixtralForCausalLM {
     public static let routerName = "gate.weight"
     public static let expertNames = (gate: "w1", up: "w3", down: "w2")
 
+    /// Hugging Face → GGUF tensor names: llama.cpp stores Mixtral as `llama` with experts fused
+    /// per layer (`ffn_{gate,up,down}_exps`, ggml dims `[cols, rows, experts]`).
+    public static let ggufNames = GGUFNameTable(LlamaForCausalLM.ggufNames.entries.filter { !$0.hf.contains(".mlp.") } + [
+        ("model.layers.{L}.block_sparse_moe.gate.weight", "blk.{L}.ffn_gate_inp.weight"),
+        ("model.layers.{L}.block_sparse_moe.experts.{E}.w1.weight", "blk.{L}.ffn_gate_exps.weight"),
+        ("model.layers.{L}.block_sparse_moe.experts.{E}.w3.weight", "blk.{L}.ffn_up_exps.weight"),
+        ("model.layers.{L}.block_sparse_moe.experts.{E}.w2.weight", "blk.{L}.ffn_down_exps.weight"),
+    ], permutedQK: true)
+
     static func blockPrefix(_ w: WeightSource, layer l: Int) -> String {
         let p = SharedNames.layer(l)
         return p + (blockPrefixes.first { w.contains(p + $0 + routerName) } ?? blockPrefixes[0])
@@ -35,7 +44,8 @@ public enum MixtralForCausalLM {
     public static func load(config json: ConfigJSON, weights w: WeightSource) throws -> DecoderModel {
         let cfg = try Config(json)
         let c = cfg.base
-        let rope = RotaryEmbedding(dim: c.headDim, parameters: c.rope, interleaved: false)
+        // GGUF files hold q/k rows permuted for pairwise RoPE (see LlamaForCausalLM).
+        let rope = RotaryEmbedding(dim: c.headDim, parameters: c.rope, interleaved: w.permutedQK)
         let layers = try (0..<c.layers).map { l -> DecoderLayer in
             let (n1, n2) = try DecoderBuilder.norms(c, w, layer: l)
             let router = Router(weight: try w.matrix(blockPrefix(w, layer: l) + routerName, rows: cfg.experts, cols: c.hidden),

@@ -26,6 +26,25 @@ public enum ModelRegistry {
         return try loader(config, weights)
     }
 
+    /// Opens a model: a Hugging Face checkpoint directory or a GGUF file.
+    public static func load(path: URL) throws -> (model: DecoderModel, fingerprint: String) {
+        if path.pathExtension.lowercased() == "gguf" || isGGUF(path) {
+            let (m, w) = try GGUFModel.load(url: path)
+            return (m, GGUFModel.fingerprint(w.file))
+        }
+        let (m, _) = try load(directory: path)
+        return (m, try fingerprint(directory: path))
+    }
+
+    /// Whether `url` is a regular file that starts with the GGUF magic.
+    static func isGGUF(_ url: URL) -> Bool {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), !isDir.boolValue,
+              let h = FileHandle(forReadingAtPath: url.path) else { return false }
+        defer { try? h.close() }
+        return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
+    }
+
     /// Opens a Hugging Face checkpoint directory and builds its model.
     public static func load(directory: URL) throws -> (DecoderModel, CheckpointDirectory) {
         let ckpt = try CheckpointDirectory(url: directory)

@@ -13,6 +13,13 @@ public protocol WeightSource: AnyObject {
     /// Rows `[start, start+count)` of a 3-D tensor `[experts, rows, cols]` seen as one matrix;
     /// used for fused expert tensors (`mlp.experts.gate_up_proj`).
     func matrix3D(_ name: String, experts: Int, rows: Int, cols: Int) throws -> Matrix
+    /// Whether q/k projection rows are stored permuted so that RoPE rotates adjacent pairs
+    /// (llama.cpp's GGUF `llama` layout) rather than the two halves of each head (Hugging Face).
+    var permutedQK: Bool { get }
+}
+
+extension WeightSource {
+    public var permutedQK: Bool { false }
 }
 
 extension CheckpointDirectory: WeightSource {

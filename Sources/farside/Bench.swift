@@ -14,8 +14,8 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure prefill and decode tokens/s (median of several runs) and the decode roofline; prints JSON.")
 
-    @Option(name: .long, help: "Hugging Face checkpoint directory.")
-    var model: String
+    @Option(name: .long, help: "A GGUF file or a Hugging Face checkpoint directory (default: the default model).")
+    var model: String?
 
     @Option(name: .long, help: "Prompt length for the prefill measurement.")
     var promptTokens: Int = 128
@@ -115,7 +115,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let (m, cluster) = try loadModel(path: model, localNodes: localNodes)
+            let (m, cluster) = try loadModel(path: try model ?? DefaultModel.path(), localNodes: localNodes)
             var rng = SplitMix64(seed: 42)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(m.vocabSize)) }
             // Warm-up: page the mapped weights in.
@@ -150,7 +150,7 @@ struct Bench: ParsableCommand {
                 }
             }
             printJSON("""
-            {"model": "\(model)", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), \
+            {"model": "\(model ?? "default")", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), \
             "prompt_tokens": \(promptTokens), "decode_tokens": \(decodeTokens), "runs": \(runs), \
             "prefill_tok_s": \(String(format: "%.2f", Self.median(prefill))), "decode_tok_s": \(String(format: "%.2f", d)), \
             "prefill_runs": [\(prefill.map { String(format: "%.2f", $0) }.joined(separator: ", "))], \

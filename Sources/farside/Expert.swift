@@ -23,8 +23,8 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "The coordinator's control endpoint, e.g. tcp://127.0.0.1:5500.")
     var coordinator: String
 
-    @Option(name: .long, help: "Hugging Face checkpoint directory: this node's local copy of the model.")
-    var model: String
+    @Option(name: .long, help: "This node's local copy of the model: a GGUF file or a Hugging Face checkpoint directory (default: the default model).")
+    var model: String?
 
     @Option(name: .long, help: "Node id (default: hostname-pid).")
     var nodeId: String?
@@ -54,7 +54,7 @@ struct Expert: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let (m, fingerprint) = try openModel(path: model, denseSlices: splitDense)
+            let (m, fingerprint) = try openModel(path: try model ?? DefaultModel.path(), denseSlices: splitDense)
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
                                                    memoryBudget: parseBytes(memoryBudget)!)

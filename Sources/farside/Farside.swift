@@ -14,8 +14,8 @@ struct Farside: ParsableCommand {
 
 /// Options shared by the commands that run a model.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: "Hugging Face checkpoint directory (config.json + safetensors).")
-    var model: String
+    @Option(name: .long, help: "A GGUF file or a Hugging Face checkpoint directory (default: the default model, SmolLM2-135M-Instruct Q4_1).")
+    var model: String?
 
     @Option(name: .long, help: "Comma-separated input token ids, e.g. 5,17,3.")
     var tokens: String
@@ -37,6 +37,9 @@ struct ModelOptions: ParsableArguments {
         guard nodeTimeout > 0 && nodeTimeout.isFinite else { throw ValidationError("--node-timeout must be a positive number of seconds") }
     }
 
+    /// `--model`, or the default model's path.
+    func modelPath() throws -> String { try model ?? DefaultModel.path() }
+
     func tokenIDs() throws -> [Int] {
         let parts = tokens.split(separator: ",", omittingEmptySubsequences: false)
         var ids: [Int] = []
@@ -54,7 +57,7 @@ struct ModelOptions: ParsableArguments {
     /// Loads the model with its routed experts computed in this process, or on `--local-nodes`
     /// expert-node processes (kept alive in `LocalRun.nodes` until the command exits).
     func load() throws -> DecoderModel {
-        try loadModel(path: model, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense).model
+        try loadModel(path: try modelPath(), localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense).model
     }
 }
 
@@ -62,9 +65,7 @@ struct ModelOptions: ParsableArguments {
 /// `denseSlices` expert slices when set. Coordinator and expert nodes must agree on both, so the
 /// slice count is part of the fingerprint they compare.
 func openModel(path: String, denseSlices: Int?) throws -> (model: DecoderModel, fingerprint: String) {
-    let dir = URL(fileURLWithPath: path)
-    var (m, _) = try ModelRegistry.load(directory: dir)
-    var fingerprint = try ModelRegistry.fingerprint(directory: dir)
+    var (m, fingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
     if let e = denseSlices, m.layers.contains(where: { if case .dense = $0.feedForward { return true } else { return false } }) {
         m = try m.disaggregated(denseSlices: e)
         fingerprint += "/dense-slices=\(e)"
