@@ -166,7 +166,7 @@ public enum Linear {
         case .bf16: dispatch(BF16Format.self, w, x, count, y, accumulate)
         case .f16: dispatch(F16Format.self, w, x, count, y, accumulate)
         case .f32: dispatch(F32Format.self, w, x, count, y, accumulate)
-        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: quantizedReference(w, x, count, y, accumulate)
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: quantized(w, x, count, y, accumulate)
         }
     }
 
