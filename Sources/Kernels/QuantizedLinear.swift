@@ -62,7 +62,8 @@ extension Linear {
                 let x0 = xp.loadUnaligned(as: SIMD8<Float>.self), x1 = xp.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self)
                 let x2 = xp.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self), x3 = xp.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self)
                 let xs = sums[i], off = i * bb
-                prefetch(p0 + off + 512); prefetch(p1 + off + 512); prefetch(p2 + off + 512); prefetch(p3 + off + 512)
+                let ahead = off + 8 * stride
+                prefetch(p0 + ahead); prefetch(p1 + ahead); prefetch(p2 + ahead); prefetch(p3 + ahead)
                 B.accumulate(p0 + off, x0, x1, x2, x3, xs, &a0, &o0)
                 B.accumulate(p1 + off, x0, x1, x2, x3, xs, &a1, &o1)
                 B.accumulate(p2 + off, x0, x1, x2, x3, xs, &a2, &o2)

@@ -160,6 +160,45 @@ func gemm() {
     }
 }
 
+/// Quantized GEMV/GEMM at SmolLM2-135M's shapes: the 30 layers' matrices in turn (Q4_1, ~70 MB,
+/// more than the L3) and the tied Q8_0 LM head; GB/s of weights and GFLOP/s.
+func quantized() {
+    let threads = ThreadPool.shared.threadCount
+    let layers = 30
+    let shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+    for dtype in [DType.q4_1, .q4_0, .q8_0] {
+        var mats: [Matrix] = []
+        var bufs: [UnsafeMutableRawPointer] = []
+        var bytes = 0, macs = 0
+        for _ in 0..<layers {
+            for (r, c) in shapes {
+                let b = r * dtype.rowBytes(cols: c)
+                let buf = makeBuffer(b, dtype: dtype)
+                bufs.append(buf)
+                mats.append(Matrix(data: buf, dtype: dtype, rows: r, cols: c))
+                bytes += b; macs += r * c
+            }
+        }
+        let x = vector(512 * 1536), y = vector(512 * 1536)
+        let t = timeIt { for m in mats { Linear.forward(m, input: x, count: 1, output: y) } }
+        line("gemv \(dtype) SmolLM2 layer matrices ×\(layers) (\(bytes >> 20) MiB), \(threads) thread\(threads > 1 ? "s" : ""): "
+             + "\(fmt(Double(bytes) / t / 1e9)) GB/s, \(fmt(2 * Double(macs) / t / 1e9)) GFLOP/s (\(fmt(t * 1e3, 2)) ms)")
+        for n in [8, 512] {
+            let tn = timeIt { for m in mats.prefix(7) { Linear.forward(m, input: x, count: n, output: y) } }
+            let m7 = shapes.reduce(0) { $0 + $1.0 * $1.1 }
+            line("gemm \(dtype) one SmolLM2 layer, \(n) tokens: \(fmt(2 * Double(m7 * n) / tn / 1e9)) GFLOP/s (\(fmt(tn * 1e3, 2)) ms)")
+        }
+        for b in bufs { b.deallocate() }
+        x.deallocate(); y.deallocate()
+    }
+    let head = makeBuffer(49152 * DType.q8_0.rowBytes(cols: 576), dtype: .q8_0)
+    let hm = Matrix(data: head, dtype: .q8_0, rows: 49152, cols: 576)
+    let x = vector(576), y = vector(49152)
+    let t = timeIt { Linear.forward(hm, input: x, count: 1, output: y) }
+    line("gemv q8_0 49152x576 LM head, \(threads) thread\(threads > 1 ? "s" : ""): \(fmt(Double(hm.byteCount) / t / 1e9)) GB/s (\(fmt(t * 1e3, 2)) ms)")
+    head.deallocate(); x.deallocate(); y.deallocate()
+}
+
 func poolOverhead() {
     let pool = ThreadPool.shared
     let calls = 20_000
@@ -199,6 +238,7 @@ if args.count >= 3 && args[1] == "--part" {
     case "gemm": gemm()
     case "pool": poolOverhead()
     case "bandwidth": bandwidth()
+    case "quantized": quantized()
     default: fatalError("unknown part \(args[2])")
     }
     exit(0)
@@ -216,10 +256,10 @@ func child(_ part: String, threads: Int?) {
     p.waitUntilExit()
 }
 let cores = ProcessInfo.processInfo.activeProcessorCount
-let parts = args.count > 1 ? Array(args[1...]) : ["bandwidth", "gemv", "gemm", "pool"]
+let parts = args.count > 1 ? Array(args[1...]) : ["bandwidth", "gemv", "gemm", "quantized", "pool"]
 for part in parts {
     switch part {
-    case "gemv", "gemm": for t in Set([1, cores]).sorted() { child(part, threads: t) }
+    case "gemv", "gemm", "quantized": for t in Set([1, cores]).sorted() { child(part, threads: t) }
     default: child(part, threads: nil)
     }
 }
