@@ -75,8 +75,8 @@ struct Cluster: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Start a coordinator and N expert nodes on loopback; stop them all on Ctrl-C or SIGTERM.")
 
-        @Option(name: .long, help: "Hugging Face checkpoint directory.")
-        var model: String
+        @Option(name: .long, help: "A GGUF file or a Hugging Face checkpoint directory (default: the default model).")
+        var model: String?
 
         @Option(name: .long, help: "Number of expert-node processes.")
         var nodes: Int = 2
@@ -97,7 +97,7 @@ struct Cluster: ParsableCommand {
                     s.resume()
                     sources.append(s)
                 }
-                let opts = try ModelOptions.parse(["--model", model, "--tokens", "0", "--local-nodes", "\(nodes)"])
+                let opts = try ModelOptions.parse(["--model", try model ?? DefaultModel.path(), "--tokens", "0", "--local-nodes", "\(nodes)"])
                 let m = try opts.load()
                 FileHandle.standardError.write(Data("cluster up: \(m.architecture) with \(nodes) expert nodes; Ctrl-C stops it\n".utf8))
                 stop.wait()

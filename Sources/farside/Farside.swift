@@ -3,13 +3,14 @@ import Coordinator
 import ExpertNode
 import Foundation
 import Models
+import Tokenizer
 
 @main
 struct Farside: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "farside",
         abstract: "Distributed expert-parallel inference for Mixture-of-Experts language models.",
-        subcommands: [Logits.self, Generate.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
+        subcommands: [Generate.self, Tokenize.self, Logits.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
 }
 
 /// Options shared by the commands that run a model.
@@ -18,7 +19,10 @@ struct ModelOptions: ParsableArguments {
     var model: String?
 
     @Option(name: .long, help: "Comma-separated input token ids, e.g. 5,17,3.")
-    var tokens: String
+    var tokens: String?
+
+    @Option(name: .long, help: "Input text, tokenized with the model's tokenizer (instead of --tokens).")
+    var prompt: String?
 
     @Option(name: .long, help: "Run routed experts on N expert-node processes on loopback (0: in this process).")
     var localNodes: Int = 0
@@ -40,7 +44,15 @@ struct ModelOptions: ParsableArguments {
     /// `--model`, or the default model's path.
     func modelPath() throws -> String { try model ?? DefaultModel.path() }
 
+    /// The input: `--tokens`, or `--prompt` tokenized (with BOS if the tokenizer asks for it).
     func tokenIDs() throws -> [Int] {
+        if let prompt {
+            guard tokens == nil else { throw ValidationError("give --tokens or --prompt, not both") }
+            let ids = try openTokenizer(path: try modelPath()).encode(prompt)
+            guard !ids.isEmpty else { throw ValidationError("--prompt: the text has no tokens") }
+            return ids
+        }
+        guard let tokens else { throw ValidationError("give the input as --prompt TEXT or --tokens IDS") }
         let parts = tokens.split(separator: ",", omittingEmptySubsequences: false)
         var ids: [Int] = []
         for p in parts {
@@ -192,19 +204,44 @@ struct Generate: ParsableCommand {
         try runReportingErrors {
             let ids = try options.tokenIDs()
             let model = try options.load()
+            // Text in, text out: with --prompt the new tokens are streamed as text.
+            let tokenizer = options.prompt != nil ? try openTokenizer(path: try options.modelPath()) : nil
+            var stream = tokenizer.map { StreamingDetokenizer($0, skipSpecial: true) }
             let gen = Generator(model: model)
             let params = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
             let out = try gen.generate(prompt: ids, maxTokens: maxTokens, sampling: params, ignoreEOS: ignoreEos) { tok in
-                if format == "text" { FileHandle.standardOutput.write(Data("\(tok) ".utf8)) }
+                if format == "text" {
+                    let piece = stream != nil ? stream!.push(tok) : "\(tok) "
+                    FileHandle.standardOutput.write(Data(piece.utf8))
+                }
                 return true
             }
             if format == "json" {
-                printJSON("{\"tokens\": [\(out.map(String.init).joined(separator: ", "))]}")
+                var s = "{\"tokens\": [\(out.map(String.init).joined(separator: ", "))]"
+                if let tokenizer { s += ", \"text\": \(jsonString(tokenizer.decode(out, skipSpecial: true)))" }
+                printJSON(s + "}")
             } else {
-                printJSON("")
+                printJSON(stream?.finish() ?? "")
             }
         }
     }
+}
+
+/// A JSON string literal.
+func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
+        }
+    }
+    return out + "\""
 }
 
 struct Route: ParsableCommand {

@@ -1,0 +1,77 @@
+import Foundation
+
+extension BPETokenizer {
+    /// Reads a Hugging Face `tokenizer.json` (model type BPE, byte-level). The pre-tokenizer is
+    /// recognised from its regex: ByteLevel with `use_regex` (GPT-2), or a Split on the
+    /// Llama-3/Qwen2 pattern followed by ByteLevel without regex.
+    public convenience init(tokenizerJSON url: URL) throws {
+        let src = url.path
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw TokenizerError.malformed("cannot read: \(error.localizedDescription)", source: src)
+        }
+        guard let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw TokenizerError.malformed("not a JSON object", source: src)
+        }
+        guard let model = root["model"] as? [String: Any] else { throw TokenizerError.malformed("no \"model\" object", source: src) }
+        let type = model["type"] as? String ?? "?"
+        guard type == "BPE" else { throw TokenizerError.unsupportedModel(type, source: src) }
+        guard let vocab = model["vocab"] as? [String: Any] else { throw TokenizerError.malformed("model.vocab is not an object", source: src) }
+        var byID: [Int: String] = [:]
+        for (t, v) in vocab {
+            guard let id = (v as? NSNumber)?.intValue, id >= 0, id < 10_000_000 else {
+                throw TokenizerError.malformed("model.vocab['\(t)'] is not a token id", source: src)
+            }
+            byID[id] = t
+        }
+        var specials: [String: Int] = [:]
+        for a in root["added_tokens"] as? [[String: Any]] ?? [] {
+            guard let id = (a["id"] as? NSNumber)?.intValue, let content = a["content"] as? String else {
+                throw TokenizerError.malformed("an added_tokens entry lacks id or content", source: src)
+            }
+            byID[id] = content
+            specials[content] = id
+        }
+        let count = (byID.keys.max() ?? -1) + 1
+        var tokens = [String](repeating: "", count: count)
+        for (id, t) in byID { tokens[id] = t }
+        var merges: [(String, String)] = []
+        for (i, m) in (model["merges"] as? [Any] ?? []).enumerated() {
+            if let line = m as? String, let sp = line.firstIndex(of: " ") {
+                merges.append((String(line[..<sp]), String(line[line.index(after: sp)...])))
+            } else if let pair = m as? [String], pair.count == 2 {
+                merges.append((pair[0], pair[1]))
+            } else {
+                throw TokenizerError.malformed("model.merges[\(i)] is neither \"a b\" nor [a, b]", source: src)
+            }
+        }
+        let pre = try Self.preTokenizer(root["pre_tokenizer"] as? [String: Any], source: src)
+        try self.init(tokens: tokens, merges: merges, specialTokens: specials, preTokenizer: pre,
+                      bos: nil, eos: nil, addBOS: false, source: src)
+    }
+
+    static let llama3Pattern = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+    static let qwen2Pattern = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+
+    static func preTokenizer(_ p: [String: Any]?, source: String) throws -> PreTokenizer {
+        guard let p else { throw TokenizerError.unsupportedPreTokenizer("none", source: source) }
+        let type = p["type"] as? String ?? "?"
+        if type == "ByteLevel" {
+            guard p["use_regex"] as? Bool ?? true else { throw TokenizerError.unsupportedPreTokenizer("ByteLevel without regex", source: source) }
+            return .gpt2
+        }
+        if type == "Sequence", let list = p["pretokenizers"] as? [[String: Any]] {
+            if list.contains(where: { $0["type"] as? String == "Digits" }) {
+                throw TokenizerError.unsupportedPreTokenizer("Digits", source: source)
+            }
+            for q in list where q["type"] as? String == "Split" {
+                let pattern = (q["pattern"] as? [String: Any])?["Regex"] as? String ?? ""
+                if pattern == llama3Pattern { return .llama3(maxDigits: 3) }
+                if pattern == qwen2Pattern { return .llama3(maxDigits: 1) }
+                throw TokenizerError.unsupportedPreTokenizer("Split on \(pattern)", source: source)
+            }
+            if list.contains(where: { $0["type"] as? String == "ByteLevel" && ($0["use_regex"] as? Bool ?? true) }) { return .gpt2 }
+        }
+        throw TokenizerError.unsupportedPreTokenizer(type, source: source)
+    }
+}
