@@ -1,6 +1,0 @@
-import XCTest
-@testable import Tokenizer
-
-final class TokenizerPlaceholderTests: XCTestCase {
-    func testModuleBuilds() { XCTAssertTrue(true) }
-}
