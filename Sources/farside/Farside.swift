@@ -77,21 +77,28 @@ struct ModelOptions: ParsableArguments {
 /// `denseSlices` expert slices when set. Coordinator and expert nodes must agree on both, so the
 /// slice count is part of the fingerprint they compare.
 func openModel(path: String, denseSlices: Int?) throws -> (model: DecoderModel, fingerprint: String) {
-    var (m, fingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
-    if let e = denseSlices, m.layers.contains(where: { if case .dense = $0.feedForward { return true } else { return false } }) {
-        m = try m.disaggregated(denseSlices: e)
-        fingerprint += "/dense-slices=\(e)"
-    }
-    return (m, fingerprint)
+    let (m, fingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
+    return try sliced(m, fingerprint: fingerprint, denseSlices: denseSlices)
+}
+
+private func sliced(_ model: DecoderModel, fingerprint: String, denseSlices: Int?) throws -> (model: DecoderModel, fingerprint: String) {
+    guard let e = denseSlices, model.layers.contains(where: { if case .dense = $0.feedForward { return true } else { return false } })
+    else { return (model, fingerprint) }
+    return (try model.disaggregated(denseSlices: e), fingerprint + "/dense-slices=\(e)")
 }
 
 /// Loads a model with its routed experts (and, with `splitDense`, its dense FFN slices) in this
 /// process (`localNodes == 0`) or on that many expert-node processes on loopback (kept in
-/// `LocalRun.nodes` until the command exits). With nodes, dense FFNs go to the nodes too, in
-/// `splitDense ?? localNodes` slices.
+/// `LocalRun.nodes` until the command exits). A model without routed experts (a dense model
+/// such as SmolLM2) sends its dense FFNs to the nodes, in `splitDense ?? localNodes` slices, so
+/// that the nodes have work; a MoE model keeps its dense layers beside attention (the
+/// coordinator's job in attention-FFN disaggregation, and the only way its logits stay bit-identical
+/// to the in-process engine) unless `--split-dense` asks otherwise.
 func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDense: Int? = nil) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
-    let slices = splitDense ?? (localNodes > 0 ? localNodes : nil)
-    let (m, fingerprint) = try openModel(path: path, denseSlices: slices)
+    let (whole, wholeFingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
+    var slices = splitDense
+    if slices == nil, localNodes > 0, whole.sparseLayers.isEmpty { slices = localNodes }
+    let (m, fingerprint) = try sliced(whole, fingerprint: wholeFingerprint, denseSlices: slices)
     guard !m.sparseLayers.isEmpty else { return (m, nil) }
     if localNodes == 0 {
         m.experts = try LocalExperts(model: m)

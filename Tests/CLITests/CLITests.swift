@@ -105,15 +105,6 @@ final class CLITests: XCTestCase {
 
     // MARK: malformed input: a clear message and a non-zero exit, never a trap
 
-    func assertFails(_ args: [String], mentioning words: [String], file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try CLI.run(args)
-        XCTAssertNotEqual(r.status, 0, "expected failure for \(args)", file: file, line: line)
-        XCTAssertLessThan(r.status, 128, "terminated by a signal (a trap?): \(r.stderr)", file: file, line: line)
-        for w in words {
-            XCTAssertTrue(r.stderr.lowercased().contains(w.lowercased()), "stderr lacks '\(w)': \(r.stderr)", file: file, line: line)
-        }
-    }
-
     func testMissingModelDirectory() throws {
         try assertFails(["logits", "--model", "/nonexistent/farside-model", "--tokens", "1"], mentioning: ["config.json"])
     }
@@ -254,5 +245,76 @@ final class SynthTests: XCTestCase {
         XCTAssertNotEqual(r3.status, 0)
         XCTAssertTrue(r3.stderr.contains("/nonexistent/config.json"), r3.stderr)
         XCTAssertLessThan(r3.status, 128)
+    }
+}
+
+/// The default model (GGUF) through the CLI: text in and out, and clear errors for bad files.
+final class DefaultModelCLITests: XCTestCase {
+
+
+    static var defaultModel: String { CLI.packageRoot.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path }
+
+    /// With no --model the default model answers a chat-formatted prompt in English, and the
+    /// JSON output carries the new token ids and their text.
+    func testGenerateFromTextWithTheDefaultModel() throws {
+        let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+        let r = try CLI.run(["generate", "--prompt", prompt, "--max-tokens", "12", "--format", "json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try XCTUnwrap(r.json, r.stdout)
+        let tokens = try XCTUnwrap(json["tokens"] as? [Int])
+        let text = try XCTUnwrap(json["text"] as? String)
+        XCTAssertFalse(tokens.isEmpty)
+        XCTAssertTrue(text.contains("Paris"), text)
+        // Streaming text output prints the same text.
+        let t = try CLI.run(["generate", "--model", Self.defaultModel, "--prompt", prompt, "--max-tokens", "12"])
+        XCTAssertEqual(t.status, 0, t.stderr)
+        XCTAssertEqual(t.stdout.trimmingCharacters(in: .whitespacesAndNewlines), text.trimmingCharacters(in: .whitespacesAndNewlines))
+        // Through two expert nodes holding slices of the dense FFNs: the same tokens.
+        let d = try CLI.run(["generate", "--prompt", prompt, "--max-tokens", "12", "--format", "json", "--local-nodes", "2"])
+        XCTAssertEqual(d.status, 0, d.stderr)
+        XCTAssertEqual(d.json?["tokens"] as? [Int], tokens)
+    }
+
+    func testTokenizeCommand() throws {
+        let r = try CLI.run(["tokenize", "--text", "Hello world"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.json?["tokens"] as? [Int], [19556, 905])
+        try assertFails(["tokenize", "--model", "/nonexistent/model.gguf", "--text", "x"], mentioning: ["/nonexistent/model.gguf"])
+    }
+
+    func testCorruptAndUnknownGGUFAreClearErrors() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farside-gguf-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // The real file cut after its header: tensors run past the end.
+        let whole = try Data(contentsOf: URL(fileURLWithPath: Self.defaultModel), options: .alwaysMapped)
+        let cut = dir.appendingPathComponent("cut.gguf")
+        try whole.prefix(4_000_000).write(to: cut)
+        try assertFails(["generate", "--model", cut.path, "--tokens", "1"], mentioning: ["truncated"])
+        // Garbage with a .gguf name.
+        let junk = dir.appendingPathComponent("junk.gguf")
+        try Data("not a gguf file at all".utf8).write(to: junk)
+        try assertFails(["generate", "--model", junk.path, "--tokens", "1"], mentioning: ["not a GGUF file"])
+        // A valid GGUF of an architecture Farside does not know: patch "llama" to "llamb".
+        var bytes = [UInt8](whole.prefix(200_000))
+        let needle = Array("llama".utf8)
+        if let at = (0..<(bytes.count - 5)).first(where: { Array(bytes[$0..<$0 + 5]) == needle }) { bytes[at + 4] = UInt8(ascii: "b") }
+        var patched = Data(bytes)
+        patched.append(whole.suffix(from: 200_000))
+        let arch = dir.appendingPathComponent("arch.gguf")
+        try patched.write(to: arch)
+        try assertFails(["generate", "--model", arch.path, "--tokens", "1"], mentioning: ["llamb", "not supported"])
+    }
+}
+
+extension XCTestCase {
+    /// Runs the CLI expecting a clean failure: non-zero exit below 128 (no trap) and every word in stderr.
+    func assertFails(_ args: [String], mentioning words: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try CLI.run(args)
+        XCTAssertNotEqual(r.status, 0, "expected failure for \(args)", file: file, line: line)
+        XCTAssertLessThan(r.status, 128, "terminated by a signal (a trap?): \(r.stderr)", file: file, line: line)
+        for w in words {
+            XCTAssertTrue(r.stderr.lowercased().contains(w.lowercased()), "stderr lacks '\(w)': \(r.stderr)", file: file, line: line)
+        }
     }
 }
