@@ -4,13 +4,14 @@ import ExpertNode
 import Foundation
 import Models
 import Tokenizer
+import ChatTemplate
 
 @main
 struct Farside: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "farside",
         abstract: "Distributed expert-parallel inference for Mixture-of-Experts language models.",
-        subcommands: [Generate.self, Tokenize.self, Logits.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Logits.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
 }
 
 /// Options shared by the commands that run a model.
@@ -177,7 +178,7 @@ struct Logits: ParsableCommand {
 }
 
 struct Generate: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Generate tokens after a prompt of token ids.")
+    static let configuration = CommandConfiguration(abstract: "Generate tokens after a prompt (--prompt text, or --tokens ids); --chat applies the model's chat template.")
 
     @OptionGroup var options: ModelOptions
 
@@ -202,14 +203,32 @@ struct Generate: ParsableCommand {
     @Option(name: .long, help: "Output format: json or text.")
     var format: String = "text"
 
+    @Flag(name: .long, help: "Send --prompt as a user message through the model's chat template (as a chat client would).")
+    var chat = false
+
+    @Option(name: .long, help: "With --chat: a system message before the prompt.")
+    var system: String?
+
+    @Option(name: .long, help: "With --chat: a Jinja chat template file to use instead of the model's own.")
+    var chatTemplate: String?
+
     func validate() throws {
         guard format == "json" || format == "text" else { throw ValidationError("--format must be json or text, got '\(format)'") }
+        if chat && options.prompt == nil { throw ValidationError("--chat needs the user's message as --prompt TEXT") }
+        if !chat && (system != nil || chatTemplate != nil) { throw ValidationError("--system and --chat-template apply only with --chat") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
     }
 
     func run() throws {
         try runReportingErrors {
-            let ids = try options.tokenIDs()
+            let ids: [Int]
+            if chat, let prompt = options.prompt {
+                let format = try ChatFormat(modelPath: try options.modelPath(), override: chatTemplate)
+                ids = try format.tokens((system.map { [ChatMessage(role: "system", content: $0)] } ?? [])
+                    + [ChatMessage(role: "user", content: prompt)])
+            } else {
+                ids = try options.tokenIDs()
+            }
             let model = try options.load()
             // Text in, text out: with --prompt the new tokens are streamed as text.
             let tokenizer = options.prompt != nil ? try openTokenizer(path: try options.modelPath()) : nil

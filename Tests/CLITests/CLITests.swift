@@ -28,16 +28,29 @@ enum CLI {
         }
     }
 
-    static func run(_ args: [String]) throws -> Result {
+    /// Runs the binary with `args`, feeding `input` (if any) on its stdin and closing it.
+    static func run(_ args: [String], input: String? = nil) throws -> Result {
         let p = Process()
         p.executableURL = try binary
         p.arguments = args
-        let out = Pipe(), err = Pipe()
+        let out = Pipe(), err = Pipe(), inp = Pipe()
         p.standardOutput = out
         p.standardError = err
+        p.standardInput = input == nil ? FileHandle.nullDevice : inp
         try p.run()
+        if let input {
+            inp.fileHandleForWriting.write(Data(input.utf8))
+            try inp.fileHandleForWriting.close()
+        }
+        // stderr drains on its own thread so a chatty child never blocks on a full pipe.
+        var e = Data()
+        let drained = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            e = err.fileHandleForReading.readDataToEndOfFile()
+            drained.signal()
+        }
         let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
+        drained.wait()
         p.waitUntilExit()
         return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
                       stderr: String(decoding: e, as: UTF8.self))
@@ -304,6 +317,34 @@ final class DefaultModelCLITests: XCTestCase {
         let arch = dir.appendingPathComponent("arch.gguf")
         try patched.write(to: arch)
         try assertFails(["generate", "--model", arch.path, "--tokens", "1"], mentioning: ["llamb", "not supported"])
+    }
+
+    /// `generate --chat` renders the prompt with the model's own template (the same ids as the
+    /// hand-written ChatML prompt), so the answer is the same.
+    func testGenerateWithChatTemplate() throws {
+        let r = try CLI.run(["generate", "--chat", "--prompt", "What is the capital of France?", "--max-tokens", "12", "--format", "json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let text = try XCTUnwrap(r.json?["text"] as? String, r.stdout)
+        XCTAssertTrue(text.contains("Paris"), text)
+        try assertFails(["generate", "--chat", "--tokens", "1,2"], mentioning: ["--chat", "--prompt"])
+        try assertFails(["generate", "--chat", "--prompt", "hi", "--chat-template", "/nonexistent/t.jinja"], mentioning: ["/nonexistent/t.jinja"])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farside-tpl-\(UUID().uuidString).jinja")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data("{% for m in messages %}{{ m.content }".utf8).write(to: dir)
+        try assertFails(["generate", "--chat", "--prompt", "hi", "--chat-template", dir.path], mentioning: ["does not compile"])
+    }
+
+    /// `farside chat` through its default two expert nodes: each stdin line is a turn, the second
+    /// turn sees the first (history in the template, KV prefix reused), `/reset` forgets it.
+    func testChatKeepsTheConversationThroughTwoNodes() throws {
+        let r = try CLI.run(["chat", "--max-tokens", "24"], input: "What is the capital of France?\nAnd of Germany?\n/reset\n\n/exit\nnever read\n")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+        XCTAssertEqual(lines.count, 2, r.stdout)
+        XCTAssertTrue(lines.first?.contains("Paris") ?? false, r.stdout)
+        XCTAssertTrue(lines.last?.contains("Berlin") ?? false, r.stdout)
+        try assertFails(["chat", "--local-nodes", "-1"], mentioning: ["--local-nodes"])
+        try assertFails(["chat", "--local-nodes", "0", "--temperature", "-1"], mentioning: ["temperature"])
     }
 }
 
