@@ -19,7 +19,9 @@ let package = Package(
     ],
     targets: [
         // Numeric kernels: matrix-vector/matrix products over F32/F16/BF16 weights, norms, RoPE, softmax.
-        .target(name: "Kernels", swiftSettings: hotLoopFlags),
+        .target(name: "Kernels", dependencies: ["CQuantDot"], swiftSettings: hotLoopFlags),
+        // The int16 block-dot kernels of the quantized decode GEMV (C: Swift has no vpmaddwd; see BENCHMARKS.md).
+        .target(name: "CQuantDot", cSettings: [.unsafeFlags(["-O3"])]),
         // Checkpoint files: memory-mapped safetensors (single or sharded), config.json access, GGUF v3.
         .target(name: "Checkpoint", dependencies: ["Kernels"]),
         // Byte-level BPE tokenizers (from GGUF metadata or tokenizer.json) and streaming detokenization.

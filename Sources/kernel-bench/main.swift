@@ -239,7 +239,9 @@ if args.count >= 3 && args[1] == "--part" {
     case "pool": poolOverhead()
     case "bandwidth": bandwidth()
     case "quantized": quantized()
-    default: fatalError("unknown part \(args[2])")
+    default:
+        FileHandle.standardError.write(Data("kernel-bench: unknown part '\(args[2])' (parts: bandwidth, gemv, gemm, quantized, pool)\n".utf8))
+        exit(2)
     }
     exit(0)
 }
@@ -256,7 +258,12 @@ func child(_ part: String, threads: Int?) {
     p.waitUntilExit()
 }
 let cores = ProcessInfo.processInfo.activeProcessorCount
-let parts = args.count > 1 ? Array(args[1...]) : ["bandwidth", "gemv", "gemm", "quantized", "pool"]
+let known = ["bandwidth", "gemv", "gemm", "quantized", "pool"]
+let parts = args.count > 1 ? Array(args[1...]) : known
+if let bad = parts.first(where: { !known.contains($0) }) {
+    FileHandle.standardError.write(Data("kernel-bench: unknown part '\(bad)'; usage: kernel-bench [\(known.joined(separator: "|"))]...\n".utf8))
+    exit(2)
+}
 for part in parts {
     switch part {
     case "gemv", "gemm", "quantized": for t in Set([1, cores]).sorted() { child(part, threads: t) }

@@ -1,0 +1,31 @@
+// Integer dot products of ggml 32-value weight blocks (Q4_1, Q4_0, Q8_0) with activations
+// quantized to int16 per 32-value block: the decode GEMV behind Kernels' QuantizedLinear.
+//
+// Why C: the kernel needs vpmaddwd (16-bit multiply, pairwise add into 32-bit lanes). Swift's
+// SIMD widening multiplies compile to vpmulld on 32-bit lanes and the fp32 path tops out at
+// ~18 GFLOP/s per core here; this file reaches ~39 (BENCHMARKS.md, "Quantized decode GEMV").
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Quantizes `blocks` blocks of 32 floats: q = round(x / d) with d = max|x| / 32767 per block
+/// (`scale[b]`), and `sum[b]` = the exact fp32 sum of the block's x (offset terms use it).
+void fs_quantize_i16(const float *x, int blocks, int16_t *q, float *scale, float *sum);
+
+/// y[r] (= or +=, by `accumulate`) for rows [0, rows) of a matrix whose row r starts at
+/// `w + r * row_stride` and holds `blocks` ggml blocks of the given type. `q`, `scale`, `sum`
+/// come from fs_quantize_i16. Accumulation is exact in int32 within a block and fp32 across blocks.
+void fs_gemv_q4_1(const uint8_t *w, size_t row_stride, int rows, int blocks,
+                  const int16_t *q, const float *scale, const float *sum, float *y, int accumulate);
+void fs_gemv_q4_0(const uint8_t *w, size_t row_stride, int rows, int blocks,
+                  const int16_t *q, const float *scale, const float *sum, float *y, int accumulate);
+void fs_gemv_q8_0(const uint8_t *w, size_t row_stride, int rows, int blocks,
+                  const int16_t *q, const float *scale, const float *sum, float *y, int accumulate);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,155 @@
+// See include/quantdot.h. Block layouts (ggml): Q4_1 = f16 d, f16 m, 16 bytes of nibbles (low
+// nibble: value j, high nibble: value j + 16), w = d*q + m; Q4_0 = f16 d, 16 bytes, w = d*(q - 8);
+// Q8_0 = f16 d, 32 int8, w = d*q. With x ≈ dx*qx (int16), a block contributes
+// d*dx*Σ q*qx (+ m*Σx for Q4_1, - 8d*Σx for Q4_0).
+#include "quantdot.h"
+
+#include <math.h>
+#include <string.h>
+
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {  // subnormal: renormalise
+            int e = -1;
+            do { e++; man <<= 1; } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3FF) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000 | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+void fs_quantize_i16(const float *x, int blocks, int16_t *q, float *scale, float *sum) {
+    for (int b = 0; b < blocks; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0, s = 0;
+        for (int j = 0; j < 32; j++) { float a = fabsf(xb[j]); amax = a > amax ? a : amax; s += xb[j]; }
+        float d = amax / 32767.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        for (int j = 0; j < 32; j++) q[32 * b + j] = (int16_t)lrintf(xb[j] * id);
+        scale[b] = d;
+        sum[b] = s;
+    }
+}
+
+// ---- portable reference (any CPU) ----
+
+enum kind { Q4_1, Q4_0, Q8_0 };
+
+static float row_scalar(enum kind k, const uint8_t *row, int blocks, const int16_t *q, const float *scale, const float *sum) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++) {
+        const int16_t *qx = q + 32 * b;
+        int32_t s = 0;
+        float d, off = 0;
+        if (k == Q8_0) {
+            const uint8_t *p = row + 34 * b;
+            d = half_to_float(load_u16(p));
+            for (int j = 0; j < 32; j++) s += (int32_t)(int8_t)p[2 + j] * qx[j];
+        } else {
+            const uint8_t *p = row + (k == Q4_1 ? 20 : 18) * b;
+            d = half_to_float(load_u16(p));
+            const uint8_t *n = p + (k == Q4_1 ? 4 : 2);
+            for (int j = 0; j < 16; j++) s += (int32_t)(n[j] & 0x0F) * qx[j] + (int32_t)(n[j] >> 4) * qx[j + 16];
+            off = k == Q4_1 ? half_to_float(load_u16(p + 2)) * sum[b] : -8.0f * d * sum[b];
+        }
+        acc += d * scale[b] * (float)s + off;
+    }
+    return acc;
+}
+
+static void gemv_scalar(enum kind k, const uint8_t *w, size_t stride, int rows, int blocks,
+                        const int16_t *q, const float *scale, const float *sum, float *y, int accumulate) {
+    for (int r = 0; r < rows; r++) {
+        float v = row_scalar(k, w + (size_t)r * stride, blocks, q, scale, sum);
+        y[r] = accumulate ? y[r] + v : v;
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline float hsum(__m256 a) {
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    t = _mm_add_ss(t, _mm_movehdup_ps(t));
+    return _mm_cvtss_f32(t);
+}
+
+// The 32 block values of one row as two vectors of 16 int16 (values 0-15 and 16-31).
+AVX2 static inline void nibbles(const uint8_t *n, __m256i *lo, __m256i *hi) {
+    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)n));
+    *lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
+    *hi = _mm256_srli_epi16(v, 4);
+}
+
+// Four rows at a time share the activation loads; prefetch reaches two row groups ahead (the
+// rows a thread reads next are `row_stride` apart, too far for the hardware prefetcher to guess).
+#define GEMV_AVX2(NAME, KIND, BYTES)                                                                      \
+AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,           \
+                      const float *scale, const float *sum, float *y, int accumulate) {                  \
+    int r = 0;                                                                                            \
+    for (; r + 4 <= rows; r += 4) {                                                                       \
+        const uint8_t *p[4] = {w + (size_t)r * stride, w + (size_t)(r + 1) * stride,                      \
+                               w + (size_t)(r + 2) * stride, w + (size_t)(r + 3) * stride};               \
+        __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
+        float o[4] = {0, 0, 0, 0};                                                                        \
+        for (int b = 0; b < blocks; b++) {                                                                \
+            __m256i xl = _mm256_loadu_si256((const __m256i *)(q + 32 * b));                              \
+            __m256i xh = _mm256_loadu_si256((const __m256i *)(q + 32 * b + 16));                         \
+            float dx = scale[b], sx = sum[b];                                                             \
+            for (int i = 0; i < 4; i++) {                                                                 \
+                const uint8_t *blk = p[i] + (size_t)b * BYTES;                                            \
+                _mm_prefetch((const char *)(blk + 8 * stride), _MM_HINT_T0);                              \
+                float d = _cvtsh_ss(load_u16(blk));                                                       \
+                __m256i lo, hi;                                                                           \
+                if (KIND == Q8_0) {                                                                       \
+                    lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));              \
+                    hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));             \
+                } else {                                                                                  \
+                    nibbles(blk + (KIND == Q4_1 ? 4 : 2), &lo, &hi);                                     \
+                }                                                                                         \
+                __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, xl), _mm256_madd_epi16(hi, xh));      \
+                a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * dx), a[i]);             \
+                if (KIND == Q4_1) o[i] += _cvtsh_ss(load_u16(blk + 2)) * sx;                              \
+                if (KIND == Q4_0) o[i] -= 8.0f * d * sx;                                                  \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int i = 0; i < 4; i++) {                                                                     \
+            float v = hsum(a[i]) + o[i];                                                                  \
+            y[r + i] = accumulate ? y[r + i] + v : v;                                                     \
+        }                                                                                                 \
+    }                                                                                                     \
+    gemv_scalar(KIND, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate); \
+}
+
+GEMV_AVX2(gemv_q4_1_avx2, Q4_1, 20)
+GEMV_AVX2(gemv_q4_0_avx2, Q4_0, 18)
+GEMV_AVX2(gemv_q8_0_avx2, Q8_0, 34)
+
+static int has_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+#define DISPATCH(AVX, KIND) \
+    if (has_avx2()) { AVX(w, stride, rows, blocks, q, scale, sum, y, accumulate); return; } \
+    gemv_scalar(KIND, w, stride, rows, blocks, q, scale, sum, y, accumulate);
+#else
+#define DISPATCH(AVX, KIND) gemv_scalar(KIND, w, stride, rows, blocks, q, scale, sum, y, accumulate);
+#endif
+
+void fs_gemv_q4_1(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
+                  const float *sum, float *y, int accumulate) { DISPATCH(gemv_q4_1_avx2, Q4_1) }
+void fs_gemv_q4_0(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
+                  const float *sum, float *y, int accumulate) { DISPATCH(gemv_q4_0_avx2, Q4_0) }
+void fs_gemv_q8_0(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
+                  const float *sum, float *y, int accumulate) { DISPATCH(gemv_q8_0_avx2, Q8_0) }
