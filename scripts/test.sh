@@ -3,11 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# Release build of the CLI first: the CLI tests run it as a real process.
-swift build -c release --product farside
+# Tests run on the optimized build users run (-enable-testing keeps @testable imports working);
+# the CLI is built first with the same flags: the CLI tests run it as a real process.
+swift build -c release -Xswiftc -enable-testing --product farside
 log=$(mktemp)
 set +e
-FARSIDE_BIN="$PWD/.build/release/farside" swift test --disable-swift-testing "$@" 2>&1 | tee "$log"
+FARSIDE_BIN="$PWD/.build/release/farside" swift test -c release -Xswiftc -enable-testing --disable-swift-testing "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One plain summary line from XCTest's own count ("Executed N tests, with F failures").

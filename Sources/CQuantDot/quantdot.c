@@ -29,7 +29,7 @@ static inline float half_to_float(uint16_t h) {
 
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
-void fs_quantize_i16(const float *x, int blocks, int16_t *q, float *scale, float *sum) {
+static void quantize_i16_scalar(const float *x, int blocks, int16_t *q, float *scale, float *sum) {
     for (int b = 0; b < blocks; b++) {
         const float *xb = x + 32 * b;
         float amax = 0, s = 0;
@@ -140,10 +140,46 @@ GEMV_AVX2(gemv_q8_0_avx2, Q8_0, 34)
 static int has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
+// The same q and scale as the scalar version (a maximum is exact in any order); the block sum
+// is added in another fixed order, so it can differ from the scalar one in the last bit.
+AVX2 static void quantize_i16_avx2(const float *x, int blocks, int16_t *q, float *scale, float *sum) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int b = 0; b < blocks; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float d = amax / 32767.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        // Round to nearest even, as lrintf in the default rounding mode.
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        // packs works within 128-bit lanes; the permute restores element order.
+        __m256i p01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
+        __m256i p23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+        _mm256_storeu_si256((__m256i *)(q + 32 * b), p01);
+        _mm256_storeu_si256((__m256i *)(q + 32 * b + 16), p23);
+        scale[b] = d;
+        sum[b] = hsum(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+    }
+}
+
+void fs_quantize_i16(const float *x, int blocks, int16_t *q, float *scale, float *sum) {
+    if (has_avx2()) quantize_i16_avx2(x, blocks, q, scale, sum);
+    else quantize_i16_scalar(x, blocks, q, scale, sum);
+}
+
 #define DISPATCH(AVX, KIND) \
     if (has_avx2()) { AVX(w, stride, rows, blocks, q, scale, sum, y, accumulate); return; } \
     gemv_scalar(KIND, w, stride, rows, blocks, q, scale, sum, y, accumulate);
 #else
+void fs_quantize_i16(const float *x, int blocks, int16_t *q, float *scale, float *sum) {
+    quantize_i16_scalar(x, blocks, q, scale, sum);
+}
 #define DISPATCH(AVX, KIND) gemv_scalar(KIND, w, stride, rows, blocks, q, scale, sum, y, accumulate);
 #endif
 

@@ -25,27 +25,34 @@ final class SmolLM2Tests: XCTestCase {
         return try ModelRegistry.load(path: modelFile).model
     }
 
-    /// Logits at every greedy step of three chat prompts match transformers' within 5e-4 and the
-    /// 32 greedy tokens are identical.
+    /// Logits at every greedy step of three chat prompts match transformers' (after the prompt:
+    /// 2e-3; decode steps: 3e-2) and the 32 greedy tokens are identical.
     ///
-    /// Tolerance: both sides compute with the same dequantized weights (a Q4_1 value d·q + m is
-    /// exact in fp32), so the quantization error itself cancels; what remains is fp32 summation
-    /// order (Farside folds m into a per-block sum of x, decodes in SIMD lanes) through 30
-    /// layers, measured at 4e-5 on logits of magnitude ~20. 5e-4 (~2e-5 relative) leaves room
-    /// for other summation orders while staying far below what the Q4_1 quantization step
-    /// (1/15 of a block's range) does to logits, so a decoding bug cannot hide under it.
+    /// Tolerances: both sides compute with the same dequantized weights (a Q4_1 value d·q + m is
+    /// exact in fp32), so the weights' quantization error cancels. Single-token matrix products
+    /// (every decode step, and the LM head even after the prompt) go through the integer GEMV,
+    /// which rounds activations to int16 per 32-value block (llama.cpp rounds them to int8): the
+    /// step is max|x_block|/32767. After the prompt only the LM head does that, on normalised
+    /// activations without outliers: measured 4.7e-4 (the batched fp32 path alone gave 4e-5), so
+    /// 2e-3. In decode steps every layer does, and SmolLM2's outlier channels make the step
+    /// large for the small values sharing their block: measured 1.0e-2, so 3e-2 — still far
+    /// below what one Q4_1 quantization step (1/15 of a block's range) does to logits, so a
+    /// decoding bug cannot hide under it.
     func testLogitsAndGreedyTokensMatchTransformers() throws {
         let m = try Self.model()
         m.experts = nil
         let ref = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.repo.appendingPathComponent("Tests/Fixtures/smollm2/reference.json")))
         XCTAssertEqual(ref.runs.count, 3)
-        var worst: Float = 0
+        var worstPrompt: Float = 0, worstDecode: Float = 0
         for run in ref.runs {
             let cache = m.makeCache(capacity: run.prompt_ids.count + 40)
             var logits = try m.forward(run.prompt_ids, cache: cache, logits: .last)
             var produced: [Int] = []
-            for step in run.steps {
-                for (id, v) in zip(step.top_ids, step.top_logits) { worst = max(worst, abs(logits[id] - v)) }
+            for (i, step) in run.steps.enumerated() {
+                for (id, v) in zip(step.top_ids, step.top_logits) {
+                    let d = abs(logits[id] - v)
+                    if i == 0 { worstPrompt = max(worstPrompt, d) } else { worstDecode = max(worstDecode, d) }
+                }
                 let next = logits.indices.max { logits[$0] < logits[$1] }!
                 produced.append(next)
                 logits = try m.forward([next], cache: cache, logits: .last)
@@ -53,8 +60,9 @@ final class SmolLM2Tests: XCTestCase {
             XCTAssertEqual(produced, run.greedy, "greedy tokens for \(run.prompt.debugDescription)")
             XCTAssertEqual(produced.count, 32)
         }
-        XCTAssertLessThan(worst, 5e-4, "worst logit difference from transformers")
-        print("SmolLM2: worst top-10 logit difference from transformers over 96 steps: \(worst)")
+        XCTAssertLessThan(worstPrompt, 2e-3, "worst logit difference from transformers after the prompt")
+        XCTAssertLessThan(worstDecode, 3e-2, "worst logit difference from transformers at decode steps")
+        print("SmolLM2: worst top-10 logit difference from transformers: prompt \(worstPrompt), decode steps \(worstDecode)")
     }
 
     /// The dense FFN split into slices on the expert side (here in process, the path the
