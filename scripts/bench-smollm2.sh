@@ -24,23 +24,38 @@ if [ ! -x "$peer/build/bin/llama-bench" ]; then
   }
   mkdir -p "$peer"
   # cmake from PyPI, in a venv of its own.
-  [ -x "$peer/venv/bin/cmake" ] || { python3 -m venv "$peer/venv" && "$peer/venv/bin/pip" install --quiet cmake >&2; }
-  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$peer_version" -d "$peer" >&2
+  [ -x "$peer/venv/bin/cmake" ] || { python3 -m venv "$peer/venv" && "$peer/venv/bin/pip" install --quiet --only-binary :all: cmake >&2; }
+  # The sdist straight from PyPI's simple index, checked against the index's sha256 (pip download
+  # would build the package's metadata, and with it cmake from source).
+  python3 - "$peer_version" "$peer" <<'PY'
+import hashlib, re, sys, urllib.request
+version, dest = sys.argv[1], sys.argv[2]
+index = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-python/").read().decode()
+links = [l for l in re.findall(r'href="([^"]+)"', index) if f"llama_cpp_python-{version}.tar.gz" in l]
+if not links:
+    sys.exit(f"llama-cpp-python {version} sdist not found on PyPI")
+url, _, digest = links[0].partition("#sha256=")
+data = urllib.request.urlopen(url).read()
+if hashlib.sha256(data).hexdigest() != digest:
+    sys.exit("llama-cpp-python sdist: sha256 mismatch")
+open(f"{dest}/llama_cpp_python-{version}.tar.gz", "wb").write(data)
+PY
   tar -xzf "$peer/llama_cpp_python-$peer_version.tar.gz" -C "$peer"
   "$peer/venv/bin/cmake" -S "$peer/llama_cpp_python-$peer_version/vendor/llama.cpp" -B "$peer/build" -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=OFF >&2
   "$peer/venv/bin/cmake" --build "$peer/build" --target llama-bench -j 2 >&2
 fi
 out=$(mktemp)
-gtime() { /usr/bin/time -f '%M' -o "$out.rss" "$@"; echo "$(cat "$out.rss")"; }
+# gtime FILE CMD...: runs CMD with its stdout in FILE; prints CMD's peak RSS in KiB (GNU time).
+gtime() { local f=$1; shift; /usr/bin/time -f '%M' -o "$out.rss" "$@" > "$f"; cat "$out.rss"; }
 for i in $(seq "$rounds"); do
   for n in 0 2; do
-    rss=$( { gtime "$bin" bench --model "$model" --prompt-tokens 512 --decode-tokens 1 --runs 3 --local-nodes "$n" > "$out.p"; } 2>/dev/null | tail -1)
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"who":"farside","nodes":int(sys.argv[2]),"pp":r["prefill_tok_s"],"rss_kb":int(sys.argv[3]),"round":int(sys.argv[4])}))' "$out.p" "$n" "$rss" "$i" >> "$out"
+    "$bin" bench --model "$model" --prompt-tokens 512 --decode-tokens 1 --runs 3 --local-nodes "$n" > "$out.p"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"who":"farside","nodes":int(sys.argv[2]),"pp":r["prefill_tok_s"],"round":int(sys.argv[3])}))' "$out.p" "$n" "$i" >> "$out"
     "$bin" bench --model "$model" --prompt-tokens 1 --decode-tokens 64 --runs 3 --local-nodes "$n" > "$out.d"
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"who":"farside","nodes":int(sys.argv[2]),"tg":r["decode_tok_s"],"round":int(sys.argv[3])}))' "$out.d" "$n" "$i" >> "$out"
   done
-  rss=$( { gtime env LD_LIBRARY_PATH="$peer/build/bin" "$peer/build/bin/llama-bench" -m "$model" -t 2 -p 512 -n 64 -r 3 -o json > "$out.l"; } 2>/dev/null | tail -1)
+  rss=$(gtime "$out.l" env LD_LIBRARY_PATH="$peer/build/bin" "$peer/build/bin/llama-bench" -m "$model" -t 2 -p 512 -n 64 -r 3 -o json)
   python3 -c '
 import json, sys
 rows = json.load(open(sys.argv[1]))
@@ -48,6 +63,13 @@ pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0)
 tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0)
 print(json.dumps({"who": "llama.cpp", "pp": pp, "tg": tg, "rss_kb": int(sys.argv[2]), "round": int(sys.argv[3])}))' "$out.l" "$rss" "$i" >> "$out"
   echo "round $i done" >&2
+done
+# Peak RSS of what a user runs (farside bench also allocates 512 MiB to measure bandwidth): a
+# ~500-token prompt and 64 new tokens; with nodes, the coordinator's RSS.
+long=$(python3 -c 'print(" ".join(["The quick brown fox jumps over the lazy dog."] * 50))')
+for n in 0 2; do
+  rss=$(gtime /dev/null "$bin" generate --model "$model" --prompt "$long" --max-tokens 64 --ignore-eos --local-nodes "$n")
+  echo "{\"who\": \"farside\", \"nodes\": $n, \"rss_kb\": $rss, \"round\": 0}" >> "$out"
 done
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
