@@ -17,15 +17,59 @@ extension Linear {
     static let panelRows = 64
 
     static func quantized(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool) {
-        if n == 1 {
-            switch w.dtype {
-            case .q4_1: return gemvInt16(w, x, y, acc, fs_gemv_q4_1)
-            case .q4_0: return gemvInt16(w, x, y, acc, fs_gemv_q4_0)
-            case .q8_0: return gemvInt16(w, x, y, acc, fs_gemv_q8_0)
-            default: break
+        if n == 1, let kernel = int16Kernel(w.dtype) { return gemvInt16(w, x, y, acc, kernel) }
+        decodedPanels(w, x, n, y, acc)
+    }
+
+    static func int16Kernel(_ d: DType) -> BlockGEMV? {
+        switch d {
+        case .q4_1: return fs_gemv_q4_1
+        case .q4_0: return fs_gemv_q4_0
+        case .q8_0: return fs_gemv_q8_0
+        default: return nil
+        }
+    }
+
+    /// `y₁ = W₁·x`, `y₂ = W₂·x` (and `y₃ = W₃·x`): matrices that read the same input, as q/k/v
+    /// and gate/up do. For one token on the int16 GEMV path, `x` is quantized once and one
+    /// parallel loop covers all their rows — one synchronisation of the pool instead of three;
+    /// otherwise each product runs on its own. Results equal separate `forward` calls.
+    public static func forward(_ w1: Matrix, _ w2: Matrix, _ w3: Matrix? = nil, input x: UnsafePointer<Float>, count: Int,
+                               outputs y1: UnsafeMutablePointer<Float>, _ y2: UnsafeMutablePointer<Float>,
+                               _ y3: UnsafeMutablePointer<Float>? = nil) {
+        guard count == 1, let kernel = int16Kernel(w1.dtype), w2.dtype == w1.dtype, w3 == nil || w3!.dtype == w1.dtype,
+              w1.cols == w2.cols, w3 == nil || w3!.cols == w1.cols, w1.cols > 0, y3 == nil || w3 != nil
+        else {
+            forward(w1, input: x, count: count, output: y1)
+            forward(w2, input: x, count: count, output: y2)
+            if let w3, let y3 { forward(w3, input: x, count: count, output: y3) }
+            return
+        }
+        let blocks = w1.cols / 32
+        let r1 = w1.rows, r12 = r1 + w2.rows, total = r12 + (w3?.rows ?? 0)
+        withUnsafeTemporaryAllocation(of: Int16.self, capacity: w1.cols) { q in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * blocks) { f in
+                let qx = UnsafePointer(q.baseAddress!), scale = f.baseAddress!, sums = scale + blocks
+                fs_quantize_i16(x, Int32(blocks), q.baseAddress!, scale, sums)
+                func part(_ w: Matrix, _ y: UnsafeMutablePointer<Float>, _ lo: Int, _ hi: Int) {
+                    guard lo < hi else { return }
+                    let base = w.data.assumingMemoryBound(to: UInt8.self)
+                    kernel(base + lo * w.rowStride, w.rowStride, Int32(hi - lo), Int32(blocks), qx, scale, sums, y + lo, 0)
+                }
+                // Global row range [lo, hi) over the concatenated rows of w1, w2, w3.
+                let run = { (lo: Int, hi: Int) in
+                    part(w1, y1, lo, min(hi, r1))
+                    part(w2, y2, max(lo, r1) - r1, min(hi, r12) - r1)
+                    if let w3, let y3 { part(w3, y3, max(lo, r12) - r12, hi - r12) }
+                }
+                let pool = ThreadPool.shared
+                if pool.threadCount == 1 || total * w1.cols < parallelThreshold || total < 16 {
+                    run(0, total)
+                } else {
+                    pool.parallelFor(total, granularity: 8, run)
+                }
             }
         }
-        decodedPanels(w, x, n, y, acc)
     }
 
     // MARK: decode GEMV

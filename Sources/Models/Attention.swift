@@ -67,9 +67,7 @@ public final class GroupedQueryAttention: AttentionLayer {
         let q = ws.buffer(10, count: n * qDim)
         let k = cache.a + start * kvDim
         let v = cache.b + start * kvDim
-        Linear.forward(wq, input: x, count: n, output: q)
-        Linear.forward(wk, input: x, count: n, output: k)
-        Linear.forward(wv, input: x, count: n, output: v)
+        Linear.forward(wq, wk, wv, input: x, count: n, outputs: q, k, v)
         addBias(q, qBias, rows: n)
         addBias(k, kBias, rows: n)
         addBias(v, vBias, rows: n)

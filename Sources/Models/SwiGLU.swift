@@ -22,8 +22,7 @@ public struct SwiGLU: @unchecked Sendable {
     public func forward(_ x: UnsafePointer<Float>, count n: Int, output: UnsafeMutablePointer<Float>,
                         accumulate: Bool = false, scratch: UnsafeMutablePointer<Float>) {
         let g = scratch, u = scratch + n * intermediate
-        Linear.forward(gate, input: x, count: n, output: g)
-        Linear.forward(up, input: x, count: n, output: u)
+        Linear.forward(gate, up, input: x, count: n, outputs: g, u)
         Elementwise.siluMul(gate: g, up: u, count: n * intermediate)
         Linear.forward(down, input: g, count: n, output: output, accumulate: accumulate)
     }

@@ -122,6 +122,42 @@ final class QuantizedKernelsTests: XCTestCase {
         }
     }
 
+    /// The shared-input form (q/k/v, gate/up) gives exactly what separate calls give, for every
+    /// type and for one token (one fused parallel loop) and several (separate calls).
+    func testSharedInputFormEqualsSeparateCalls() {
+        for dtype in QuantMatrix.types {
+            let cols = 1536
+            let ws = [QuantMatrix(rows: 576, cols: cols, dtype: dtype, seed: 1), QuantMatrix(rows: 192, cols: cols, dtype: dtype, seed: 2),
+                      QuantMatrix(rows: 37, cols: cols, dtype: dtype, seed: 3)]
+            for n in [1, 3] {
+                let x = inputs(n * cols, seed: 9)
+                for three in [false, true] {
+                    var sep = ws.map { [Float](repeating: 0, count: n * $0.rows) }
+                    var f0 = [Float](repeating: .nan, count: n * ws[0].rows), f1 = [Float](repeating: .nan, count: n * ws[1].rows)
+                    var f2 = [Float](repeating: .nan, count: n * ws[2].rows)
+                    x.withUnsafeBufferPointer { xp in
+                        for i in 0..<(three ? 3 : 2) {
+                            sep[i].withUnsafeMutableBufferPointer { Linear.forward(ws[i].matrix, input: xp.baseAddress!, count: n, output: $0.baseAddress!) }
+                        }
+                        f0.withUnsafeMutableBufferPointer { y0 in
+                            f1.withUnsafeMutableBufferPointer { y1 in
+                                f2.withUnsafeMutableBufferPointer { y2 in
+                                    Linear.forward(ws[0].matrix, ws[1].matrix, three ? ws[2].matrix : nil, input: xp.baseAddress!, count: n,
+                                                   outputs: y0.baseAddress!, y1.baseAddress!, three ? y2.baseAddress! : nil)
+                                }
+                            }
+                        }
+                    }
+                    let fused = [f0, f1, f2]
+                    for i in 0..<(three ? 3 : 2) {
+                        XCTAssertEqual(fused[i], sep[i], "\(dtype) n=\(n) matrix \(i)")
+                    }
+                    if !three { XCTAssertTrue(f2.allSatisfy { $0.isNaN }, "the absent third output is untouched") }
+                }
+            }
+        }
+    }
+
     /// A column view (the neuron slices of a split dense FFN) computes exactly what the same
     /// columns of the whole matrix contribute.
     func testColumnViewsUseRowStride() throws {
