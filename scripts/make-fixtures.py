@@ -13,6 +13,8 @@ config.json style used by each fixture (transformers 5.x writes `rope_parameters
   llama_untied  transformers-own style: rope_parameters {rope_type=llama3, factor, low/high_freq_factor, ...}
   mixtral       transformers-own style (num_local_experts, rope_parameters), sharded + model.safetensors.index.json
   qwen2_moe     transformers-own style (num_experts, qkv_bias, layer_types, rope_parameters)
+  qwen3_moe_sparse  transformers-own style (num_experts, no mlp_only_layers: all layers sparse)
+  qwen2         transformers-own style (dense Qwen2: q/k/v bias, tied embeddings, rope_parameters)
   qwen3_moe     REWRITTEN to published/Hub (transformers 4.x) style: top-level rope_theta, rope_scaling=null,
                 num_experts (transformers 5 writes num_local_experts), torch_dtype instead of dtype
   deepseek_v3   transformers-own style: rope_parameters {type+rope_type=yarn, ...}, rope_interleave=true,
@@ -56,6 +58,8 @@ from transformers import (  # noqa: E402
     LlamaForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen2MoeConfig,
     Qwen2MoeForCausalLM,
     Qwen3MoeConfig,
@@ -162,6 +166,41 @@ def spec_qwen3_moe():
     return dict(cls=Qwen3MoeForCausalLM, config=cfg, dtype=torch.float16, seed=4000, rewrite=rewrite_qwen3_published)
 
 
+def spec_qwen3_moe_sparse():
+    # Like qwen3_moe but every layer sparse: llama.cpp's converter refuses mlp_only_layers, so this
+    # is the Qwen3-MoE fixture it can turn into GGUF (scripts/make-gguf-fixtures.py).
+    cfg = Qwen3MoeConfig(
+        **COMMON,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
+    )
+    return dict(cls=Qwen3MoeForCausalLM, config=cfg, dtype=torch.float16, seed=4100)
+
+
+def spec_qwen2():
+    # Dense Qwen2 (Qwen2.5-0.5B's shape in miniature): q/k/v biases but no o_proj bias, tied embeddings.
+    cfg = Qwen2Config(
+        **COMMON,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        rope_theta=1000000.0,
+    )
+    return dict(cls=Qwen2ForCausalLM, config=cfg, dtype=torch.float32, seed=8000)
+
+
 def spec_qwen2_moe():
     cfg = Qwen2MoeConfig(
         **COMMON,
@@ -257,6 +296,8 @@ SPECS = {
     "mixtral": spec_mixtral,
     "qwen3_moe": spec_qwen3_moe,
     "qwen2_moe": spec_qwen2_moe,
+    "qwen2": spec_qwen2,
+    "qwen3_moe_sparse": spec_qwen3_moe_sparse,
     "deepseek_v3": spec_deepseek_v3,
     "kimi_k2": spec_kimi_k2,
 }

@@ -165,6 +165,24 @@ public struct ConfigJSON: @unchecked Sendable {
         }
     }
 
+    /// An array of numbers, or nil when the key is missing or null.
+    public func optionalDoubleArray(_ key: String) throws -> [Double]? {
+        let v = JSONValue(object[key])
+        switch v {
+        case .null: return nil
+        case .array(let items):
+            var out: [Double] = []
+            out.reserveCapacity(items.count)
+            for item in items {
+                guard let d = JSONValue(item).double else { throw invalid(key, "an array of numbers", v) }
+                out.append(d)
+            }
+            return out
+        default:
+            throw invalid(key, "an array of numbers", v)
+        }
+    }
+
     /// A nested object (e.g. `rope_scaling`), or nil when the key is missing or null. Errors from
     /// the nested object's getters name the full key path (`rope_scaling.factor`).
     public func object(_ key: String) throws -> ConfigJSON? {

@@ -106,6 +106,22 @@ public final class GroupedQueryAttention: AttentionLayer {
     }
 }
 
+/// MLA's up-projections from the latent: W_UK (the keys' no-RoPE part) and W_UV (the values).
+public enum LatentUpProjection {
+    /// Hugging Face's `kv_b_proj`, `[heads·(nope+v), r]`: per head, nope rows of W_UK then v rows of W_UV.
+    case fused(Matrix)
+    /// llama.cpp's split: W_UKᵀ per head (`[heads·r, nope]`, so absorbing it into the query is a
+    /// plain matrix product) and W_UV (`[heads·v, r]`).
+    case split(kT: Matrix, v: Matrix)
+
+    var byteCount: Int {
+        switch self {
+        case .fused(let m): return m.byteCount
+        case .split(let k, let v): return k.byteCount + v.byteCount
+        }
+    }
+}
+
 /// Multi-head Latent Attention (DeepSeek-V2 §2.1, used by DeepSeek-V3 and Kimi K2).
 ///
 /// The cache holds only the normalised latent `c_kv` (`kv_lora_rank` floats) and the rotated
@@ -117,7 +133,7 @@ public final class MultiHeadLatentAttention: AttentionLayer {
     public let heads: Int, kvLoraRank: Int, nopeDim: Int, ropeDim: Int, vDim: Int
     let wq: Matrix?
     let qA: Matrix?, qANorm: [Float]?, qB: Matrix?
-    let kvA: Matrix, kvANorm: [Float], kvB: Matrix, wo: Matrix
+    let kvA: Matrix, kvANorm: [Float], up: LatentUpProjection, wo: Matrix
     let qABias: [Float]?, kvABias: [Float]?, oBias: [Float]?
     let eps: Float
     let rope: RotaryEmbedding
@@ -125,19 +141,19 @@ public final class MultiHeadLatentAttention: AttentionLayer {
 
     public init(heads: Int, kvLoraRank: Int, nopeDim: Int, ropeDim: Int, vDim: Int,
                 wq: Matrix?, qA: Matrix?, qANorm: [Float]?, qB: Matrix?,
-                kvA: Matrix, kvANorm: [Float], kvB: Matrix, wo: Matrix,
+                kvA: Matrix, kvANorm: [Float], up: LatentUpProjection, wo: Matrix,
                 qABias: [Float]? = nil, kvABias: [Float]? = nil, oBias: [Float]? = nil,
                 eps: Float, rope: RotaryEmbedding, scale: Float) {
         self.heads = heads; self.kvLoraRank = kvLoraRank; self.nopeDim = nopeDim
         self.ropeDim = ropeDim; self.vDim = vDim
         self.wq = wq; self.qA = qA; self.qANorm = qANorm; self.qB = qB
-        self.kvA = kvA; self.kvANorm = kvANorm; self.kvB = kvB; self.wo = wo
+        self.kvA = kvA; self.kvANorm = kvANorm; self.up = up; self.wo = wo
         self.qABias = qABias; self.kvABias = kvABias; self.oBias = oBias
         self.eps = eps; self.rope = rope; self.scale = scale
     }
 
     public var cacheWidths: (Int, Int) { (kvLoraRank, ropeDim) }
-    public var weightBytes: Int { [wq, qA, qB, kvA, kvB, wo].reduce(0) { $0 + ($1?.byteCount ?? 0) } }
+    public var weightBytes: Int { [wq, qA, qB, kvA, wo].reduce(up.byteCount) { $0 + ($1?.byteCount ?? 0) } }
 
     public func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
                         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
@@ -171,18 +187,32 @@ public final class MultiHeadLatentAttention: AttentionLayer {
         }
         // Absorb W_UK into the query: qLat[h, t] = W_UK[h]ᵀ q_nope[t, h]   (head-major).
         let qLat = ws.buffer(14, count: n * heads * r)
-        let kvB = self.kvB
-        ThreadPool.shared.parallelFor(heads) { lo, hi in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: r) { rowBuf in
-                let w = rowBuf.baseAddress!
-                for h in lo..<hi {
-                    let dst = qLat + h * n * r
-                    dst.update(repeating: 0, count: n * r)
-                    for i in 0..<nope {
-                        kvB.widenRow(h * (nope + vd) + i, into: w)
-                        for t in 0..<n {
-                            Elementwise.addScaled(dst + t * r, w, scale: q[t * qDim + h * qkDim + i], count: r)
+        let up = self.up
+        switch up {
+        case .fused(let kvB):
+            ThreadPool.shared.parallelFor(heads) { lo, hi in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: r) { rowBuf in
+                    let w = rowBuf.baseAddress!
+                    for h in lo..<hi {
+                        let dst = qLat + h * n * r
+                        dst.update(repeating: 0, count: n * r)
+                        for i in 0..<nope {
+                            kvB.widenRow(h * (nope + vd) + i, into: w)
+                            for t in 0..<n {
+                                Elementwise.addScaled(dst + t * r, w, scale: q[t * qDim + h * qkDim + i], count: r)
+                            }
                         }
+                    }
+                }
+            }
+        case .split(let kT, _):
+            // W_UKᵀ is stored: gather head h's q_nope rows, then one matrix product per head.
+            ThreadPool.shared.parallelFor(heads) { lo, hi in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: n * nope) { buf in
+                    let qn = buf.baseAddress!
+                    for h in lo..<hi {
+                        for t in 0..<n { (qn + t * nope).update(from: q + t * qDim + h * qkDim, count: nope) }
+                        Linear.forward(kT.rows(h * r, count: r), input: qn, count: n, output: qLat + h * n * r)
                     }
                 }
             }
@@ -208,7 +238,11 @@ public final class MultiHeadLatentAttention: AttentionLayer {
         let vHead = ws.buffer(16, count: n * heads * vd)
         ThreadPool.shared.parallelFor(heads) { lo, hi in
             for h in lo..<hi {
-                let wuv = kvB.rows(h * (nope + vd) + nope, count: vd)
+                let wuv: Matrix
+                switch up {
+                case .fused(let kvB): wuv = kvB.rows(h * (nope + vd) + nope, count: vd)
+                case .split(_, let v): wuv = v.rows(h * vd, count: vd)
+                }
                 Linear.forward(wuv, input: oLat + h * n * r, count: n, output: vHead + h * n * vd)
             }
         }

@@ -55,6 +55,9 @@ public struct DecoderConfig: Sendable {
             throw ModelError.invalidConfig("num_attention_heads (\(heads)) must be a multiple of num_key_value_heads (\(kvHeads))")
         }
         guard headDim % 2 == 0 else { throw ModelError.invalidConfig("head_dim must be even for RoPE, found \(headDim)") }
+        if let ff = rope.frequencyFactors, ff.count != headDim / 2 {
+            throw ModelError.invalidConfig("rope frequency factors: \(ff.count) given, head_dim \(headDim) needs \(headDim / 2)")
+        }
         guard hiddenAct == "silu" || hiddenAct == "swish" else {
             throw ModelError.invalidConfig("hidden_act '\(hiddenAct)' is not supported (only silu)")
         }

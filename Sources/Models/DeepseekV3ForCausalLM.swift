@@ -88,7 +88,42 @@ public enum DeepseekV3ForCausalLM {
         public static let experts = "mlp.experts."
         public static let expert = (gate: "gate_proj", up: "up_proj", down: "down_proj")
         public static let shared = "mlp.shared_experts."
+        /// Not Hugging Face names: llama.cpp's converter splits `kv_b_proj` into these (under the
+        /// same prefix) before naming them `attn_k_b` (W_UK transposed per head, `[heads, r, nope]`)
+        /// and `attn_v_b` (W_UV, `[heads, v, r]`), so GGUF files carry them instead.
+        public static let kB = "self_attn.k_b_proj.weight", vB = "self_attn.v_b_proj.weight"
     }
+
+    /// Hugging Face → GGUF tensor names (llama.cpp `LLM_ARCH_DEEPSEEK2`, also used for Kimi K2).
+    /// Current files hold `attn_k_b`/`attn_v_b` (see `Names.kB`); files converted before that
+    /// split hold `attn_kv_b`. Routed experts are fused per layer (`ffn_*_exps`), the shared
+    /// experts are `ffn_*_shexp`, the correction bias is `exp_probs_b.bias`. RoPE pairs are
+    /// interleaved in both formats, so q/k rows are not permuted.
+    public static let ggufNames = GGUFNameTable(LlamaForCausalLM.ggufNames.entries.filter {
+        !$0.hf.contains(".self_attn.") && !$0.hf.contains(".mlp.")  // embeddings, norms, LM head
+    } + [
+        ("model.layers.{L}.self_attn.q_proj.weight", "blk.{L}.attn_q.weight"),
+        ("model.layers.{L}.self_attn.q_a_proj.weight", "blk.{L}.attn_q_a.weight"),
+        ("model.layers.{L}.self_attn.q_a_layernorm.weight", "blk.{L}.attn_q_a_norm.weight"),
+        ("model.layers.{L}.self_attn.q_b_proj.weight", "blk.{L}.attn_q_b.weight"),
+        ("model.layers.{L}.self_attn.kv_a_proj_with_mqa.weight", "blk.{L}.attn_kv_a_mqa.weight"),
+        ("model.layers.{L}.self_attn.kv_a_layernorm.weight", "blk.{L}.attn_kv_a_norm.weight"),
+        ("model.layers.{L}.self_attn.kv_b_proj.weight", "blk.{L}.attn_kv_b.weight"),
+        ("model.layers.{L}.self_attn.k_b_proj.weight", "blk.{L}.attn_k_b.weight"),
+        ("model.layers.{L}.self_attn.v_b_proj.weight", "blk.{L}.attn_v_b.weight"),
+        ("model.layers.{L}.self_attn.o_proj.weight", "blk.{L}.attn_output.weight"),
+        ("model.layers.{L}.mlp.gate_proj.weight", "blk.{L}.ffn_gate.weight"),
+        ("model.layers.{L}.mlp.up_proj.weight", "blk.{L}.ffn_up.weight"),
+        ("model.layers.{L}.mlp.down_proj.weight", "blk.{L}.ffn_down.weight"),
+        ("model.layers.{L}.mlp.gate.weight", "blk.{L}.ffn_gate_inp.weight"),
+        ("model.layers.{L}.mlp.gate.e_score_correction_bias", "blk.{L}.exp_probs_b.bias"),
+        ("model.layers.{L}.mlp.experts.{E}.gate_proj.weight", "blk.{L}.ffn_gate_exps.weight"),
+        ("model.layers.{L}.mlp.experts.{E}.up_proj.weight", "blk.{L}.ffn_up_exps.weight"),
+        ("model.layers.{L}.mlp.experts.{E}.down_proj.weight", "blk.{L}.ffn_down_exps.weight"),
+        ("model.layers.{L}.mlp.shared_experts.gate_proj.weight", "blk.{L}.ffn_gate_shexp.weight"),
+        ("model.layers.{L}.mlp.shared_experts.up_proj.weight", "blk.{L}.ffn_up_shexp.weight"),
+        ("model.layers.{L}.mlp.shared_experts.down_proj.weight", "blk.{L}.ffn_down_shexp.weight"),
+    ], permutedQK: false)
 
     public static func load(config json: ConfigJSON, weights w: WeightSource) throws -> DecoderModel {
         let cfg = try Config(json)
@@ -110,7 +145,10 @@ public enum DeepseekV3ForCausalLM {
                 qB: try cfg.qLoraRank.map { try w.matrix(p + Names.qB, rows: h * qk, cols: $0) },
                 kvA: try w.matrix(p + Names.kvA + ".weight", rows: cfg.kvLoraRank + cfg.qkRopeHeadDim, cols: c.hidden),
                 kvANorm: try w.vector(p + Names.kvANorm, count: cfg.kvLoraRank),
-                kvB: try w.matrix(p + Names.kvB, rows: h * (cfg.qkNopeHeadDim + cfg.vHeadDim), cols: cfg.kvLoraRank),
+                up: w.contains(p + Names.kvB) || !w.contains(p + Names.kB)
+                    ? .fused(try w.matrix(p + Names.kvB, rows: h * (cfg.qkNopeHeadDim + cfg.vHeadDim), cols: cfg.kvLoraRank))
+                    : .split(kT: try w.matrix3D(p + Names.kB, experts: h, rows: cfg.kvLoraRank, cols: cfg.qkNopeHeadDim),
+                             v: try w.matrix3D(p + Names.vB, experts: h, rows: cfg.vHeadDim, cols: cfg.kvLoraRank)),
                 wo: try w.matrix(p + Names.o + ".weight", rows: c.hidden, cols: h * cfg.vHeadDim),
                 qABias: try cfg.qLoraRank.flatMap { try bias(Names.qA, $0) },
                 kvABias: try bias(Names.kvA, cfg.kvLoraRank + cfg.qkRopeHeadDim),

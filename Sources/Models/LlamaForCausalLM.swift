@@ -33,6 +33,11 @@ public enum LlamaForCausalLM {
         ("model.layers.{L}.self_attn.k_proj.weight", "blk.{L}.attn_k.weight"),
         ("model.layers.{L}.self_attn.v_proj.weight", "blk.{L}.attn_v.weight"),
         ("model.layers.{L}.self_attn.o_proj.weight", "blk.{L}.attn_output.weight"),
+        // Biases: q/k are permuted like their rows, which pairwise RoPE then undoes.
+        ("model.layers.{L}.self_attn.q_proj.bias", "blk.{L}.attn_q.bias"),
+        ("model.layers.{L}.self_attn.k_proj.bias", "blk.{L}.attn_k.bias"),
+        ("model.layers.{L}.self_attn.v_proj.bias", "blk.{L}.attn_v.bias"),
+        ("model.layers.{L}.self_attn.o_proj.bias", "blk.{L}.attn_output.bias"),
         ("model.layers.{L}.mlp.gate_proj.weight", "blk.{L}.ffn_gate.weight"),
         ("model.layers.{L}.mlp.up_proj.weight", "blk.{L}.ffn_up.weight"),
         ("model.layers.{L}.mlp.down_proj.weight", "blk.{L}.ffn_down.weight"),
@@ -40,7 +45,11 @@ public enum LlamaForCausalLM {
 
     public static func load(config json: ConfigJSON, weights w: WeightSource) throws -> DecoderModel {
         let cfg = try Config(json)
-        let c = cfg.base
+        return try build(cfg.base, w, architecture: "LlamaForCausalLM", qkvBias: cfg.attentionBias, oBias: cfg.attentionBias)
+    }
+
+    /// The Llama layer stack; Qwen2 reuses it with q/k/v biases and no o_proj bias.
+    static func build(_ c: DecoderConfig, _ w: WeightSource, architecture: String, qkvBias: Bool, oBias: Bool) throws -> DecoderModel {
         // GGUF llama files hold q/k rows permuted for pairwise RoPE; rotating pairs then gives
         // the same attention scores as rotating halves of the unpermuted rows.
         let rope = RotaryEmbedding(dim: c.headDim, parameters: c.rope, interleaved: w.permutedQK)
@@ -48,12 +57,12 @@ public enum LlamaForCausalLM {
             let (n1, n2) = try DecoderBuilder.norms(c, w, layer: l)
             return DecoderLayer(
                 inputNorm: n1,
-                attention: try DecoderBuilder.gqa(c, w, layer: l, bias: cfg.attentionBias, oBias: cfg.attentionBias, rope: rope),
+                attention: try DecoderBuilder.gqa(c, w, layer: l, bias: qkvBias, oBias: oBias, rope: rope),
                 postAttentionNorm: n2,
                 feedForward: .dense(try DecoderBuilder.swiGLU(w, prefix: SharedNames.layer(l), names: mlpNames,
                                                               hidden: c.hidden, intermediate: c.intermediate)))
         }
-        return try DecoderBuilder.assemble(c, w, architecture: "LlamaForCausalLM", layers: layers, rope: rope,
-                                           expertLoader: { l, _ in throw ModelError.invalidConfig("layer \(l) of a dense Llama model has no routed experts") })
+        return try DecoderBuilder.assemble(c, w, architecture: architecture, layers: layers, rope: rope,
+                                           expertLoader: { l, _ in throw ModelError.invalidConfig("layer \(l) of a dense \(architecture) model has no routed experts") })
     }
 }

@@ -8,6 +8,7 @@ public enum ModelRegistry {
     /// Supported `model_type` values.
     public static let loaders: [String: Loader] = [
         "llama": LlamaForCausalLM.load,
+        "qwen2": Qwen2ForCausalLM.load,
         "mixtral": MixtralForCausalLM.load,
         "qwen3_moe": Qwen3MoeForCausalLM.load,
         "qwen2_moe": Qwen2MoeForCausalLM.load,

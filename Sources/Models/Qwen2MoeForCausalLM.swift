@@ -20,6 +20,18 @@ public enum Qwen2MoeForCausalLM {
     public static let sharedExpertPrefix = "mlp.shared_expert."
     public static let sharedExpertGate = "mlp.shared_expert_gate.weight"
 
+    /// Hugging Face → GGUF tensor names (llama.cpp `LLM_ARCH_QWEN2MOE`): Llama's attention names
+    /// (with the q/k/v biases), Qwen3-MoE's router and fused experts, and the shared expert (`*_shexp`)
+    /// with its gate (`ffn_gate_inp_shexp`, ggml dims `[hidden, 1]`).
+    public static let ggufNames = GGUFNameTable(
+        LlamaForCausalLM.ggufNames.entries.filter { !$0.hf.contains(".mlp.") }
+            + Qwen3MoeForCausalLM.sparseGGUFNames + [
+                ("model.layers.{L}.mlp.shared_expert.gate_proj.weight", "blk.{L}.ffn_gate_shexp.weight"),
+                ("model.layers.{L}.mlp.shared_expert.up_proj.weight", "blk.{L}.ffn_up_shexp.weight"),
+                ("model.layers.{L}.mlp.shared_expert.down_proj.weight", "blk.{L}.ffn_down_shexp.weight"),
+                ("model.layers.{L}.mlp.shared_expert_gate.weight", "blk.{L}.ffn_gate_inp_shexp.weight"),
+            ], permutedQK: false)
+
     public static func load(config json: ConfigJSON, weights w: WeightSource) throws -> DecoderModel {
         let cfg = try Config(json)
         let m = cfg.moe, c = m.base

@@ -43,6 +43,24 @@ public enum Qwen3MoeForCausalLM {
     public static let expertsPrefix = "mlp.experts."
     public static let expertNames = (gate: "gate_proj", up: "up_proj", down: "down_proj")
 
+    /// Hugging Face → GGUF tensor names (llama.cpp `LLM_ARCH_QWEN3MOE`): Llama's attention names
+    /// plus per-head q/k norms, and the sparse block with experts fused per layer
+    /// (`ffn_{gate,up,down}_exps`, ggml dims `[cols, rows, experts]`). q/k rows are not permuted
+    /// (llama.cpp rotates halves for Qwen). llama.cpp's converter writes no dense-MLP layers for
+    /// this architecture (it refuses `mlp_only_layers`), so there are none here either.
+    public static let ggufNames = GGUFNameTable(LlamaForCausalLM.ggufNames.entries.filter { !$0.hf.contains(".mlp.") } + [
+        ("model.layers.{L}.self_attn.q_norm.weight", "blk.{L}.attn_q_norm.weight"),
+        ("model.layers.{L}.self_attn.k_norm.weight", "blk.{L}.attn_k_norm.weight"),
+    ] + sparseGGUFNames, permutedQK: false)
+
+    /// The router and fused routed experts, shared with Qwen2-MoE.
+    static let sparseGGUFNames: [(hf: String, gguf: String)] = [
+        ("model.layers.{L}.mlp.gate.weight", "blk.{L}.ffn_gate_inp.weight"),
+        ("model.layers.{L}.mlp.experts.{E}.gate_proj.weight", "blk.{L}.ffn_gate_exps.weight"),
+        ("model.layers.{L}.mlp.experts.{E}.up_proj.weight", "blk.{L}.ffn_up_exps.weight"),
+        ("model.layers.{L}.mlp.experts.{E}.down_proj.weight", "blk.{L}.ffn_down_exps.weight"),
+    ]
+
     public static func load(config json: ConfigJSON, weights w: WeightSource) throws -> DecoderModel {
         let cfg = try Config(json)
         return try build(cfg.base, w, architecture: "Qwen3MoeForCausalLM", experts: cfg.experts, topK: cfg.topK,

@@ -20,6 +20,10 @@ public struct RopeParameters: Sendable, Equatable {
     public var mscaleAllDim: Double?
     public var attentionFactor: Double?
     public var truncate: Bool
+    /// Per-pair divisors of the inverse frequencies, applied after the schedule: llama.cpp's
+    /// `rope_freqs` tensor, which GGUF files carry instead of Llama 3's scaling parameters
+    /// (`freq_factors` in a config the GGUF loader builds; not a Hugging Face key).
+    public var frequencyFactors: [Double]?
 
     /// Reads the RoPE settings of `config`; `defaultTheta` applies when neither spelling names one.
     public init(config: ConfigJSON, defaultTheta: Double = 10_000) throws {
@@ -48,6 +52,10 @@ public struct RopeParameters: Sendable, Equatable {
         mscaleAllDim = try s?.optionalDouble("mscale_all_dim")
         attentionFactor = try s?.optionalDouble("attention_factor")
         truncate = try s?.optionalBool("truncate") ?? true
+        frequencyFactors = try s?.optionalDoubleArray("freq_factors")
+        if let ff = frequencyFactors, !ff.allSatisfy({ $0 > 0 && $0.isFinite }) {
+            throw ModelError.invalidConfig("rope frequency factors must be finite and > 0")
+        }
         if kind != .default && !(factor > 0) {
             throw ModelError.invalidConfig("rope scaling factor must be > 0, found \(factor)")
         }
@@ -124,6 +132,9 @@ public struct RotaryEmbedding: Sendable {
                 let extrapolationFactor = 1 - ramp
                 return interpolation * (1 - extrapolationFactor) + extrapolation * extrapolationFactor
             }
+        }
+        if let ff = p.frequencyFactors, ff.count == half {
+            inv = zip(inv, ff).map { $0 / Float($1) }
         }
         invFreq = inv
         attentionScaling = scaling

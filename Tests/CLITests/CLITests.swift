@@ -43,17 +43,18 @@ enum CLI {
             try inp.fileHandleForWriting.close()
         }
         // stderr drains on its own thread so a chatty child never blocks on a full pipe.
-        var e = Data()
+        final class Box: @unchecked Sendable { var data = Data() }  // written before signal, read after wait
+        let e = Box()
         let drained = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            e = err.fileHandleForReading.readDataToEndOfFile()
+            e.data = err.fileHandleForReading.readDataToEndOfFile()
             drained.signal()
         }
         let o = out.fileHandleForReading.readDataToEndOfFile()
         drained.wait()
         p.waitUntilExit()
         return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                      stderr: String(decoding: e, as: UTF8.self))
+                      stderr: String(decoding: e.data, as: UTF8.self))
     }
 
     /// A scratch copy of a fixture directory to damage.
@@ -95,6 +96,22 @@ final class CLITests: XCTestCase {
             let r = try CLI.run(["generate", "--model", CLI.fixtures.appendingPathComponent(name).path,
                                  "--tokens", prompt.map(String.init).joined(separator: ","),
                                  "--max-tokens", "\(want.count)", "--temperature", "0", "--format", "json", "--ignore-eos"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.json?["tokens"] as? [Int], want, name)
+        }
+    }
+
+    /// GGUF MoE files (llama.cpp's converter) through 2 expert-node processes, which map their
+    /// experts from the same file: transformers' greedy tokens, as in process.
+    func testGGUFMoEGeneratesTheReferenceTokensThroughTwoNodes() throws {
+        for name in ["deepseek_v3", "mixtral"] {
+            let ref = try reference(name)
+            let g = try XCTUnwrap(ref["greedy"] as? [String: Any])
+            let prompt = try XCTUnwrap(g["prompt"] as? [Int])
+            let want = try XCTUnwrap(g["new_tokens"] as? [Int])
+            let r = try CLI.run(["generate", "--model", CLI.fixtures.appendingPathComponent("gguf/\(name).gguf").path,
+                                 "--tokens", prompt.map(String.init).joined(separator: ","), "--local-nodes", "2",
+                                 "--max-tokens", "\(want.count)", "--format", "json", "--ignore-eos"])
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(r.json?["tokens"] as? [Int], want, name)
         }

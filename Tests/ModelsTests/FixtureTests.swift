@@ -30,7 +30,7 @@ struct Reference: Decodable {
 enum Fixtures {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
-    static let names = ["llama", "llama_untied", "mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3", "kimi_k2"]
+    static let names = ["llama", "llama_untied", "mixtral", "qwen3_moe", "qwen3_moe_sparse", "qwen2_moe", "qwen2", "deepseek_v3", "kimi_k2"]
 
     static func directory(_ name: String) -> URL { root.appendingPathComponent(name) }
 
