@@ -277,8 +277,37 @@ public final class ExpertCluster: ExpertBackend {
         var groups: [Int: (rows: [UInt32], weights: [Float])] = [:]
     }
 
+    /// One layer step in flight: what was asked, what is still awaited, what came back.
+    final class Step {
+        let layer: Int
+        let batch: RoutedBatch
+        let input: UnsafePointer<Float>
+        let output: UnsafeMutablePointer<Float>
+        /// request id -> the node it went to and the batch rows it carries.
+        var pending: [UInt64: (node: Int, tokens: [Int32])] = [:]
+        /// node -> (batch row, fp64 partial sum) for the replies received.
+        var results: [Int: [(Int, [Double])]] = [:]
+        var deadline = 0.0
+        /// A node this step waits on died: the step must be sent again.
+        var lost = false
+        var attempts = 0
+        init(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+            self.layer = layer; self.batch = batch; self.input = input; self.output = output
+        }
+    }
+
+    /// Outstanding steps by id, and which step each outstanding request belongs to.
+    var steps: [UInt64: Step] = [:]
+    var requestStep: [UInt64: UInt64] = [:]
+    var nextStep: UInt64 = 1
+
     public func computeExperts(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
                                output: UnsafeMutablePointer<Float>) throws {
+        try finishExperts(try beginExperts(layer: layer, batch: batch, input: input, output: output))
+    }
+
+    public func beginExperts(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
+                             output: UnsafeMutablePointer<Float>) throws -> ExpertStep {
         let n = batch.rows, k = batch.topK, d = model.hidden
         guard batch.hidden == d, batch.experts.count == n * k, batch.weights.count == n * k else {
             throw ExpertBackendError.shapeMismatch("batch of \(n) rows × top-\(k) does not fit hidden \(d)")
@@ -287,37 +316,77 @@ public final class ExpertCluster: ExpertBackend {
         for e in batch.experts where e < 0 || Int(e) >= row.count {
             throw ExpertBackendError.unknownExpert(layer: layer, expert: Int(e))
         }
-        if rebalancePending {
+        // A rebalance moves experts off nodes; only safe when no step still needs them there.
+        if rebalancePending && steps.isEmpty {
             rebalancePending = false
             try place(rebalance: true)
         }
-        var attempt = 0
+        let step = Step(layer: layer, batch: batch, input: input, output: output)
+        let id = nextStep
+        nextStep += 1
+        steps[id] = step
+        do {
+            try send(step, id: id)
+        } catch {
+            forget(id)
+            throw error
+        }
+        return ExpertStep(id: id)
+    }
+
+    public func finishExperts(_ handle: ExpertStep) throws {
+        guard let step = steps[handle.id] else {
+            throw ExpertBackendError.shapeMismatch("expert step \(handle.id) is not outstanding")
+        }
+        defer { forget(handle.id) }
         while true {
-            attempt += 1
-            if let partials = try exchange(layer: layer, batch: batch, input: input, placement: placement[layer]!) {
-                var sum = [Double](repeating: 0, count: n * d)
-                // Node order is fixed (registration order), so the fp64 sum is reproducible.
-                for (_, rows) in partials.sorted(by: { $0.key < $1.key }) {
-                    for (t, buf) in rows {
-                        for j in 0..<d { sum[t * d + j] += buf[j] }
-                    }
-                }
-                for i in 0..<(n * d) { output[i] = Float(sum[i]) }
-                return
+            try receive(until: step)
+            if !step.lost { break }
+            try send(step, id: handle.id)
+        }
+        let n = step.batch.rows, d = model.hidden
+        var sum = [Double](repeating: 0, count: n * d)
+        // Node order is fixed (registration order), so the fp64 sum is reproducible.
+        for (_, rows) in step.results.sorted(by: { $0.key < $1.key }) {
+            for (t, buf) in rows {
+                for j in 0..<d { sum[t * d + j] += buf[j] }
             }
-            retries += 1
-            guard attempt <= nodes.count else { throw ClusterError.noLiveNodes }
-            try place()
+        }
+        for i in 0..<(n * d) { step.output[i] = Float(sum[i]) }
+    }
+
+    public func cancelExperts(_ handle: ExpertStep) { forget(handle.id) }
+
+    func forget(_ id: UInt64) {
+        guard let step = steps.removeValue(forKey: id) else { return }
+        for r in step.pending.keys { requestStep[r] = nil }
+    }
+
+    /// Sends (or, after a node died, re-sends) a step. When a send finds a dead node the experts
+    /// are placed anew and the whole step goes again, at most once per node.
+    func send(_ step: Step, id: UInt64) throws {
+        while true {
+            step.attempts += 1
+            if step.attempts > 1 {
+                retries += 1
+                guard step.attempts <= nodes.count + 1 else { throw ClusterError.noLiveNodes }
+                try place()
+            }
+            for r in step.pending.keys { requestStep[r] = nil }
+            step.pending = [:]
+            step.results = [:]
+            step.lost = false
+            if try dispatch(step, id: id) { return }
         }
     }
 
-    /// Sends one step to every node that holds a chosen expert and collects their partial sums
-    /// (per node: token -> fp64 row). Returns nil when a node died (it is marked dead).
+    /// Groups a step's routes by the node holding each expert and sends every node its rows.
+    /// Returns false when a node was found dead (it is marked dead).
     /// It allocates per layer step (grouping tables, the request rows libzmq owns until sent,
     /// reply rows): a few KiB against a round trip of ~1 ms; pooling them is left for later.
-    func exchange(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
-                  placement row: [Int]) throws -> [Int: [(Int, [Double])]]? {
-        let k = batch.topK, d = model.hidden
+    func dispatch(_ step: Step, id: UInt64) throws -> Bool {
+        let batch = step.batch, k = batch.topK, d = model.hidden
+        guard let row = placement[step.layer] else { throw ExpertBackendError.unknownLayer(step.layer) }
         var work: [Int: Work] = [:]
         for r in 0..<(batch.rows * k) {
             let t = Int32(r / k), e = Int(batch.experts[r])
@@ -333,13 +402,12 @@ public final class ExpertCluster: ExpertBackend {
             w.groups[e, default: ([], [])].weights.append(batch.weights[r])
             work[node] = w
         }
-        var pending: [UInt64: (node: Int, tokens: [Int32])] = [:]
         for (node, w) in work.sorted(by: { $0.key < $1.key }) {
-            guard nodes[node].alive, let socket = nodes[node].data else { return nil }
+            guard nodes[node].alive, let socket = nodes[node].data else { return false }
             var req = Farside_V1_ExpertRequest()
             req.requestID = nextRequest
             nextRequest += 1
-            req.layer = UInt32(layer)
+            req.layer = UInt32(step.layer)
             req.rows = UInt32(w.tokens.count)
             req.hidden = UInt32(d)
             req.dtype = .f32
@@ -351,31 +419,47 @@ public final class ExpertCluster: ExpertBackend {
                 return eg
             }
             let payload = FloatRows(count: w.tokens.count * d)
-            for (i, t) in w.tokens.enumerated() { (payload.pointer + i * d).update(from: input + Int(t) * d, count: d) }
+            for (i, t) in w.tokens.enumerated() { (payload.pointer + i * d).update(from: step.input + Int(t) * d, count: d) }
             let header = try envelope(.expertRequest(req))
             do {
                 try socket.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: w.tokens.count * d * 4, owner: payload)],
                                 flags: .dontWait)
             } catch {
                 markDead(node, "send failed: \(error)")
-                return nil
+                return false
             }
             bytesSent += header.count + w.tokens.count * d * 4
-            pending[req.requestID] = (node, w.tokens)
+            step.pending[req.requestID] = (node, w.tokens)
+            requestStep[req.requestID] = id
         }
-        var results: [Int: [(Int, [Double])]] = [:]
-        let deadline = Self.now() + options.nodeTimeout
-        while !pending.isEmpty {
-            let waiting = Set(pending.values.map(\.node))
-            let sockets = waiting.sorted().compactMap { nodes[$0].data }
-            let left = deadline - Self.now()
-            if left <= 0 {
-                for node in waiting { markDead(node, "no reply within \(options.nodeTimeout) s") }
-                return nil
+        step.deadline = Self.now() + options.nodeTimeout
+        return true
+    }
+
+    /// Reads replies for every outstanding step until `step` has all of its own, or has lost a
+    /// node (`step.lost`). Replies to other steps are kept in those steps.
+    func receive(until step: Step) throws {
+        let d = model.hidden
+        while !step.pending.isEmpty {
+            if step.pending.values.contains(where: { !nodes[$0.node].alive }) {
+                step.lost = true
+                return
             }
-            let ready = try ZMQSocket.poll(sockets + [control], timeout: max(1, Int(left * 1000)))
+            // Past the deadline the sockets are still read once: replies may be queued there
+            // while this thread was busy with another step.
+            let left = step.deadline - Self.now()
+            var waitingSet = Set<Int>()
+            for s in steps.values { for p in s.pending.values where nodes[p.node].alive { waitingSet.insert(p.node) } }
+            let waiting = waitingSet.sorted()
+            let sockets = waiting.compactMap { nodes[$0].data }
+            let ready = try ZMQSocket.poll(sockets + [control], timeout: left > 0 ? max(1, Int(left * 1000)) : 0)
             if ready.last == true { try pumpControl(timeout: 0) }
-            for (i, node) in waiting.sorted().enumerated() where ready[i] {
+            if left <= 0 && !ready.dropLast().contains(true) {
+                for node in Set(step.pending.values.map(\.node)) { markDead(node, "no reply within \(options.nodeTimeout) s") }
+                step.lost = true
+                return
+            }
+            for (i, node) in waiting.enumerated() where ready[i] {
                 guard let socket = nodes[node].data, let frames = try socket.receive(timeout: 0) else { continue }
                 bytesReceived += frames.reduce(0) { $0 + $1.count }
                 guard let first = frames.first, let env = try? WireCodec.decodeEnvelope(first.data) else {
@@ -384,7 +468,9 @@ public final class ExpertCluster: ExpertBackend {
                 }
                 switch env.body {
                 case .expertReply(let rep):
-                    guard let p = pending[rep.requestID], p.node == node else { continue }  // stale
+                    // A reply to a step already finished, cancelled or re-sent is stale.
+                    guard let sid = requestStep[rep.requestID], let owner = steps[sid],
+                          let p = owner.pending[rep.requestID], p.node == node else { continue }
                     guard frames.count == 2 else {
                         throw ClusterError.remote(node: nodes[node].id, message: "reply without its payload frame")
                     }
@@ -398,14 +484,15 @@ public final class ExpertCluster: ExpertBackend {
                             rows.append((Int(t), buf))
                         }
                     }
-                    results[node, default: []].append(contentsOf: rows)
-                    pending[rep.requestID] = nil
+                    owner.results[node, default: []].append(contentsOf: rows)
+                    owner.pending[rep.requestID] = nil
+                    requestStep[rep.requestID] = nil
                 case .error(let e):
-                    guard pending[e.requestID] != nil else { continue }
+                    guard let sid = requestStep[e.requestID], let owner = steps[sid], owner.pending[e.requestID] != nil else { continue }
                     if e.code == .unknownExpert || e.code == .unknownLayer {
                         // The node lost its assignment (restarted): treat like a failure.
                         markDead(node, e.message)
-                        return nil
+                        continue
                     }
                     throw ClusterError.remote(node: nodes[node].id, message: e.message)
                 default:
@@ -413,7 +500,6 @@ public final class ExpertCluster: ExpertBackend {
                 }
             }
         }
-        return results
     }
 }
 

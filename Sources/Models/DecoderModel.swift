@@ -79,7 +79,10 @@ public final class DecoderModel {
     public let weightSource: WeightSource
 
     let workspace = Workspace()
-    var routed = RoutedBatch(rows: 0, hidden: 0, topK: 0, experts: [], weights: [])
+    var routed = [RoutedBatch](repeating: RoutedBatch(rows: 0, hidden: 0, topK: 0, experts: [], weights: []), count: 2)
+    /// Smallest batch of a model with routed experts that runs as two micro-batches.
+    public var pingPongMinTokens = 32
+    lazy var hasSparseLayers = !sparseLayers.isEmpty
     var cosTable: [Float] = []
     var sinTable: [Float] = []
 
@@ -150,23 +153,55 @@ public final class DecoderModel {
         for (t, tok) in tokens.enumerated() { embedding.widenRow(tok, into: h + t * d) }
         rope.table(positions: start ..< start + n, cos: &cosTable, sin: &sinTable)
 
-        for (li, layer) in layers.enumerated() {
-            for t in 0..<n { Elementwise.rmsNorm(h + t * d, weight: layer.inputNorm, eps: normEps, dim: d, output: xn + t * d) }
-            cosTable.withUnsafeBufferPointer { c in
-                sinTable.withUnsafeBufferPointer { s in
-                    layer.attention.forward(xn, count: n, start: start, cache: cache.layers[li],
-                                            cos: c.baseAddress!, sin: s.baseAddress!, output: y, workspace: workspace)
+        // Micro-batches (ping-pong): a batch of routed tokens runs as two halves, each one layer
+        // step apart, so that with a remote expert backend one half's attention overlaps the
+        // other half's experts. The split depends only on `n`, never on the backend, because a
+        // matrix product's rounding depends on how many rows it is given: in process and
+        // through any number of nodes the same rows meet the same kernels, bit for bit.
+        let parts: [Range<Int>]
+        if n >= pingPongMinTokens, hasSparseLayers {
+            parts = [0 ..< n / 2, n / 2 ..< n]
+        } else {
+            parts = [0 ..< n]
+        }
+        var inFlight = [PendingFFN?](repeating: nil, count: parts.count)
+        do {
+            for (li, layer) in layers.enumerated() {
+                for (pi, part) in parts.enumerated() {
+                    if let p = inFlight[pi] {
+                        try finishSparse(p, batchRows: n, h: h, y: y)
+                        inFlight[pi] = nil
+                    }
+                    let m = part.count, o = part.lowerBound * d
+                    for t in part { Elementwise.rmsNorm(h + t * d, weight: layer.inputNorm, eps: normEps, dim: d, output: xn + t * d) }
+                    let half = rope.dim / 2
+                    cosTable.withUnsafeBufferPointer { c in
+                        sinTable.withUnsafeBufferPointer { s in
+                            layer.attention.forward(xn + o, count: m, start: start + part.lowerBound, cache: cache.layers[li],
+                                                    cos: c.baseAddress! + part.lowerBound * half,
+                                                    sin: s.baseAddress! + part.lowerBound * half,
+                                                    output: y + o, workspace: workspace)
+                        }
+                    }
+                    Elementwise.add(h + o, y + o, count: m * d)
+                    for t in part { Elementwise.rmsNorm(h + t * d, weight: layer.postAttentionNorm, eps: normEps, dim: d, output: xn + t * d) }
+                    switch layer.feedForward {
+                    case .dense(let ffn):
+                        ffn.forward(xn + o, count: m, output: y + o, scratch: workspace.buffer(3, count: 2 * m * ffn.intermediate))
+                        Elementwise.add(h + o, y + o, count: m * d)
+                    case .sparse(let moe):
+                        inFlight[pi] = try beginSparse(moe, layer: li, part: pi, rows: part, batchRows: n, x: xn, start: start,
+                                                        output: y, trace: trace)
+                    }
                 }
             }
-            Elementwise.add(h, y, count: n * d)
-            for t in 0..<n { Elementwise.rmsNorm(h + t * d, weight: layer.postAttentionNorm, eps: normEps, dim: d, output: xn + t * d) }
-            switch layer.feedForward {
-            case .dense(let ffn):
-                ffn.forward(xn, count: n, output: y, scratch: workspace.buffer(3, count: 2 * n * ffn.intermediate))
-            case .sparse(let moe):
-                try runSparse(moe, layer: li, x: xn, count: n, start: start, output: y, trace: trace)
+            for (pi, p) in inFlight.enumerated() {
+                if let p { try finishSparse(p, batchRows: n, h: h, y: y) }
+                inFlight[pi] = nil
             }
-            Elementwise.add(h, y, count: n * d)
+        } catch {
+            for case let p? in inFlight { experts?.cancelExperts(p.step) }
+            throw error
         }
         cache.commit(n)
 
@@ -187,30 +222,57 @@ public final class DecoderModel {
         return out
     }
 
-    private func runSparse(_ moe: SparseMoE, layer: Int, x: UnsafeMutablePointer<Float>, count n: Int, start: Int,
-                           output: UnsafeMutablePointer<Float>, trace: RouteTrace?) throws {
+    /// A sparse layer's step in flight for one micro-batch.
+    struct PendingFFN {
+        let moe: SparseMoE
+        let step: ExpertStep
+        let rows: Range<Int>
+    }
+
+    /// Routes one micro-batch, starts its routed experts, and computes its shared expert while
+    /// they run. The shared output and gate go to workspace buffers 5 and 6 at the micro-batch's
+    /// rows (sized for the whole batch by `forward`, so they are not reallocated in flight).
+    private func beginSparse(_ moe: SparseMoE, layer: Int, part: Int, rows: Range<Int>, batchRows: Int,
+                             x: UnsafeMutablePointer<Float>, start: Int, output: UnsafeMutablePointer<Float>,
+                             trace: RouteTrace?) throws -> PendingFFN {
         guard let experts else {
             throw ModelError.invalidConfig("layer \(layer) has routed experts but no expert backend is attached")
         }
-        routed.rows = n
-        routed.hidden = hidden
-        moe.router.route(x, batch: &routed, logits: workspace.buffer(4, count: n * moe.router.expertCount))
-        trace?.record(layer: layer, start: start, batch: routed)
-        try experts.computeExperts(layer: layer, batch: routed, input: x, output: output)
+        let n = rows.count, d = hidden, xs = x + rows.lowerBound * d
+        // One routing buffer per micro-batch: the backend may hold on to it until finished.
+        routed[part].rows = n
+        routed[part].hidden = d
+        moe.router.route(xs, batch: &routed[part], logits: workspace.buffer(4, count: n * moe.router.expertCount))
+        trace?.record(layer: layer, start: start + rows.lowerBound, batch: routed[part])
+        let step = try experts.beginExperts(layer: layer, batch: routed[part], input: xs, output: output + rows.lowerBound * d)
         if let shared = moe.shared {
+            let s = workspace.buffer(5, count: batchRows * d) + rows.lowerBound * d
+            shared.forward(xs, count: n, output: s, scratch: workspace.buffer(3, count: 2 * n * shared.intermediate))
             if let gate = moe.sharedGate {
-                let s = workspace.buffer(5, count: n * hidden)
-                shared.forward(x, count: n, output: s, scratch: workspace.buffer(3, count: 2 * n * shared.intermediate))
-                let g = workspace.buffer(6, count: n)
-                Linear.forward(gate, input: x, count: n, output: g)
-                for t in 0..<n {
-                    let sig = 1 / (1 + expf(-g[t]))
-                    Elementwise.addScaled(output + t * hidden, s + t * hidden, scale: sig, count: hidden)
-                }
-            } else {
-                shared.forward(x, count: n, output: output, accumulate: true,
-                               scratch: workspace.buffer(3, count: 2 * n * shared.intermediate))
+                Linear.forward(gate, input: xs, count: n, output: workspace.buffer(6, count: batchRows) + rows.lowerBound)
             }
         }
+        return PendingFFN(moe: moe, step: step, rows: rows)
+    }
+
+    /// Waits for a micro-batch's routed experts, adds its shared expert (scaled by
+    /// `sigmoid(gate · x)` when gated), and adds the result to the residual stream `h`.
+    private func finishSparse(_ p: PendingFFN, batchRows: Int, h: UnsafeMutablePointer<Float>,
+                              y: UnsafeMutablePointer<Float>) throws {
+        try experts!.finishExperts(p.step)
+        let d = hidden
+        if p.moe.shared != nil {
+            let s = workspace.buffer(5, count: batchRows * d)
+            let g = p.moe.sharedGate == nil ? nil : workspace.buffer(6, count: batchRows)
+            for t in p.rows {
+                if let g {
+                    let sig = 1 / (1 + expf(-g[t]))
+                    Elementwise.addScaled(y + t * d, s + t * d, scale: sig, count: d)
+                } else {
+                    Elementwise.add(y + t * d, s + t * d, count: d)
+                }
+            }
+        }
+        Elementwise.add(h + p.rows.lowerBound * d, y + p.rows.lowerBound * d, count: p.rows.count * d)
     }
 }

@@ -11,6 +11,38 @@ public protocol ExpertBackend: AnyObject {
     ///   post-attention norm).
     /// - `output`: `[rows, hidden]` fp32, overwritten.
     func computeExperts(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) throws
+
+    /// Starts the same computation and returns before it is done, so the attention side can work
+    /// meanwhile (the shared expert; the next micro-batch's attention: ping-pong, as in
+    /// MegaScale-Infer §4 and DeepSeek-V3's dual micro-batch overlap). `input` and `output` must
+    /// stay valid and untouched until `finishExperts` returns for this step. Several steps may be
+    /// outstanding; they may be finished in any order.
+    func beginExperts(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
+                      output: UnsafeMutablePointer<Float>) throws -> ExpertStep
+
+    /// Waits for a step started by `beginExperts`; `output` then holds what `computeExperts` writes.
+    func finishExperts(_ step: ExpertStep) throws
+
+    /// Forgets an outstanding step (after an error elsewhere); its late replies are ignored.
+    func cancelExperts(_ step: ExpertStep)
+}
+
+/// A step started with `ExpertBackend.beginExperts`.
+public struct ExpertStep: Sendable, Hashable {
+    public let id: UInt64
+    public init(id: UInt64) { self.id = id }
+}
+
+/// Backends that compute synchronously get the asynchronous calls for free: `beginExperts` does
+/// the work.
+extension ExpertBackend {
+    public func beginExperts(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>,
+                             output: UnsafeMutablePointer<Float>) throws -> ExpertStep {
+        try computeExperts(layer: layer, batch: batch, input: input, output: output)
+        return ExpertStep(id: 0)
+    }
+    public func finishExperts(_ step: ExpertStep) throws {}
+    public func cancelExperts(_ step: ExpertStep) {}
 }
 
 /// The routing decisions for one MoE layer and a batch of tokens: token `t` goes to experts

@@ -29,6 +29,9 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Run routed experts on N expert-node processes on loopback; also measures the per-layer round trip.")
     var localNodes: Int = 0
 
+    @Flag(name: .long, help: "Run the prompt as one batch instead of two overlapped micro-batches (for comparison).")
+    var noMicroBatches = false
+
     func validate() throws {
         guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64") }
         guard promptTokens > 0, decodeTokens > 0, runs > 0 else {
@@ -116,6 +119,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let (m, cluster) = try loadModel(path: try model ?? DefaultModel.path(), localNodes: localNodes)
+            if noMicroBatches { m.pingPongMinTokens = .max }
             var rng = SplitMix64(seed: 42)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(m.vocabSize)) }
             // Warm-up: page the mapped weights in.

@@ -65,6 +65,23 @@ enum Harness {
         }
     }
 
+    /// The fixture at `dir` with its experts on three node processes (node timeout 0.5 s).
+    static func threeNodeCluster(_ dir: URL) throws -> (DecoderModel, ExpertCluster, [Process]) {
+        let (model, _) = try ModelRegistry.load(directory: dir)
+        var opts = ExpertCluster.Options()
+        opts.nodeTimeout = 0.5
+        let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts)
+        let nodes = try startNodes(3, model: dir.path, cluster: cluster)
+        do {
+            try cluster.start(expecting: 3, timeout: 30)
+        } catch {
+            stop(nodes)
+            throw error
+        }
+        model.experts = cluster
+        return (model, cluster, nodes)
+    }
+
     static func stop(_ ps: [Process]) {
         for p in ps where p.isRunning { kill(p.processIdentifier, SIGKILL) }
         for p in ps { p.waitUntilExit() }
@@ -108,14 +125,8 @@ final class ClusterTests: XCTestCase {
         plain.experts = try LocalExperts(model: plain)
         let want = try Generator(model: plain).generate(prompt: ref.greedy.prompt, maxTokens: 64, ignoreEOS: true)
 
-        let (model, _) = try ModelRegistry.load(directory: dir)
-        var opts = ExpertCluster.Options()
-        opts.nodeTimeout = 0.5
-        let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts)
-        let nodes = try Harness.startNodes(3, model: dir.path, cluster: cluster)
+        let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
         defer { Harness.stop(nodes) }
-        try cluster.start(expecting: 3, timeout: 30)
-        model.experts = cluster
         var produced = 0
         let got = try Generator(model: model).generate(prompt: ref.greedy.prompt, maxTokens: 64, ignoreEOS: true) { _ in
             produced += 1
@@ -142,6 +153,76 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(again, want)
         XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 3)
         XCTAssertTrue(cluster.nodeStates.allSatisfy { $0.experts > 0 }, "\(cluster.nodeStates)")
+    }
+
+    /// Two layer steps in flight at once (what ping-pong micro-batches do), finished in reverse
+    /// order, give what one-at-a-time steps give; then a node is SIGKILLed while the two halves
+    /// of a 48-token prompt are both at the experts: both halves are re-sent and the logits
+    /// equal the in-process engine's bit for bit.
+    func testOutstandingStepsFinishInAnyOrderAndSurviveAKilledNode() throws {
+        let name = "deepseek_v3"
+        let dir = Harness.fixtures.appendingPathComponent(name)
+        let ref = try Harness.reference(name)
+        let tokens = ref.cases[3].tokens
+        XCTAssertGreaterThanOrEqual(tokens.count, 32, "the case must be long enough to run as two micro-batches")
+        let (plain, _) = try ModelRegistry.load(directory: dir)
+        plain.experts = try LocalExperts(model: plain)
+        let want = try plain.forward(tokens, cache: plain.makeCache(), logits: .all)
+
+        let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
+        defer { Harness.stop(nodes) }
+
+        // Direct: two steps of one layer, finished second-first, against computeExperts.
+        let layer = try XCTUnwrap(model.sparseLayers.first)
+        let d = model.hidden, k = layer.router.topK, rows = 5
+        func batch(_ seed: Int) -> RoutedBatch {
+            RoutedBatch(rows: rows, hidden: d, topK: k,
+                        experts: (0..<(rows * k)).map { Int32(($0 * 7 + seed + $0 / k) % layer.experts) },
+                        weights: (0..<(rows * k)).map { Float($0 % 5 + seed) * 0.1 })
+        }
+        // Distinct experts within a token: shift duplicates.
+        func distinct(_ b: RoutedBatch) -> RoutedBatch {
+            var b = b
+            for t in 0..<rows {
+                var seen = Set<Int32>()
+                for j in 0..<k {
+                    var e = b.experts[t * k + j]
+                    while seen.contains(e) { e = (e + 1) % Int32(layer.experts) }
+                    seen.insert(e)
+                    b.experts[t * k + j] = e
+                }
+            }
+            return b
+        }
+        let b1 = distinct(batch(1)), b2 = distinct(batch(2))
+        let x1 = (0..<(rows * d)).map { Float(sin(Double($0))) }, x2 = (0..<(rows * d)).map { Float(cos(Double($0) * 0.7)) }
+        var one1 = [Float](repeating: 0, count: rows * d), one2 = one1, both1 = one1, both2 = one1
+        try cluster.computeExperts(layer: layer.layer, batch: b1, input: x1, output: &one1)
+        try cluster.computeExperts(layer: layer.layer, batch: b2, input: x2, output: &one2)
+        try x1.withUnsafeBufferPointer { p1 in
+            try x2.withUnsafeBufferPointer { p2 in
+                try both1.withUnsafeMutableBufferPointer { o1 in
+                    try both2.withUnsafeMutableBufferPointer { o2 in
+                        let s1 = try cluster.beginExperts(layer: layer.layer, batch: b1, input: p1.baseAddress!, output: o1.baseAddress!)
+                        let s2 = try cluster.beginExperts(layer: layer.layer, batch: b2, input: p2.baseAddress!, output: o2.baseAddress!)
+                        try cluster.finishExperts(s2)
+                        try cluster.finishExperts(s1)
+                        XCTAssertThrowsError(try cluster.finishExperts(s1), "a finished step is not outstanding")
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(both1, one1)
+        XCTAssertEqual(both2, one2)
+
+        // A node dies unnoticed; the next prompt's two micro-batches both wait on it.
+        XCTAssertEqual(try model.forward(tokens, cache: model.makeCache(), logits: .all), want, "before the kill")
+        kill(nodes[0].processIdentifier, SIGKILL)
+        nodes[0].waitUntilExit()
+        let got = try model.forward(tokens, cache: model.makeCache(), logits: .all)
+        XCTAssertEqual(got, want, "after the kill")
+        XCTAssertGreaterThanOrEqual(cluster.retries, 1)
+        XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 2)
     }
 
     /// Thousands of random and mutated messages to a live node's data socket: each gets an error
