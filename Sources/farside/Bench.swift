@@ -154,7 +154,7 @@ struct Bench: ParsableCommand {
                 }
             }
             printJSON("""
-            {"model": "\(model ?? "default")", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), \
+            {"model": "\(model ?? "default")", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), "micro_batches": \(noMicroBatches ? 1 : 2), \
             "prompt_tokens": \(promptTokens), "decode_tokens": \(decodeTokens), "runs": \(runs), \
             "prefill_tok_s": \(String(format: "%.2f", Self.median(prefill))), "decode_tok_s": \(String(format: "%.2f", d)), \
             "prefill_runs": [\(prefill.map { String(format: "%.2f", $0) }.joined(separator: ", "))], \
