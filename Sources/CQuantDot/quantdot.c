@@ -43,7 +43,7 @@ static void quantize_i16_scalar(const float *x, int blocks, int16_t *q, float *s
 
 // ---- portable reference (any CPU) ----
 
-enum kind { Q4_1, Q4_0, Q8_0 };
+enum kind { Q4_1, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K };
 
 static float row_scalar(enum kind k, const uint8_t *row, int blocks, const int16_t *q, const float *scale, const float *sum) {
     float acc = 0;
@@ -67,10 +67,67 @@ static float row_scalar(enum kind k, const uint8_t *row, int blocks, const int16
     return acc;
 }
 
+// ---- k-quants (256-value super-blocks; ggml's dequantize_row_q{4,5,6}_K) ----
+// Q4_K (144 bytes): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins for 8 sub-blocks of 32,
+// 128 bytes of nibbles (64-value chunk c: low nibbles = sub-block 2c, high = 2c+1);
+// w = d*sc*q - dmin*m. Q5_K (176): as Q4_K plus qh[32] (bit j of qh[l] = 5th bit of value l
+// of sub-block j) before the nibbles. Q6_K (210): ql[128], qh[64], int8 scales[16] (one per 16
+// values), f16 d; w = d*sc*(q - 32). A sub-block of 32 (or two of 16) meets one activation
+// block, so the int32 dot stays exact and the scales apply per sub-block.
+
+static inline void scale_min_k4(int j, const uint8_t *q, int *d, int *m) {
+    if (j < 4) { *d = q[j] & 63; *m = q[j + 4] & 63; }
+    else { *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+
+// One row of `blocks` 32-value activation blocks (blocks/8 super-blocks).
+static float row_k_scalar(enum kind k, const uint8_t *row, int blocks, const int16_t *q, const float *scale, const float *sum) {
+    float acc = 0;
+    for (int sb = 0; sb < blocks / 8; sb++) {
+        if (k == Q6_K) {
+            const uint8_t *p = row + 210 * sb, *ql = p, *qh = p + 128;
+            const int8_t *sc = (const int8_t *)(p + 192);
+            float d = half_to_float(load_u16(p + 208));
+            for (int c = 0; c < 2; c++) {
+                for (int g = 0; g < 4; g++) {
+                    int b = sb * 8 + 4 * c + g;
+                    const int16_t *qx = q + 32 * b;
+                    int32_t s0 = 0, s1 = 0;
+                    for (int l = 0; l < 32; l++) {
+                        int lo = (g & 1) ? ql[64 * c + 32 + l] : ql[64 * c + l];
+                        int v = ((g >> 1) ? lo >> 4 : lo & 0xF) | (((qh[32 * c + l] >> (2 * g)) & 3) << 4);
+                        if (l < 16) s0 += (v - 32) * qx[l]; else s1 += (v - 32) * qx[l];
+                    }
+                    acc += d * scale[b] * ((float)sc[8 * c + 2 * g] * (float)s0 + (float)sc[8 * c + 2 * g + 1] * (float)s1);
+                }
+            }
+        } else {
+            int five = k == Q5_K;
+            const uint8_t *p = row + (five ? 176 : 144) * sb, *scs = p + 4, *qh = p + 16, *qs = p + (five ? 48 : 16);
+            float d = half_to_float(load_u16(p)), dmin = half_to_float(load_u16(p + 2));
+            for (int j = 0; j < 8; j++) {
+                int b = sb * 8 + j, sc, m;
+                scale_min_k4(j, scs, &sc, &m);
+                const int16_t *qx = q + 32 * b;
+                const uint8_t *n = qs + 32 * (j / 2);
+                int32_t s = 0;
+                for (int l = 0; l < 32; l++) {
+                    int v = (n[l] >> (4 * (j & 1))) & 0xF;
+                    if (five) v |= ((qh[l] >> j) & 1) << 4;
+                    s += v * qx[l];
+                }
+                acc += d * (float)sc * scale[b] * (float)s - dmin * (float)m * sum[b];
+            }
+        }
+    }
+    return acc;
+}
+
 static void gemv_scalar(enum kind k, const uint8_t *w, size_t stride, int rows, int blocks,
                         const int16_t *q, const float *scale, const float *sum, float *y, int accumulate) {
     for (int r = 0; r < rows; r++) {
-        float v = row_scalar(k, w + (size_t)r * stride, blocks, q, scale, sum);
+        const uint8_t *row = w + (size_t)r * stride;
+        float v = k >= Q4_K ? row_k_scalar(k, row, blocks, q, scale, sum) : row_scalar(k, row, blocks, q, scale, sum);
         y[r] = accumulate ? y[r] + v : v;
     }
 }
@@ -137,6 +194,111 @@ GEMV_AVX2(gemv_q4_1_avx2, Q4_1, 20)
 GEMV_AVX2(gemv_q4_0_avx2, Q4_0, 18)
 GEMV_AVX2(gemv_q8_0_avx2, Q8_0, 34)
 
+// k-quants: two rows at a time share the activation loads; a left-over row goes to the scalar
+// code (which the tests thereby cover too).
+AVX2 static inline __m256i i8_dot(__m256i v8, __m256i xl, __m256i xh) {
+    // 32 int8 values (as bytes of v8) against the block's 32 int16 activations.
+    __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v8));
+    __m256i hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v8, 1));
+    return _mm256_add_epi32(_mm256_madd_epi16(lo, xl), _mm256_madd_epi16(hi, xh));
+}
+
+AVX2 static void gemv_q45k_avx2(int five, const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
+                                const float *scale, const float *sum, float *y, int accumulate) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const size_t bytes = five ? 176 : 144;
+    int r = 0;
+    for (; r + 2 <= rows; r += 2) {
+        __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        float o[2] = {0, 0};
+        for (int sb = 0; sb < blocks / 8; sb++) {
+            for (int i = 0; i < 2; i++) {
+                const uint8_t *p = w + (size_t)(r + i) * stride + (size_t)sb * bytes;
+                _mm_prefetch((const char *)(p + 4 * stride), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + 4 * stride + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + 4 * stride + 128), _MM_HINT_T0);
+                const uint8_t *scs = p + 4, *qs = p + (five ? 48 : 16);
+                float d = _cvtsh_ss(load_u16(p)), dmin = _cvtsh_ss(load_u16(p + 2));
+                __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+                for (int c = 0; c < 4; c++) {
+                    __m256i n = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                    for (int h = 0; h < 2; h++) {
+                        int j = 2 * c + h, b = sb * 8 + j, sc, m;
+                        scale_min_k4(j, scs, &sc, &m);
+                        __m256i v = h ? _mm256_and_si256(_mm256_srli_epi16(n, 4), m4) : _mm256_and_si256(n, m4);
+                        if (five) {
+                            v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(qh, one), 4));
+                            qh = _mm256_srli_epi16(qh, 1);  // bit j+1 of every byte moves to bit 0 (masked above)
+                        }
+                        __m256i xl = _mm256_loadu_si256((const __m256i *)(q + 32 * b));
+                        __m256i xh = _mm256_loadu_si256((const __m256i *)(q + 32 * b + 16));
+                        a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i8_dot(v, xl, xh)), _mm256_set1_ps(d * (float)sc * scale[b]), a[i]);
+                        o[i] -= dmin * (float)m * sum[b];
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < 2; i++) {
+            float v = hsum(a[i]) + o[i];
+            y[r + i] = accumulate ? y[r + i] + v : v;
+        }
+    }
+    gemv_scalar(five ? Q5_K : Q4_K, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate);
+}
+
+AVX2 static void gemv_q6k_avx2(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
+                               const float *scale, const float *sum, float *y, int accumulate) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+    int r = 0;
+    for (; r + 2 <= rows; r += 2) {
+        __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int sb = 0; sb < blocks / 8; sb++) {
+            for (int i = 0; i < 2; i++) {
+                const uint8_t *p = w + (size_t)(r + i) * stride + (size_t)sb * 210;
+                _mm_prefetch((const char *)(p + 4 * stride), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + 4 * stride + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + 4 * stride + 128), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + 4 * stride + 192), _MM_HINT_T0);
+                const int8_t *sc = (const int8_t *)(p + 192);
+                float d = _cvtsh_ss(load_u16(p + 208));
+                for (int c = 0; c < 2; c++) {
+                    __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * c));
+                    __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * c + 32));
+                    __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * c));
+                    for (int g = 0; g < 4; g++) {
+                        int b = sb * 8 + 4 * c + g;
+                        __m256i lo = (g & 1) ? l1 : l0;
+                        lo = (g >> 1) ? _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4) : _mm256_and_si256(lo, m4);
+                        __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), m2);
+                        __m256i v = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hb, 4)), off);
+                        __m256i xl = _mm256_loadu_si256((const __m256i *)(q + 32 * b));
+                        __m256i xh = _mm256_loadu_si256((const __m256i *)(q + 32 * b + 16));
+                        // Values 0-15 and 16-31 of the block have their own scales.
+                        __m256i s0 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), xl);
+                        __m256i s1 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), xh);
+                        float f = d * scale[b];
+                        a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(f * (float)sc[8 * c + 2 * g]), a[i]);
+                        a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(f * (float)sc[8 * c + 2 * g + 1]), a[i]);
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < 2; i++) {
+            float v = hsum(a[i]);
+            y[r + i] = accumulate ? y[r + i] + v : v;
+        }
+    }
+    gemv_scalar(Q6_K, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate);
+}
+AVX2 static void gemv_q4k_avx2(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
+                               const float *scale, const float *sum, float *y, int accumulate) {
+    gemv_q45k_avx2(0, w, stride, rows, blocks, q, scale, sum, y, accumulate);
+}
+AVX2 static void gemv_q5k_avx2(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
+                               const float *scale, const float *sum, float *y, int accumulate) {
+    gemv_q45k_avx2(1, w, stride, rows, blocks, q, scale, sum, y, accumulate);
+}
+
 static int has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
@@ -189,3 +351,9 @@ void fs_gemv_q4_0(const uint8_t *w, size_t stride, int rows, int blocks, const i
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q4_0_avx2, Q4_0) }
 void fs_gemv_q8_0(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q8_0_avx2, Q8_0) }
+void fs_gemv_q4_k(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
+                  const float *sum, float *y, int accumulate) { DISPATCH(gemv_q4k_avx2, Q4_K) }
+void fs_gemv_q5_k(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
+                  const float *sum, float *y, int accumulate) { DISPATCH(gemv_q5k_avx2, Q5_K) }
+void fs_gemv_q6_k(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
+                  const float *sum, float *y, int accumulate) { DISPATCH(gemv_q6k_avx2, Q6_K) }

@@ -9,9 +9,11 @@ import CQuantDot
 /// for Q4_0) use the exact fp32 block sums of `x`. The kernel is C (Sources/CQuantDot): Swift's
 /// SIMD types give no 16-bit multiply-add (BENCHMARKS.md has both measured).
 ///
+/// The k-quants (Q4_K, Q5_K, Q6_K) take the same path: their 32-value sub-blocks (Q6_K: pairs
+/// of 16) meet one activation block each, with the sub-block scales applied in fp32.
+///
 /// Batches: each thread decodes a panel of rows into fp32 once and runs the fp32 kernels over
-/// all tokens, so decoding is amortised across the batch (k-quants and any batch take this path
-/// at n > 1; for n == 1 the k-quants use it too, decoding one panel per call).
+/// all tokens, so decoding is amortised across the batch (every type at n > 1).
 extension Linear {
     /// Rows decoded per panel in the batched path: 64 rows × 1536 columns of fp32 = 384 KiB.
     static let panelRows = 64
@@ -26,6 +28,9 @@ extension Linear {
         case .q4_1: return fs_gemv_q4_1
         case .q4_0: return fs_gemv_q4_0
         case .q8_0: return fs_gemv_q8_0
+        case .q4_K: return fs_gemv_q4_k
+        case .q5_K: return fs_gemv_q5_k
+        case .q6_K: return fs_gemv_q6_k
         default: return nil
         }
     }

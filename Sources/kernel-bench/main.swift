@@ -191,6 +191,28 @@ func quantized() {
         for b in bufs { b.deallocate() }
         x.deallocate(); y.deallocate()
     }
+    // k-quants need columns in multiples of 256: Llama-3.2-1B's layer shapes, 2 layers (~70 MB
+    // at 4.5 bits), beside Q4_0/Q8_0 at the same shapes.
+    let kShapes = [(2048, 2048), (512, 2048), (512, 2048), (2048, 2048), (8192, 2048), (8192, 2048), (2048, 8192)]
+    for dtype in [DType.q4_0, .q4_K, .q5_K, .q6_K, .q8_0] {
+        var mats: [Matrix] = [], bufs: [UnsafeMutableRawPointer] = []
+        var bytes = 0
+        for _ in 0..<2 {
+            for (r, c) in kShapes {
+                let b = r * dtype.rowBytes(cols: c)
+                let buf = makeBuffer(b, dtype: dtype)
+                bufs.append(buf)
+                mats.append(Matrix(data: buf, dtype: dtype, rows: r, cols: c))
+                bytes += b
+            }
+        }
+        let x = vector(8192), y = vector(8192)
+        let t = timeIt { for m in mats { Linear.forward(m, input: x, count: 1, output: y) } }
+        line("gemv \(dtype) Llama-3.2-1B layer matrices ×2 (\(bytes >> 20) MiB), \(threads) thread\(threads > 1 ? "s" : ""): "
+             + "\(fmt(Double(bytes) / t / 1e9)) GB/s (\(fmt(t * 1e3, 2)) ms)")
+        for b in bufs { b.deallocate() }
+        x.deallocate(); y.deallocate()
+    }
     let head = makeBuffer(49152 * DType.q8_0.rowBytes(cols: 576), dtype: .q8_0)
     let hm = Matrix(data: head, dtype: .q8_0, rows: 49152, cols: 576)
     let x = vector(576), y = vector(49152)
