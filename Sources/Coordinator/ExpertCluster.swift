@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import Protocol
 import Transport
@@ -452,6 +453,8 @@ public final class ExpertCluster: ExpertBackend {
             for s in steps.values { for p in s.pending.values where nodes[p.node].alive { waitingSet.insert(p.node) } }
             let waiting = waitingSet.sorted()
             let sockets = waiting.compactMap { nodes[$0].data }
+            // Nodes on this machine need the cores while this thread waits for them.
+            if left > 0 { ThreadPool.shared.park() }
             let ready = try ZMQSocket.poll(sockets + [control], timeout: left > 0 ? max(1, Int(left * 1000)) : 0)
             if ready.last == true { try pumpControl(timeout: 0) }
             if left <= 0 && !ready.dropLast().contains(true) {
