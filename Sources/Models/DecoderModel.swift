@@ -80,8 +80,11 @@ public final class DecoderModel {
 
     let workspace = Workspace()
     var routed = [RoutedBatch](repeating: RoutedBatch(rows: 0, hidden: 0, topK: 0, experts: [], weights: []), count: 2)
-    /// Smallest batch of a model with routed experts that runs as two micro-batches.
-    public var pingPongMinTokens = 32
+    /// Smallest batch of a model with routed experts that runs as two micro-batches (ping-pong);
+    /// `Int.max`, the default, never splits. Worth it when expert nodes run on other machines:
+    /// where they share the coordinator's cores (`--local-nodes`) the overlap only contends for
+    /// them (BENCHMARKS.md). Give the same value in process to get bit-identical results.
+    public var pingPongMinTokens = Int.max
     lazy var hasSparseLayers = !sparseLayers.isEmpty
     var cosTable: [Float] = []
     var sinTable: [Float] = []
@@ -153,9 +156,9 @@ public final class DecoderModel {
         for (t, tok) in tokens.enumerated() { embedding.widenRow(tok, into: h + t * d) }
         rope.table(positions: start ..< start + n, cos: &cosTable, sin: &sinTable)
 
-        // Micro-batches (ping-pong): a batch of routed tokens runs as two halves, each one layer
+        // Micro-batches (ping-pong): a batch of routed tokens may run as two halves, each one layer
         // step apart, so that with a remote expert backend one half's attention overlaps the
-        // other half's experts. The split depends only on `n`, never on the backend, because a
+        // other half's experts. The split depends only on `n` and the setting, never on the backend: a
         // matrix product's rounding depends on how many rows it is given: in process and
         // through any number of nodes the same rows meet the same kernels, bit for bit.
         let parts: [Range<Int>]

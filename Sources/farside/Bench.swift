@@ -29,11 +29,12 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Run routed experts on N expert-node processes on loopback; also measures the per-layer round trip.")
     var localNodes: Int = 0
 
-    @Flag(name: .long, help: "Run the prompt as one batch instead of two overlapped micro-batches (for comparison).")
-    var noMicroBatches = false
+    @Option(name: .long, help: "1, or 2 to run the prompt as two overlapped micro-batches (ping-pong).")
+    var microBatches: Int = 1
 
     func validate() throws {
         guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64") }
+        guard microBatches == 1 || microBatches == 2 else { throw ValidationError("--micro-batches must be 1 or 2") }
         guard promptTokens > 0, decodeTokens > 0, runs > 0 else {
             throw ValidationError("--prompt-tokens, --decode-tokens and --runs must be positive")
         }
@@ -119,7 +120,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let (m, cluster) = try loadModel(path: try model ?? DefaultModel.path(), localNodes: localNodes)
-            if noMicroBatches { m.pingPongMinTokens = .max }
+            if microBatches == 2 { m.pingPongMinTokens = 32 }
             var rng = SplitMix64(seed: 42)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(m.vocabSize)) }
             // Warm-up: page the mapped weights in.
@@ -154,7 +155,7 @@ struct Bench: ParsableCommand {
                 }
             }
             printJSON("""
-            {"model": "\(model ?? "default")", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), "micro_batches": \(noMicroBatches ? 1 : 2), \
+            {"model": "\(model ?? "default")", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), "micro_batches": \(microBatches), \
             "prompt_tokens": \(promptTokens), "decode_tokens": \(decodeTokens), "runs": \(runs), \
             "prefill_tok_s": \(String(format: "%.2f", Self.median(prefill))), "decode_tok_s": \(String(format: "%.2f", d)), \
             "prefill_runs": [\(prefill.map { String(format: "%.2f", $0) }.joined(separator: ", "))], \

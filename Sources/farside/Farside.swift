@@ -36,8 +36,14 @@ struct ModelOptions: ParsableArguments {
         discussion: "Default: in process, none (dense FFNs run beside attention); with --local-nodes N, N slices, so every node holds a slice of every dense layer."))
     var splitDense: Int?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "1, or 2 to run prompts of 32+ tokens as two micro-batches one layer apart (ping-pong).",
+        discussion: "Overlaps one half's attention with the other half's experts; pays off when expert nodes run on other machines. Results are bit-identical to an in-process run with the same setting."))
+    var microBatches: Int = 1
+
     func validate() throws {
         guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
+        guard microBatches == 1 || microBatches == 2 else { throw ValidationError("--micro-batches must be 1 or 2, got \(microBatches)") }
         if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
         guard nodeTimeout > 0 && nodeTimeout.isFinite else { throw ValidationError("--node-timeout must be a positive number of seconds") }
     }
@@ -70,7 +76,9 @@ struct ModelOptions: ParsableArguments {
     /// Loads the model with its routed experts computed in this process, or on `--local-nodes`
     /// expert-node processes (kept alive in `LocalRun.nodes` until the command exits).
     func load() throws -> DecoderModel {
-        try loadModel(path: try modelPath(), localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense).model
+        let m = try loadModel(path: try modelPath(), localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense).model
+        if microBatches == 2 { m.pingPongMinTokens = 32 }
+        return m
     }
 }
 

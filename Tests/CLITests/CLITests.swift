@@ -135,6 +135,12 @@ final class CLITests: XCTestCase {
 
     // MARK: malformed input: a clear message and a non-zero exit, never a trap
 
+    func testBadMicroBatchCount() throws {
+        let dir = CLI.fixtures.appendingPathComponent("mixtral").path
+        try assertFails(["logits", "--model", dir, "--tokens", "1", "--micro-batches", "3"], mentioning: ["--micro-batches"])
+        try assertFails(["bench", "--model", dir, "--micro-batches", "0"], mentioning: ["--micro-batches"])
+    }
+
     func testMissingModelDirectory() throws {
         try assertFails(["logits", "--model", "/nonexistent/farside-model", "--tokens", "1"], mentioning: ["config.json"])
     }

@@ -89,8 +89,8 @@ enum Harness {
 }
 
 final class ClusterTests: XCTestCase {
-    /// Logits (every position), greedy tokens and router choices through 1, 2 and 3 node
-    /// processes equal the in-process engine's bit for bit.
+    /// Logits (every position; also with prompts in two micro-batches), greedy tokens and router
+    /// choices through 1, 2 and 3 node processes equal the in-process engine's bit for bit.
     func testLocalNodesAreBitIdenticalToInProcess() throws {
         for name in Harness.moeFixtures {
             let dir = Harness.fixtures.appendingPathComponent(name).path
@@ -99,6 +99,7 @@ final class ClusterTests: XCTestCase {
             let prompt = ref.greedy.prompt.map(String.init).joined(separator: ",")
             let commands: [[String]] = [
                 ["logits", "--model", dir, "--tokens", tokens, "--all-positions"],
+                ["logits", "--model", dir, "--tokens", tokens, "--all-positions", "--micro-batches", "2"],
                 ["generate", "--model", dir, "--tokens", prompt, "--max-tokens", "16", "--format", "json", "--ignore-eos"],
                 ["route", "--model", dir, "--tokens", tokens],
             ]
@@ -167,10 +168,12 @@ final class ClusterTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(tokens.count, 32, "the case must be long enough to run as two micro-batches")
         let (plain, _) = try ModelRegistry.load(directory: dir)
         plain.experts = try LocalExperts(model: plain)
+        plain.pingPongMinTokens = 32
         let want = try plain.forward(tokens, cache: plain.makeCache(), logits: .all)
 
         let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
         defer { Harness.stop(nodes) }
+        model.pingPongMinTokens = 32
 
         // Direct: two steps of one layer, finished second-first, against computeExperts.
         let layer = try XCTUnwrap(model.sparseLayers.first)

@@ -72,6 +72,24 @@ final class FixtureTests: XCTestCase {
         }
     }
 
+    /// Prompts run as two micro-batches (ping-pong, `pingPongMinTokens`) give transformers'
+    /// logits too, at every split point the cases allow.
+    func testMicroBatchedPromptsMatchTransformers() throws {
+        var split = 0
+        for name in Fixtures.names {
+            let ref = try Fixtures.reference(name)
+            let model = try Fixtures.model(name)
+            guard !model.sparseLayers.isEmpty else { continue }
+            model.pingPongMinTokens = 2
+            for (ci, c) in ref.cases.enumerated() where c.tokens.count >= 2 {
+                let logits = try model.forward(c.tokens, cache: model.makeCache(), logits: .all)
+                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens) in two micro-batches")
+                split += 1
+            }
+        }
+        XCTAssertGreaterThanOrEqual(split, 18, "MoE fixtures × cases of 2+ tokens")
+    }
+
     func testKVCachedDecodeMatchesFullRecompute() throws {
         for name in Fixtures.names {
             let ref = try Fixtures.reference(name)
