@@ -13,7 +13,7 @@ public enum TokenizerError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .unsupportedModel(m, s): return "\(s): tokenizer model '\(m)' is not supported (only byte-level BPE: GGUF 'gpt2', tokenizer.json 'BPE')"
-        case let .unsupportedPreTokenizer(p, s): return "\(s): pre-tokenizer '\(p)' is not supported (supported: gpt2/smollm, llama-bpe/llama3, qwen2)"
+        case let .unsupportedPreTokenizer(p, s): return "\(s): pre-tokenizer '\(p)' is not supported (supported: gpt2/smollm, llama-bpe/llama3, qwen2, deepseek-v3)"
         case let .malformed(r, s): return "\(s): malformed tokenizer: \(r)"
         }
     }
@@ -28,6 +28,11 @@ public enum PreTokenizer: Sendable, Equatable {
     /// Llama-3 (`maxDigits` 3) and Qwen2 (`maxDigits` 1):
     /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,k}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
     case llama3(maxDigits: Int)
+    /// DeepSeek-V3 (llama.cpp `deepseek-v3`): three splits in turn, each keeping matches and the
+    /// text between them as pieces (tokenizers' `Split` with `Isolated`): `\p{N}{1,3}`, then
+    /// `[一-龥぀-ゟ゠-ヿ]+`, then
+    /// `[!-/:-@[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
+    case deepseekV3
 
     /// The pre-tokenizer a GGUF `tokenizer.ggml.pre` names.
     public static func gguf(_ name: String, source: String) throws -> PreTokenizer {
@@ -35,6 +40,7 @@ public enum PreTokenizer: Sendable, Equatable {
         case "gpt2", "gpt-2", "smollm", "starcoder", "default": return .gpt2
         case "llama-bpe", "llama3", "smaug-bpe": return .llama3(maxDigits: 3)
         case "qwen2": return .llama3(maxDigits: 1)
+        case "deepseek-v3": return .deepseekV3
         default: throw TokenizerError.unsupportedPreTokenizer(name, source: source)
         }
     }
@@ -57,6 +63,7 @@ public enum PreTokenizer: Sendable, Equatable {
 
     /// Splits `s` into pre-tokens (ranges of `s`'s scalars).
     public func split(_ s: [Unicode.Scalar]) -> [Range<Int>] {
+        if case .deepseekV3 = self { return Self.deepseekV3Split(s) }
         var out: [Range<Int>] = []
         var i = 0
         let n = s.count
@@ -65,6 +72,7 @@ public enum PreTokenizer: Sendable, Equatable {
             switch self {
             case .gpt2: end = Self.gpt2Match(s, i)
             case .llama3(let k): end = Self.llama3Match(s, i, maxDigits: k)
+            case .deepseekV3: end = n  // handled above
             }
             out.append(i..<end)
             i = end
@@ -115,6 +123,88 @@ public enum PreTokenizer: Sendable, Equatable {
         if isNumber(c) { return run(s, from: i, while: isNumber) }
         if isOther(c) { return run(s, from: i, while: isOther) }
         return whitespace(s, i)
+    }
+
+    @inline(__always) static func isPunctOrSymbol(_ c: Unicode.Scalar) -> Bool {
+        switch c.properties.generalCategory {
+        case .connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation, .initialPunctuation,
+             .finalPunctuation, .otherPunctuation, .mathSymbol, .currencySymbol, .modifierSymbol, .otherSymbol: return true
+        default: return false
+        }
+    }
+    @inline(__always) static func isLetterOrMark(_ c: Unicode.Scalar) -> Bool {
+        switch c.properties.generalCategory {
+        case .nonspacingMark, .spacingMark, .enclosingMark: return true
+        default: return isLetter(c)
+        }
+    }
+    @inline(__always) static func isASCIIPunct(_ c: Unicode.Scalar) -> Bool {
+        (0x21...0x2F).contains(c.value) || (0x3A...0x40).contains(c.value) || (0x5B...0x60).contains(c.value) || (0x7B...0x7E).contains(c.value)
+    }
+    @inline(__always) static func isASCIILetter(_ c: Unicode.Scalar) -> Bool {
+        (0x41...0x5A).contains(c.value) || (0x61...0x7A).contains(c.value)
+    }
+    /// `[一-龥぀-ゟ゠-ヿ]`: CJK ideographs U+4E00–U+9FA5, hiragana, katakana.
+    @inline(__always) static func isDeepseekCJK(_ c: Unicode.Scalar) -> Bool {
+        (0x4E00...0x9FA5).contains(c.value) || (0x3040...0x30FF).contains(c.value)
+    }
+
+    /// Splits every piece at the matches of a pattern, keeping matches and the gaps between
+    /// them; `match(i, end)` is the end of the pattern's leftmost match starting at `i` within
+    /// the piece ending at `end`, or nil.
+    static func isolate(_ pieces: [Range<Int>], _ match: (Int, Int) -> Int?) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        out.reserveCapacity(pieces.count)
+        for piece in pieces {
+            var gap = piece.lowerBound, i = piece.lowerBound
+            while i < piece.upperBound {
+                if let e = match(i, piece.upperBound) {
+                    if gap < i { out.append(gap..<i) }
+                    out.append(i..<e)
+                    i = e
+                    gap = e
+                } else {
+                    i += 1
+                }
+            }
+            if gap < piece.upperBound { out.append(gap..<piece.upperBound) }
+        }
+        return out
+    }
+
+    static func deepseekV3Split(_ s: [Unicode.Scalar]) -> [Range<Int>] {
+        func run(_ i: Int, _ end: Int, _ p: (Unicode.Scalar) -> Bool) -> Int {
+            var j = i
+            while j < end && p(s[j]) { j += 1 }
+            return j
+        }
+        var pieces = s.isEmpty ? [] : [0..<s.count]
+        pieces = isolate(pieces) { i, end in
+            guard isNumber(s[i]) else { return nil }
+            var j = i
+            while j < end && j - i < 3 && isNumber(s[j]) { j += 1 }
+            return j
+        }
+        pieces = isolate(pieces) { i, end in isDeepseekCJK(s[i]) ? run(i, end, isDeepseekCJK) : nil }
+        return isolate(pieces) { i, end in
+            let c = s[i]
+            // [!-/:-@[-`{-~][A-Za-z]+
+            if isASCIIPunct(c) && i + 1 < end && isASCIILetter(s[i + 1]) { return run(i + 1, end, isASCIILetter) }
+            // [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+ (a leading mark is the same match either way)
+            if isLetterOrMark(c) { return run(i, end, isLetterOrMark) }
+            if !isNewline(c) && !isLetter(c) && !isPunctOrSymbol(c) && i + 1 < end && isLetterOrMark(s[i + 1]) {
+                return run(i + 1, end, isLetterOrMark)
+            }
+            // ' ?[\p{P}\p{S}]+[\r\n]*'
+            let o = (c == " " && i + 1 < end && isPunctOrSymbol(s[i + 1])) ? i + 1 : i
+            if isPunctOrSymbol(s[o]) { return run(run(o, end, isPunctOrSymbol), end, isNewline) }
+            guard isSpace(c) else { return nil }
+            // \s*[\r\n]+ : the whitespace run up to its last newline, if it has one.
+            let ws = run(i, end, isSpace)
+            if let last = (i..<ws).last(where: { isNewline(s[$0]) }) { return last + 1 }
+            // \s+(?!\S)|\s+ : the run, less its last scalar when a non-space follows in the piece.
+            return ws < end && ws - i > 1 ? ws - 1 : ws
+        }
     }
 
     static func llama3Match(_ s: [Unicode.Scalar], _ i: Int, maxDigits: Int) -> Int {

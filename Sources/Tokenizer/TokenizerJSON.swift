@@ -2,8 +2,8 @@ import Foundation
 
 extension BPETokenizer {
     /// Reads a Hugging Face `tokenizer.json` (model type BPE, byte-level). The pre-tokenizer is
-    /// recognised from its regex: ByteLevel with `use_regex` (GPT-2), or a Split on the
-    /// Llama-3/Qwen2 pattern followed by ByteLevel without regex.
+    /// recognised from its regex: ByteLevel with `use_regex` (GPT-2), a Split on the
+    /// Llama-3/Qwen2 pattern, or DeepSeek-V3's three Splits, followed by ByteLevel without regex.
     public convenience init(tokenizerJSON url: URL) throws {
         let src = url.path
         let data: Data
@@ -53,6 +53,13 @@ extension BPETokenizer {
     static let llama3Pattern = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
     static let qwen2Pattern = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
 
+    /// DeepSeek-V3's three `Split` patterns, as its tokenizer.json spells them.
+    static let deepseekV3Patterns = [
+        #"\p{N}{1,3}"#,
+        "[\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}]+",
+        ##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
+    ]
+
     static func preTokenizer(_ p: [String: Any]?, source: String) throws -> PreTokenizer {
         guard let p else { throw TokenizerError.unsupportedPreTokenizer("none", source: source) }
         let type = p["type"] as? String ?? "?"
@@ -63,6 +70,11 @@ extension BPETokenizer {
         if type == "Sequence", let list = p["pretokenizers"] as? [[String: Any]] {
             if list.contains(where: { $0["type"] as? String == "Digits" }) {
                 throw TokenizerError.unsupportedPreTokenizer("Digits", source: source)
+            }
+            let splits = list.filter { $0["type"] as? String == "Split" }.map { ($0["pattern"] as? [String: Any])?["Regex"] as? String ?? "" }
+            if splits == deepseekV3Patterns,
+               list.filter({ $0["type"] as? String == "Split" }).allSatisfy({ ($0["behavior"] as? String)?.lowercased() == "isolated" }) {
+                return .deepseekV3
             }
             for q in list where q["type"] as? String == "Split" {
                 let pattern = (q["pattern"] as? [String: Any])?["Regex"] as? String ?? ""

@@ -117,4 +117,31 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(split(.llama3(maxDigits: 3), "x...\n\ny"), ["x", "...\n\n", "y"])
         XCTAssertEqual(split(.gpt2, "  two"), [" ", " two"])
     }
+
+    /// DeepSeek-V3's pre-tokenizer (three Isolated splits, then ByteLevel without regex), read
+    /// from a tokenizer.json built with Hugging Face `tokenizers` with DeepSeek-V3's exact
+    /// pre_tokenizer and a small trained vocabulary (scripts/make-deepseek-tokenizer-fixture.py):
+    /// the pieces and the ids equal that library's on every recorded string.
+    func testDeepseekV3PreTokenizerMatchesTokenizers() throws {
+        struct Ref: Decodable {
+            struct Case: Decodable { let text: String; let pieces: [String]; let ids: [Int] }
+            let cases: [Case]
+        }
+        let dir = Self.fixtures.deletingLastPathComponent().appendingPathComponent("deepseek_tokenizer")
+        let tok = try BPETokenizer(tokenizerJSON: dir.appendingPathComponent("tokenizer.json"))
+        XCTAssertEqual(tok.preTokenizer, .deepseekV3)
+        XCTAssertEqual(try PreTokenizer.gguf("deepseek-v3", source: "test"), .deepseekV3)
+        let ref = try JSONDecoder().decode(Ref.self, from: Data(contentsOf: dir.appendingPathComponent("reference.json")))
+        XCTAssertGreaterThanOrEqual(ref.cases.count, 70)
+        for c in ref.cases {
+            let u = Array(c.text.unicodeScalars)
+            let pieces = tok.preTokenizer.split(u).map { r in
+                var v = String.UnicodeScalarView()
+                v.append(contentsOf: u[r])
+                return String(v)
+            }
+            XCTAssertEqual(pieces, c.pieces, "pieces of \(c.text.debugDescription)")
+            XCTAssertEqual(tok.encode(c.text, withBOS: false), c.ids, "ids of \(c.text.debugDescription)")
+        }
+    }
 }
