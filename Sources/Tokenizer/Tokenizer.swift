@@ -13,7 +13,7 @@ public enum TokenizerError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .unsupportedModel(m, s): return "\(s): tokenizer model '\(m)' is not supported (only byte-level BPE: GGUF 'gpt2', tokenizer.json 'BPE')"
-        case let .unsupportedPreTokenizer(p, s): return "\(s): pre-tokenizer '\(p)' is not supported (supported: gpt2/smollm, llama-bpe/llama3, qwen2, deepseek-v3)"
+        case let .unsupportedPreTokenizer(p, s): return "\(s): pre-tokenizer '\(p)' is not supported (supported: gpt2/smollm, llama-bpe/llama3, qwen2, deepseek-v3, kimi-k2)"
         case let .malformed(r, s): return "\(s): malformed tokenizer: \(r)"
         }
     }
@@ -33,6 +33,11 @@ public enum PreTokenizer: Sendable, Equatable {
     /// `[一-龥぀-ゟ゠-ヿ]+`, then
     /// `[!-/:-@[-`{-~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
     case deepseekV3
+    /// Kimi K2 (tiktoken `pat_str` of its tokenization_kimi.py; llama.cpp `kimi-k2`): Han runs,
+    /// then Llama-3-like words whose letter classes exclude Han and split case runs
+    /// (`[^\r\n\p{L}\p{N}]?[Lu Lt Lm Lo M]*[Ll Lm Lo M]+('s…)?|…[Lu Lt Lm Lo M]+[Ll Lm Lo M]*('s…)?`),
+    /// `\p{N}{1,3}`, and Llama-3's punctuation and whitespace rules.
+    case kimiK2
 
     /// The pre-tokenizer a GGUF `tokenizer.ggml.pre` names.
     public static func gguf(_ name: String, source: String) throws -> PreTokenizer {
@@ -41,6 +46,7 @@ public enum PreTokenizer: Sendable, Equatable {
         case "llama-bpe", "llama3", "smaug-bpe": return .llama3(maxDigits: 3)
         case "qwen2": return .llama3(maxDigits: 1)
         case "deepseek-v3": return .deepseekV3
+        case "kimi-k2": return .kimiK2
         default: throw TokenizerError.unsupportedPreTokenizer(name, source: source)
         }
     }
@@ -72,6 +78,7 @@ public enum PreTokenizer: Sendable, Equatable {
             switch self {
             case .gpt2: end = Self.gpt2Match(s, i)
             case .llama3(let k): end = Self.llama3Match(s, i, maxDigits: k)
+            case .kimiK2: end = Self.kimiMatch(s, i)
             case .deepseekV3: end = n  // handled above
             }
             out.append(i..<end)
@@ -207,12 +214,77 @@ public enum PreTokenizer: Sendable, Equatable {
         }
     }
 
+    static func isHan(_ c: Unicode.Scalar) -> Bool {
+        let v = c.value
+        guard v >= 0x2E80 else { return false }
+        var lo = 0, hi = hanRanges.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if hanRanges[mid].upperBound < v { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < hanRanges.count && hanRanges[lo].contains(v)
+    }
+    /// Kimi's `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]` (upper) and
+    /// `[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]` (lower).
+    static func kimiUpper(_ c: Unicode.Scalar) -> Bool {
+        switch c.properties.generalCategory {
+        case .uppercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter, .nonspacingMark, .spacingMark, .enclosingMark:
+            return !isHan(c)
+        default: return false
+        }
+    }
+    static func kimiLower(_ c: Unicode.Scalar) -> Bool {
+        switch c.properties.generalCategory {
+        case .lowercaseLetter, .modifierLetter, .otherLetter, .nonspacingMark, .spacingMark, .enclosingMark:
+            return !isHan(c)
+        default: return false
+        }
+    }
+
+    static func kimiMatch(_ s: [Unicode.Scalar], _ i: Int) -> Int {
+        let c = s[i], n = s.count
+        // [\p{Han}]+
+        if isHan(c) { return run(s, from: i, while: isHan) }
+        func withContraction(_ e: Int) -> Int { e < n ? contraction(s, e, caseInsensitive: true) ?? e : e }
+        // The two word alternatives from `s0` (after the optional prefix), in order.
+        func word(_ s0: Int) -> Int? {
+            // upper* lower+ : the upper run, then a lower run after it, or else the run given
+            // back to its last lower-class scalar.
+            let j = run(s, from: s0, while: kimiUpper)
+            if j < n && kimiLower(s[j]) { return withContraction(run(s, from: j, while: kimiLower)) }
+            if let q = (s0..<j).last(where: { kimiLower(s[$0]) }) { return withContraction(q + 1) }
+            // upper+ lower*
+            if j > s0 { return withContraction(run(s, from: j, while: kimiLower)) }
+            return nil
+        }
+        if !isNewline(c) && !isLetter(c) && !isNumber(c), i + 1 < n, let e = word(i + 1) {
+            // With the prefix, unless the second alternative matches without it but not with it.
+            if let e0 = word(i), !wordMatchesLower(s, i + 1), wordMatchesLower(s, i) { return e0 }
+            return e
+        }
+        if let e = word(i) { return e }
+        return numberPunctuationOrSpace(s, i, maxDigits: 3)
+    }
+
+    /// Whether the first word alternative (`upper* lower+`) matches at `s0`.
+    static func wordMatchesLower(_ s: [Unicode.Scalar], _ s0: Int) -> Bool {
+        let j = run(s, from: s0, while: kimiUpper)
+        return (j < s.count && kimiLower(s[j])) || (s0..<j).contains { kimiLower(s[$0]) }
+    }
+
     static func llama3Match(_ s: [Unicode.Scalar], _ i: Int, maxDigits: Int) -> Int {
         if let e = contraction(s, i, caseInsensitive: true) { return e }
         let c = s[i], n = s.count
         // [^\r\n\p{L}\p{N}]?\p{L}+
         if isLetter(c) { return run(s, from: i, while: isLetter) }
         if !isNewline(c) && !isNumber(c) && i + 1 < n && isLetter(s[i + 1]) { return run(s, from: i + 1, while: isLetter) }
+        return numberPunctuationOrSpace(s, i, maxDigits: maxDigits)
+    }
+
+    /// `\p{N}{1,k}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+` at `i`: the tail that
+    /// Llama-3, Qwen2 and Kimi K2 share.
+    static func numberPunctuationOrSpace(_ s: [Unicode.Scalar], _ i: Int, maxDigits: Int) -> Int {
+        let c = s[i], n = s.count
         // \p{N}{1,k}
         if isNumber(c) {
             var j = i

@@ -12,6 +12,16 @@ final class TokenizerTests: XCTestCase {
         let cases: [Case]
     }
 
+    /// `text` cut by a pre-tokenizer, as strings.
+    static func pieces(_ p: PreTokenizer, _ text: String) -> [String] {
+        let u = Array(text.unicodeScalars)
+        return p.split(u).map { r in
+            var v = String.UnicodeScalarView()
+            v.append(contentsOf: u[r])
+            return String(v)
+        }
+    }
+
     static func smolTokenizer() throws -> BPETokenizer {
         try BPETokenizer(gguf: GGUFFile(url: fixtures.appendingPathComponent("tokenizer.gguf")))
     }
@@ -134,14 +144,25 @@ final class TokenizerTests: XCTestCase {
         let ref = try JSONDecoder().decode(Ref.self, from: Data(contentsOf: dir.appendingPathComponent("reference.json")))
         XCTAssertGreaterThanOrEqual(ref.cases.count, 70)
         for c in ref.cases {
-            let u = Array(c.text.unicodeScalars)
-            let pieces = tok.preTokenizer.split(u).map { r in
-                var v = String.UnicodeScalarView()
-                v.append(contentsOf: u[r])
-                return String(v)
-            }
-            XCTAssertEqual(pieces, c.pieces, "pieces of \(c.text.debugDescription)")
+            XCTAssertEqual(Self.pieces(tok.preTokenizer, c.text), c.pieces, "pieces of \(c.text.debugDescription)")
             XCTAssertEqual(tok.encode(c.text, withBOS: false), c.ids, "ids of \(c.text.debugDescription)")
+        }
+    }
+
+    /// Kimi K2's pre-tokenizer (tiktoken pat_str of tokenization_kimi.py, with Han excluded from
+    /// the letter classes) gives the pieces the Python `regex` module finds with that pattern
+    /// (scripts/make-kimi-pretokenizer-fixture.py, which also generates the Han table).
+    func testKimiK2PreTokenizerMatchesRegex() throws {
+        struct Ref: Decodable {
+            struct Case: Decodable { let text: String; let pieces: [String] }
+            let cases: [Case]
+        }
+        XCTAssertEqual(try PreTokenizer.gguf("kimi-k2", source: "test"), .kimiK2)
+        let url = Self.fixtures.deletingLastPathComponent().appendingPathComponent("kimi_pretokenizer/reference.json")
+        let ref = try JSONDecoder().decode(Ref.self, from: Data(contentsOf: url))
+        XCTAssertGreaterThanOrEqual(ref.cases.count, 70)
+        for c in ref.cases {
+            XCTAssertEqual(Self.pieces(.kimiK2, c.text), c.pieces, "pieces of \(c.text.debugDescription)")
         }
     }
 }
