@@ -13,24 +13,31 @@ public enum TemplateValue: Sendable, Equatable {
     case object(TemplateObject)
 }
 
-/// An insertion-ordered string-keyed map (a Python `dict` with string keys).
+/// An insertion-ordered string-keyed map (a Python `dict` with string keys): the objects handed
+/// to templates (`TemplateObject`) and the dicts templates build.
 ///
 /// Keys compare by Unicode scalars, as Python does, not by Swift's canonical equivalence
 /// ("é" precomposed and "e" + combining accent are different keys here).
-public struct TemplateObject: Sendable, Equatable, ExpressibleByDictionaryLiteral {
+public struct OrderedStringMap<Element>: ExpressibleByDictionaryLiteral {
     public private(set) var keys: [String] = []
-    public private(set) var values: [TemplateValue] = []
+    public private(set) var values: [Element] = []
 
     public init() {}
 
-    /// Builds an object from pairs in order; a repeated key keeps its first position and last value,
+    /// Builds a map from pairs in order; a repeated key keeps its first position and last value,
     /// like a Python dict literal.
-    public init(_ pairs: [(String, TemplateValue)]) {
+    public init(_ pairs: [(String, Element)]) {
         for (key, value) in pairs { self[key] = value }
     }
 
-    public init(dictionaryLiteral elements: (String, TemplateValue)...) {
+    public init(dictionaryLiteral elements: (String, Element)...) {
         self.init(elements)
+    }
+
+    /// Keys (distinct) and their values, as another map has them.
+    init(keys: [String], values: [Element]) {
+        self.keys = keys
+        self.values = values
     }
 
     public var count: Int { keys.count }
@@ -41,7 +48,7 @@ public struct TemplateObject: Sendable, Equatable, ExpressibleByDictionaryLitera
     }
 
     /// Reading a missing key gives nil; assigning nil removes the key.
-    public subscript(key: String) -> TemplateValue? {
+    public subscript(key: String) -> Element? {
         get { index(of: key).map { values[$0] } }
         set {
             if let i = index(of: key) {
@@ -57,10 +64,16 @@ public struct TemplateObject: Sendable, Equatable, ExpressibleByDictionaryLitera
     }
 
     /// The pairs in insertion order.
-    public var pairs: [(key: String, value: TemplateValue)] {
+    public var pairs: [(key: String, value: Element)] {
         Array(zip(keys, values)).map { (key: $0.0, value: $0.1) }
     }
 }
+
+extension OrderedStringMap: Sendable where Element: Sendable {}
+extension OrderedStringMap: Equatable where Element: Equatable {}
+
+/// The objects handed to a template.
+public typealias TemplateObject = OrderedStringMap<TemplateValue>
 
 extension TemplateValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
     ExpressibleByFloatLiteral, ExpressibleByArrayLiteral, ExpressibleByNilLiteral, ExpressibleByDictionaryLiteral

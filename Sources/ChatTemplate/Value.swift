@@ -112,30 +112,8 @@ indirect enum Value {
     }
 }
 
-/// An insertion-ordered dict with string keys (templates only build string-keyed dicts).
-struct Dict {
-    var keys: [String] = []
-    var values: [Value] = []
-
-    func index(of key: String) -> Int? {
-        keys.firstIndex { scalarsEqual($0, key) }
-    }
-
-    subscript(key: String) -> Value? {
-        get { index(of: key).map { values[$0] } }
-        set {
-            if let i = index(of: key) {
-                if let newValue { values[i] = newValue } else {
-                    keys.remove(at: i)
-                    values.remove(at: i)
-                }
-            } else if let newValue {
-                keys.append(key)
-                values.append(newValue)
-            }
-        }
-    }
-}
+/// A dict a template builds or reads (templates only build string-keyed dicts).
+typealias Dict = OrderedStringMap<Value>
 
 /// jinja2's `namespace()`: the one mutable object templates have, shared by reference so that
 /// `{% set ns.x = ... %}` inside a loop is visible after it.

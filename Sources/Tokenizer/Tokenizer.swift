@@ -246,30 +246,24 @@ public enum PreTokenizer: Sendable, Equatable {
         // [\p{Han}]+
         if isHan(c) { return run(s, from: i, while: isHan) }
         func withContraction(_ e: Int) -> Int { e < n ? contraction(s, e, caseInsensitive: true) ?? e : e }
-        // The two word alternatives from `s0` (after the optional prefix), in order.
-        func word(_ s0: Int) -> Int? {
-            // upper* lower+ : the upper run, then a lower run after it, or else the run given
-            // back to its last lower-class scalar.
+        // The two word alternatives from `s0` (after the optional prefix): `upper* lower+` — the
+        // upper run and a lower run after it, or else the run given back to its last lower-class
+        // scalar (`lower` true) — or else `upper+ lower*`.
+        func word(_ s0: Int) -> (end: Int, lower: Bool)? {
             let j = run(s, from: s0, while: kimiUpper)
-            if j < n && kimiLower(s[j]) { return withContraction(run(s, from: j, while: kimiLower)) }
-            if let q = (s0..<j).last(where: { kimiLower(s[$0]) }) { return withContraction(q + 1) }
-            // upper+ lower*
-            if j > s0 { return withContraction(run(s, from: j, while: kimiLower)) }
+            if j < n && kimiLower(s[j]) { return (withContraction(run(s, from: j, while: kimiLower)), true) }
+            if let q = (s0..<j).last(where: { kimiLower(s[$0]) }) { return (withContraction(q + 1), true) }
+            if j > s0 { return (withContraction(run(s, from: j, while: kimiLower)), false) }
             return nil
         }
-        if !isNewline(c) && !isLetter(c) && !isNumber(c), i + 1 < n, let e = word(i + 1) {
-            // With the prefix, unless the second alternative matches without it but not with it.
-            if let e0 = word(i), !wordMatchesLower(s, i + 1), wordMatchesLower(s, i) { return e0 }
-            return e
-        }
-        if let e = word(i) { return e }
+        // Pattern order: the first alternative with the `[^\r\n\p{L}\p{N}]` prefix, then without,
+        // then the second with, then without.
+        let prefixed = !isNewline(c) && !isLetter(c) && !isNumber(c) && i + 1 < n ? word(i + 1) : nil
+        let bare = word(i)
+        if let w = prefixed, w.lower { return w.end }
+        if let w = bare, w.lower { return w.end }
+        if let w = prefixed ?? bare { return w.end }
         return numberPunctuationOrSpace(s, i, maxDigits: 3)
-    }
-
-    /// Whether the first word alternative (`upper* lower+`) matches at `s0`.
-    static func wordMatchesLower(_ s: [Unicode.Scalar], _ s0: Int) -> Bool {
-        let j = run(s, from: s0, while: kimiUpper)
-        return (j < s.count && kimiLower(s[j])) || (s0..<j).contains { kimiLower(s[$0]) }
     }
 
     static func llama3Match(_ s: [Unicode.Scalar], _ i: Int, maxDigits: Int) -> Int {

@@ -86,24 +86,11 @@ struct Chat: ParsableCommand {
     @Option(name: .long, help: "Maximum new tokens per reply.")
     var maxTokens: Int = 512
 
-    @Option(name: .long, help: "Sampling temperature; 0 is greedy.")
-    var temperature: Float = 0
-
-    @Option(name: .long, help: "Keep only the k most likely tokens (0: all).")
-    var topK: Int = 0
-
-    @Option(name: .long, help: "Nucleus sampling: keep the smallest set reaching this probability.")
-    var topP: Float = 1
-
-    @Option(name: .long, help: "Random seed for sampling.")
-    var seed: UInt64 = 0
+    @OptionGroup var samplingOptions: SamplingOptions
 
     func validate() throws {
         guard (0...64).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be > 0, got \(maxTokens)") }
-        do { try SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed).validate() } catch {
-            throw ValidationError("\(error)")
-        }
     }
 
     func run() throws {
@@ -112,7 +99,7 @@ struct Chat: ParsableCommand {
             let format = try ChatFormat(modelPath: path, override: chatTemplate)
             let model = try loadModel(path: path, localNodes: localNodes).model
             let session = ChatSession(model: model)
-            let sampling = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
+            let sampling = samplingOptions.parameters
             let interactive = isatty(STDIN_FILENO) != 0
             let opening = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
             var history = opening

@@ -185,14 +185,8 @@ struct Logits: ParsableCommand {
     }
 }
 
-struct Generate: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Generate tokens after a prompt (--prompt text, or --tokens ids); --chat applies the model's chat template.")
-
-    @OptionGroup var options: ModelOptions
-
-    @Option(name: .long, help: "Maximum number of new tokens.")
-    var maxTokens: Int = 16
-
+/// The sampling flags of `generate` and `chat`.
+struct SamplingOptions: ParsableArguments {
     @Option(name: .long, help: "Sampling temperature; 0 is greedy.")
     var temperature: Float = 0
 
@@ -204,6 +198,23 @@ struct Generate: ParsableCommand {
 
     @Option(name: .long, help: "Random seed for sampling.")
     var seed: UInt64 = 0
+
+    var parameters: SamplingParameters { SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed) }
+
+    func validate() throws {
+        do { try parameters.validate() } catch { throw ValidationError("\(error)") }
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate tokens after a prompt (--prompt text, or --tokens ids); --chat applies the model's chat template.")
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(name: .long, help: "Maximum number of new tokens.")
+    var maxTokens: Int = 16
+
+    @OptionGroup var sampling: SamplingOptions
 
     @Flag(name: .long, help: "Do not stop at the model's end-of-sequence token.")
     var ignoreEos = false
@@ -242,8 +253,7 @@ struct Generate: ParsableCommand {
             let tokenizer = options.prompt != nil ? try openTokenizer(path: try options.modelPath()) : nil
             var stream = tokenizer.map { StreamingDetokenizer($0, skipSpecial: true) }
             let gen = Generator(model: model)
-            let params = SamplingParameters(temperature: temperature, topK: topK, topP: topP, seed: seed)
-            let out = try gen.generate(prompt: ids, maxTokens: maxTokens, sampling: params, ignoreEOS: ignoreEos) { tok in
+            let out = try gen.generate(prompt: ids, maxTokens: maxTokens, sampling: sampling.parameters, ignoreEOS: ignoreEos) { tok in
                 if format == "text" {
                     let piece = stream != nil ? stream!.push(tok) : "\(tok) "
                     FileHandle.standardOutput.write(Data(piece.utf8))
