@@ -39,6 +39,13 @@ public final class ExpertCluster: ExpertBackend {
         /// Seconds without a reply after which a node is declared dead.
         public var nodeTimeout = 2.0
         public var maxMessageBytes: Int64 = 1 << 30
+        /// Seconds to wait for replies polling with `sched_yield()` before blocking in
+        /// `zmq_poll` (see `Poller.poll(timeout:yieldingFor:)`). A layer's round trip at decode
+        /// is about a millisecond, and a blocked thread's wake-up alone cost ~100-200 µs on this
+        /// project's 2-core VM. Measured there on the 1 GB synthetic MoE through 2 local nodes
+        /// (5 alternating rounds, ratio to in process): 0.82-1.03, median 0.93, with this and
+        /// yielding pool workers, against 0.72-0.78, median 0.76, blocking at once.
+        public var yieldWindow = 0.005
         public init() {}
     }
 
@@ -455,7 +462,8 @@ public final class ExpertCluster: ExpertBackend {
             let sockets = waiting.compactMap { nodes[$0].data }
             // Nodes on this machine need the cores while this thread waits for them.
             if left > 0 { ThreadPool.shared.park() }
-            let ready = try ZMQSocket.poll(sockets + [control], timeout: left > 0 ? max(1, Int(left * 1000)) : 0)
+            let ready = try ZMQSocket.poll(sockets + [control], timeout: left > 0 ? max(1, Int(left * 1000)) : 0,
+                                           yieldingFor: options.yieldWindow)
             if ready.last == true { try pumpControl(timeout: 0) }
             if left <= 0 && !ready.dropLast().contains(true) {
                 for node in Set(step.pending.values.map(\.node)) { markDead(node, "no reply within \(options.nodeTimeout) s") }

@@ -5,7 +5,14 @@ import Synchronization
 /// `ThreadPool.shared.parallelFor`, so every hot loop uses all cores without spawning threads.
 ///
 /// Workers spin briefly on the job word after each job (decode issues a job every few
-/// microseconds, and a futex wake costs more than that), then sleep on a condition variable.
+/// microseconds, and a futex wake costs more than that), then keep polling it with
+/// `sched_yield()` for `yieldWindow` seconds, then sleep on a condition variable. The yielding
+/// phase exists because under a hypervisor a worker that slept costs the next job far more
+/// than a futex wake: its vCPU halted, and waking it took 95-183 µs on average on this project's
+/// 2-core VM with local expert nodes running (about 16 such wakes per decoded token, since the
+/// coordinator's workers sleep while it waits for the nodes). A yielding worker keeps its core
+/// awake yet gives it to any other runnable thread (an expert node's, for instance), so it costs
+/// other processes almost nothing; after the window it sleeps, so an idle server does not spin.
 /// A call made while the pool is busy — from a worker (nested) or from another thread — runs
 /// inline on the calling thread, so the pool can never deadlock.
 ///
@@ -27,7 +34,7 @@ public final class ThreadPool: @unchecked Sendable {
     private let remaining = Atomic<Int>(0)
     private let sleepers = Atomic<Int>(0)
     private let busy = Atomic<Bool>(false)
-    /// Set by `park()`: spinning workers go to sleep at once. Cleared by the next job.
+    /// Set by `park()`: spinning workers skip to the yielding phase at once. Cleared by the next job.
     private let parked = Atomic<Bool>(false)
     private var job: ((Int, Int) -> Void)?
     private var jobCount = 0
@@ -39,6 +46,10 @@ public final class ThreadPool: @unchecked Sendable {
     /// Polls of the job word before a worker sleeps (`FARSIDE_SPIN`, default 20000 ≈ tens of
     /// µs). Lower it when other processes share the cores (local expert nodes).
     static let spinLimit = ProcessInfo.processInfo.environment["FARSIDE_SPIN"].flatMap(Int.init) ?? 20_000
+
+    /// Seconds a worker keeps polling with `sched_yield()` after its spin, before it sleeps
+    /// (`FARSIDE_YIELD_US`, default 2000 µs; 0 restores sleeping right after the spin).
+    static let yieldWindow = Double(ProcessInfo.processInfo.environment["FARSIDE_YIELD_US"].flatMap(Int.init) ?? 2_000) * 1e-6
 
     public init(threads: Int) {
         threadCount = max(1, min(threads, 256))
@@ -77,6 +88,8 @@ public final class ThreadPool: @unchecked Sendable {
             while gen == seen {
                 spins += 1
                 if spins > ThreadPool.spinLimit || parked.load(ordering: .relaxed) {
+                    gen = yieldPoll(while: seen, for: ThreadPool.yieldWindow)
+                    if gen != seen { break }
                     lock.lock()
                     sleepers.wrappingAdd(1, ordering: .sequentiallyConsistent)
                     while state.load(ordering: .sequentiallyConsistent) >> 40 == seen { lock.wait() }
@@ -91,9 +104,30 @@ public final class ThreadPool: @unchecked Sendable {
         }
     }
 
-    /// Sends spinning workers to sleep now instead of after their spin: for a thread about to
-    /// block on I/O (the coordinator waiting for expert nodes that may share these cores). The
-    /// next `parallelFor` wakes them (a futex wake, ~4 µs).
+    /// Polls the job word with `sched_yield()` between reads until its generation leaves `seen`
+    /// or `window` seconds pass; returns the generation last read.
+    private func yieldPoll(while seen: UInt64, for window: Double) -> UInt64 {
+        var gen = state.load(ordering: .acquiring) >> 40
+        guard window > 0, gen == seen else { return gen }
+        let end = Self.monotonicSeconds() + window
+        while gen == seen {
+            sched_yield()
+            gen = state.load(ordering: .acquiring) >> 40
+            if gen == seen && Self.monotonicSeconds() >= end { break }
+        }
+        return gen
+    }
+
+    /// CLOCK_MONOTONIC in seconds (vDSO: no system call).
+    public static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    /// Makes spinning workers stop spinning now and only poll with `sched_yield()` (then sleep
+    /// after `yieldWindow`): for a thread about to wait on I/O (the coordinator waiting for
+    /// expert nodes that may share these cores), so the cores go to whoever needs them.
     public func park() {
         parked.store(true, ordering: .relaxed)
     }
@@ -131,7 +165,13 @@ public final class ThreadPool: @unchecked Sendable {
                 lock.unlock()
             }
             runChunks(gen)
-            while remaining.load(ordering: .acquiring) > 0 {}
+            // A worker still inside a chunk may have lost its core to another process (local
+            // expert nodes share the cores): after a short spin, yield so it can get one back.
+            var spins = 0
+            while remaining.load(ordering: .acquiring) > 0 {
+                spins += 1
+                if spins > 2_000 { sched_yield() }
+            }
             job = nil
         }
         busy.store(false, ordering: .releasing)

@@ -300,6 +300,12 @@ public final class ZMQSocket {
         try Poller(sockets.map { ($0, .readable) }).poll(timeout: timeout).map { $0.contains(.readable) }
     }
 
+    /// `poll(_:timeout:)` that first looks without blocking, yielding the core between looks, for
+    /// up to `window` seconds (see `Poller.poll(timeout:yieldingFor:)`).
+    public static func poll(_ sockets: [ZMQSocket], timeout: Int, yieldingFor window: Double) throws -> [Bool] {
+        try Poller(sockets.map { ($0, .readable) }).poll(timeout: timeout, yieldingFor: window).map { $0.contains(.readable) }
+    }
+
     // MARK: Options
 
     /// Milliseconds that `close` keeps unsent messages for delivery (-1: until sent). 0 here by
