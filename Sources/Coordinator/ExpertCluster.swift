@@ -278,12 +278,14 @@ public final class ExpertCluster: ExpertBackend {
 
     // MARK: data plane
 
-    /// Per-node work of one step, reused across steps.
+    /// One node's share of a step while it is being grouped: the batch rows it receives (in
+    /// batch order) and its routes `(expert, row in the request, weight)`. Kept per node index
+    /// and reused across steps, so grouping allocates nothing once the arrays have grown.
     struct Work {
-        var tokens: [Int32] = []          // token indices of the batch this node receives
-        var local: [Int32: UInt32] = [:]  // token -> row in the request
-        var groups: [Int: (rows: [UInt32], weights: [Float])] = [:]
+        var tokens: [Int32] = []
+        var routes: [(expert: Int32, local: UInt32, weight: Float)] = []
     }
+    var work: [Work] = []
 
     /// One layer step in flight: what was asked, what is still awaited, what came back.
     final class Step {
@@ -293,8 +295,9 @@ public final class ExpertCluster: ExpertBackend {
         let output: UnsafeMutablePointer<Float>
         /// request id -> the node it went to and the batch rows it carries.
         var pending: [UInt64: (node: Int, tokens: [Int32])] = [:]
-        /// node -> (batch row, fp64 partial sum) for the replies received.
-        var results: [Int: [(Int, [Double])]] = [:]
+        /// node -> (batch rows, reply payload of fp64 partial sums, one row each) for the
+        /// replies received; summed in node order once all are in.
+        var results: [Int: [(tokens: [Int32], payload: Frame)]] = [:]
         var deadline = 0.0
         /// A node this step waits on died: the step must be sent again.
         var lost = false
@@ -354,13 +357,22 @@ public final class ExpertCluster: ExpertBackend {
         }
         let n = step.batch.rows, d = model.hidden
         var sum = [Double](repeating: 0, count: n * d)
-        // Node order is fixed (registration order), so the fp64 sum is reproducible.
-        for (_, rows) in step.results.sorted(by: { $0.key < $1.key }) {
-            for (t, buf) in rows {
-                for j in 0..<d { sum[t * d + j] += buf[j] }
+        // Node order is fixed (registration order), so the fp64 sum is reproducible. Payloads
+        // were checked for size when they arrived; libzmq gives no alignment guarantee, hence
+        // unaligned loads.
+        sum.withUnsafeMutableBufferPointer { acc in
+            for (_, replies) in step.results.sorted(by: { $0.key < $1.key }) {
+                for (tokens, payload) in replies {
+                    payload.withUnsafeBytes { raw in
+                        for (i, t) in tokens.enumerated() {
+                            let dst = acc.baseAddress! + Int(t) * d, src = i * d * 8
+                            for j in 0..<d { dst[j] += raw.loadUnaligned(fromByteOffset: src + j * 8, as: Double.self) }
+                        }
+                    }
+                }
             }
+            for i in 0..<(n * d) { step.output[i] = Float(acc[i]) }
         }
-        for i in 0..<(n * d) { step.output[i] = Float(sum[i]) }
     }
 
     public func cancelExperts(_ handle: ExpertStep) { forget(handle.id) }
@@ -390,54 +402,59 @@ public final class ExpertCluster: ExpertBackend {
 
     /// Groups a step's routes by the node holding each expert and sends every node its rows.
     /// Returns false when a node was found dead (it is marked dead).
-    /// It allocates per layer step (grouping tables, the request rows libzmq owns until sent,
-    /// reply rows): a few KiB against a round trip of ~1 ms; pooling them is left for later.
+    /// Grouping reuses per-node arrays; the protobuf header, the request rows libzmq owns until
+    /// sent, and the step's bookkeeping are allocated per layer step (a few small objects against
+    /// a round trip of ~1 ms).
     func dispatch(_ step: Step, id: UInt64) throws -> Bool {
         let batch = step.batch, k = batch.topK, d = model.hidden
         guard let row = placement[step.layer] else { throw ExpertBackendError.unknownLayer(step.layer) }
-        var work: [Int: Work] = [:]
-        for r in 0..<(batch.rows * k) {
-            let t = Int32(r / k), e = Int(batch.experts[r])
-            let node = row[e]
-            var w = work[node] ?? Work()
-            let local: UInt32
-            if let l = w.local[t] { local = l } else {
-                local = UInt32(w.tokens.count)
-                w.local[t] = local
-                w.tokens.append(t)
-            }
-            w.groups[e, default: ([], [])].rows.append(local)
-            w.groups[e, default: ([], [])].weights.append(batch.weights[r])
-            work[node] = w
+        if work.count < nodes.count { work += Array(repeating: Work(), count: nodes.count - work.count) }
+        for i in work.indices {
+            work[i].tokens.removeAll(keepingCapacity: true)
+            work[i].routes.removeAll(keepingCapacity: true)
         }
-        for (node, w) in work.sorted(by: { $0.key < $1.key }) {
+        // Routes come token-major, so each node sees its tokens in ascending order and a token's
+        // routes together: its row in the request is the last one appended, or a new one.
+        for r in 0..<(batch.rows * k) {
+            let t = Int32(r / k), e = batch.experts[r]
+            let node = row[Int(e)]
+            if work[node].tokens.last != t { work[node].tokens.append(t) }
+            work[node].routes.append((e, UInt32(work[node].tokens.count - 1), batch.weights[r]))
+        }
+        for node in work.indices where !work[node].tokens.isEmpty {
             guard nodes[node].alive, let socket = nodes[node].data else { return false }
+            work[node].routes.sort { ($0.expert, $0.local) < ($1.expert, $1.local) }
+            let tokens = work[node].tokens
             var req = Farside_V1_ExpertRequest()
             req.requestID = nextRequest
             nextRequest += 1
             req.layer = UInt32(step.layer)
-            req.rows = UInt32(w.tokens.count)
+            req.rows = UInt32(tokens.count)
             req.hidden = UInt32(d)
             req.dtype = .f32
-            req.groups = w.groups.sorted { $0.key < $1.key }.map { e, g in
-                var eg = Farside_V1_ExpertRows()
-                eg.expert = UInt32(e)
-                eg.rows = g.rows
-                eg.weights = g.weights
-                return eg
+            var groups: [Farside_V1_ExpertRows] = []
+            for route in work[node].routes {
+                if groups.last?.expert != UInt32(route.expert) {
+                    var g = Farside_V1_ExpertRows()
+                    g.expert = UInt32(route.expert)
+                    groups.append(g)
+                }
+                groups[groups.count - 1].rows.append(route.local)
+                groups[groups.count - 1].weights.append(route.weight)
             }
-            let payload = FloatRows(count: w.tokens.count * d)
-            for (i, t) in w.tokens.enumerated() { (payload.pointer + i * d).update(from: step.input + Int(t) * d, count: d) }
+            req.groups = groups
+            let payload = FloatRows(count: tokens.count * d)
+            for (i, t) in tokens.enumerated() { (payload.pointer + i * d).update(from: step.input + Int(t) * d, count: d) }
             let header = try envelope(.expertRequest(req))
             do {
-                try socket.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: w.tokens.count * d * 4, owner: payload)],
+                try socket.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: tokens.count * d * 4, owner: payload)],
                                 flags: .dontWait)
             } catch {
                 markDead(node, "send failed: \(error)")
                 return false
             }
-            bytesSent += header.count + w.tokens.count * d * 4
-            step.pending[req.requestID] = (node, w.tokens)
+            bytesSent += header.count + tokens.count * d * 4
+            step.pending[req.requestID] = (node, tokens)
             requestStep[req.requestID] = id
         }
         step.deadline = Self.now() + options.nodeTimeout
@@ -487,15 +504,7 @@ public final class ExpertCluster: ExpertBackend {
                     }
                     try WireCodec.validateReply(rep, payloadByteCount: frames[1].count, expectedRows: p.tokens.count, hidden: d,
                                                 requestID: rep.requestID, dtype: .f64)
-                    var rows: [(Int, [Double])] = []
-                    frames[1].withUnsafeBytes { raw in
-                        for (i, t) in p.tokens.enumerated() {
-                            var buf = [Double](repeating: 0, count: d)
-                            buf.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[(i * d * 8)..<((i + 1) * d * 8)])) }
-                            rows.append((Int(t), buf))
-                        }
-                    }
-                    owner.results[node, default: []].append(contentsOf: rows)
+                    owner.results[node, default: []].append((p.tokens, frames[1]))
                     owner.pending[rep.requestID] = nil
                     requestStep[rep.requestID] = nil
                 case .error(let e):
