@@ -230,11 +230,17 @@ public final class DecoderModel {
         let moe: SparseMoE
         let step: ExpertStep
         let rows: Range<Int>
+        /// The micro-batch's normalised input rows (the routed experts' and the shared expert's).
+        let input: UnsafeMutablePointer<Float>
+        /// The shared expert ran while the routed experts were away.
+        let sharedDone: Bool
     }
 
     /// Routes one micro-batch, starts its routed experts, and computes its shared expert while
-    /// they run. The shared output and gate go to workspace buffers 5 and 6 at the micro-batch's
-    /// rows (sized for the whole batch by `forward`, so they are not reallocated in flight).
+    /// they run when the backend says that pays (`ExpertBackend.overlapsSharedExpert`), else
+    /// `finishSparse` does after they return. The shared output and gate go to workspace buffers
+    /// 5 and 6 at the micro-batch's rows (sized for the whole batch by `forward`, so they are not
+    /// reallocated in flight).
     private func beginSparse(_ moe: SparseMoE, layer: Int, part: Int, rows: Range<Int>, batchRows: Int,
                              x: UnsafeMutablePointer<Float>, start: Int, output: UnsafeMutablePointer<Float>,
                              trace: RouteTrace?) throws -> PendingFFN {
@@ -248,14 +254,21 @@ public final class DecoderModel {
         moe.router.route(xs, batch: &routed[part], logits: workspace.buffer(4, count: n * moe.router.expertCount))
         trace?.record(layer: layer, start: start + rows.lowerBound, batch: routed[part])
         let step = try experts.beginExperts(layer: layer, batch: routed[part], input: xs, output: output + rows.lowerBound * d)
-        if let shared = moe.shared {
-            let s = workspace.buffer(5, count: batchRows * d) + rows.lowerBound * d
-            shared.forward(xs, count: n, output: s, scratch: workspace.buffer(3, count: 2 * n * shared.intermediate))
-            if let gate = moe.sharedGate {
-                Linear.forward(gate, input: xs, count: n, output: workspace.buffer(6, count: batchRows) + rows.lowerBound)
-            }
+        let overlap = experts.overlapsSharedExpert
+        if overlap { sharedExpert(moe, rows: rows, batchRows: batchRows, input: xs) }
+        return PendingFFN(moe: moe, step: step, rows: rows, input: xs, sharedDone: overlap)
+    }
+
+    /// The shared expert (and its gate, when present) for one micro-batch's rows, into workspace
+    /// buffers 5 and 6.
+    private func sharedExpert(_ moe: SparseMoE, rows: Range<Int>, batchRows: Int, input xs: UnsafeMutablePointer<Float>) {
+        guard let shared = moe.shared else { return }
+        let n = rows.count, d = hidden
+        let s = workspace.buffer(5, count: batchRows * d) + rows.lowerBound * d
+        shared.forward(xs, count: n, output: s, scratch: workspace.buffer(3, count: 2 * n * shared.intermediate))
+        if let gate = moe.sharedGate {
+            Linear.forward(gate, input: xs, count: n, output: workspace.buffer(6, count: batchRows) + rows.lowerBound)
         }
-        return PendingFFN(moe: moe, step: step, rows: rows)
     }
 
     /// Waits for a micro-batch's routed experts, adds its shared expert (scaled by
@@ -263,6 +276,7 @@ public final class DecoderModel {
     private func finishSparse(_ p: PendingFFN, batchRows: Int, h: UnsafeMutablePointer<Float>,
                               y: UnsafeMutablePointer<Float>) throws {
         try experts!.finishExperts(p.step)
+        if !p.sharedDone { sharedExpert(p.moe, rows: p.rows, batchRows: batchRows, input: p.input) }
         let d = hidden
         if p.moe.shared != nil {
             let s = workspace.buffer(5, count: batchRows * d)

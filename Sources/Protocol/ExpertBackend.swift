@@ -25,6 +25,13 @@ public protocol ExpertBackend: AnyObject {
 
     /// Forgets an outstanding step (after an error elsewhere); its late replies are ignored.
     func cancelExperts(_ step: ExpertStep)
+
+    /// Whether the attention side should compute its shared expert while this backend's routed
+    /// experts are away (between `beginExperts` and `finishExperts`) rather than after they
+    /// return. Worth it when the routed experts run on cores the attention side does not use;
+    /// when they share its cores (expert nodes on the coordinator's machine) the two only fight
+    /// for the same cores and delay the nodes. The result is the same either way, bit for bit.
+    var overlapsSharedExpert: Bool { get }
 }
 
 /// A step started with `ExpertBackend.beginExperts`.
@@ -43,6 +50,8 @@ extension ExpertBackend {
     }
     public func finishExperts(_ step: ExpertStep) throws {}
     public func cancelExperts(_ step: ExpertStep) {}
+    /// Synchronous backends are done when `beginExperts` returns: nothing to overlap.
+    public var overlapsSharedExpert: Bool { false }
 }
 
 /// The routing decisions for one MoE layer and a batch of tokens: token `t` goes to experts

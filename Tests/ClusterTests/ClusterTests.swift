@@ -395,3 +395,44 @@ final class ClusterTests: XCTestCase {
         XCTAssertTrue(zero.stderr.contains("--split-dense"), zero.stderr)
     }
 }
+
+final class SharedExpertOverlapTests: XCTestCase {
+    /// Whether the shared expert runs while the routed experts are at the nodes or after they
+    /// return changes nothing, bit for bit (plain shared expert: DeepSeek-V3; gated: Qwen2-MoE);
+    /// by default it runs after, since the nodes are on this machine.
+    func testSharedExpertOverlapGivesTheSameLogits() throws {
+        for name in ["deepseek_v3", "qwen2_moe"] {
+            let dir = Harness.fixtures.appendingPathComponent(name)
+            let ref = try Harness.reference(name)
+            let tokens = ref.cases[2].tokens
+            let (plain, _) = try ModelRegistry.load(directory: dir)
+            plain.experts = try LocalExperts(model: plain)
+            func run(_ m: DecoderModel) throws -> [Float] {
+                let cache = m.makeCache()
+                var out = try m.forward(tokens, cache: cache, logits: .all)
+                for t in [3, 1, 4] { out += try m.forward([t], cache: cache, logits: .last) }
+                return out
+            }
+            let want = try run(plain)
+            let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
+            defer { Harness.stop(nodes) }
+            XCTAssertFalse(cluster.overlapsSharedExpert, "nodes on loopback share the coordinator's cores")
+            for setting in [nil, true, false] as [Bool?] {
+                cluster.overlapSharedExpert = setting
+                XCTAssertEqual(cluster.overlapsSharedExpert, setting ?? false)
+                let got = try run(model)
+                XCTAssertEqual(got.map(\.bitPattern), want.map(\.bitPattern), "\(name), overlap \(String(describing: setting))")
+            }
+        }
+    }
+
+    func testEndpointsOnThisMachine() {
+        for e in ["tcp://127.0.0.1:5600", "tcp://127.1.2.3:1", "tcp://localhost:9", "tcp://[::1]:5600", "tcp://0.0.0.0:5600",
+                  "tcp://*:5600", "ipc:///tmp/farside.sock", "inproc://x"] {
+            XCTAssertTrue(ExpertCluster.isLocal(endpoint: e), e)
+        }
+        for e in ["tcp://10.0.0.5:5600", "tcp://node-3.example:5600", "tcp://[2001:db8::1]:5600", "tcp://128.0.0.1:1", "garbage"] {
+            XCTAssertFalse(ExpertCluster.isLocal(endpoint: e), e)
+        }
+    }
+}
