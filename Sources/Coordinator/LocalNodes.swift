@@ -20,7 +20,7 @@ public final class LocalNodes {
             let p = Process()
             p.executableURL = Self.executable
             p.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", coordinator,
-                           "--model", model, "--node-id", "local-\(i + 1)"] + (quiet ? ["--quiet"] : []) + extraArguments
+                           "--model", model, "--node-id", "local-\(i + 1)", "--whole-experts"] + (quiet ? ["--quiet"] : []) + extraArguments
             p.standardInput = FileHandle.nullDevice
             // Nodes on this machine share its cores with the coordinator and each other. Each
             // node gets every core (the node with more of a token's experts then finishes on
@@ -29,6 +29,8 @@ public final class LocalNodes {
             // its own workers while it waits: `ExpertCluster.receive`). Measured on the 2-core
             // synthetic DeepSeek decode, alternating with the previous setting (one thread per
             // node, default spin, no parking): 54.4/43.2/43.6/43.0 vs 44.5/37.8/38.0/34.3 tok/s.
+            // For the same reason they run experts whole (`--whole-experts`, see
+            // `LocalExperts.splitsRows`).
             var env = ProcessInfo.processInfo.environment
             if env["FARSIDE_THREADS"] == nil {
                 env["FARSIDE_THREADS"] = "\(ProcessInfo.processInfo.activeProcessorCount)"

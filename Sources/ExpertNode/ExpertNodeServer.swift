@@ -20,6 +20,9 @@ public final class ExpertNodeServer {
         public var heartbeatInterval: Double = 0.5
         /// Inbound messages larger than this are refused by libzmq (the peer is disconnected).
         public var maxMessageBytes: Int64 = 1 << 30
+        /// See `LocalExperts.splitsRows`; false for nodes that share their cores with other
+        /// busy processes (local nodes on the coordinator's machine).
+        public var splitExpertRows = true
         public init(listen: String, coordinator: String, nodeID: String, memoryBudget: Int,
                     power: (String, Double, Double) = ("cpu", 10, 60)) {
             self.listen = listen
@@ -155,6 +158,7 @@ public final class ExpertNodeServer {
                     }
                 }
                 let held = try LocalExperts(model: model) { l, e in wanted.contains(l << 20 | e) }
+                held.splitsRows = options.splitExpertRows
                 guard held.weightBytes <= options.memoryBudget || options.memoryBudget <= 0 else {
                     throw ExpertBackendError.shapeMismatch("assignment needs \(held.weightBytes) bytes, over the memory budget of \(options.memoryBudget)")
                 }

@@ -38,6 +38,9 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "Dense FFNs cut into E neuron slices (must match the coordinator's --split-dense).")
     var splitDense: Int?
 
+    @Flag(name: .long, help: "Run each routed expert whole on one thread instead of sharing its rows between threads: fewer thread barriers per layer, faster when the node shares its cores with other busy processes (local nodes do).")
+    var wholeExperts = false
+
     @Flag(name: .long, help: "Log nothing but errors.")
     var quiet = false
 
@@ -59,6 +62,7 @@ struct Expert: ParsableCommand {
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
                                                    memoryBudget: parseBytes(memoryBudget)!)
             options.maxMessageBytes = maxMessageBytes
+            options.splitExpertRows = !wholeExperts
             let server = ExpertNodeServer(
                 model: m, fingerprint: fingerprint, options: options,
                 log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } })

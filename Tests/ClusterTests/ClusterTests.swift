@@ -436,3 +436,37 @@ final class SharedExpertOverlapTests: XCTestCase {
         }
     }
 }
+
+final class LocalExpertsRowBlockTests: XCTestCase {
+    /// One-token experts cut into row blocks give the sums whole experts give, bit for bit,
+    /// alone (decode) and beside experts with several tokens (a prompt).
+    func testRowBlocksGiveTheSameSums() throws {
+        for name in ["deepseek_v3", "qwen3_moe"] {
+            let (model, _) = try ModelRegistry.load(directory: Harness.fixtures.appendingPathComponent(name))
+            let layer = try XCTUnwrap(model.sparseLayers.first)
+            let d = model.hidden, k = layer.router.topK
+            var rng = SplitMix64(seed: 7)
+            for rows in [1, 2, 5] {
+                var experts: [Int32] = [], weights: [Float] = []
+                for _ in 0..<rows {
+                    var chosen = Set<Int32>()
+                    while chosen.count < k { chosen.insert(Int32(rng.next() % UInt64(layer.experts))) }
+                    experts += chosen.sorted()
+                    weights += (0..<k).map { _ in Float(rng.next() % 1000) / 1000 }
+                }
+                let batch = RoutedBatch(rows: rows, hidden: d, topK: k, experts: experts, weights: weights)
+                let x = (0..<(rows * d)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+                var outs: [[Float]] = []
+                for split in [true, false] {
+                    let le = try LocalExperts(model: model)
+                    le.splitsRows = split
+                    var y = [Float](repeating: .nan, count: rows * d)
+                    try le.computeExperts(layer: layer.layer, batch: batch, input: x, output: &y)
+                    outs.append(y)
+                }
+                XCTAssertEqual(outs[0].map(\.bitPattern), outs[1].map(\.bitPattern), "\(name), \(rows) rows")
+                XCTAssertFalse(outs[0].contains { $0.isNaN })
+            }
+        }
+    }
+}
