@@ -264,6 +264,37 @@ final class TransportTests: XCTestCase {
         XCTAssertThrowsError(try poller.poll(timeout: 0)) { XCTAssertEqual($0 as? TransportError, .closed) }
     }
 
+    /// Polling that yields before it blocks: sees a message that arrives during the yielding
+    /// phase and one that arrives after it (while blocked), and still honours the timeout,
+    /// whether the timeout ends inside the yielding window or after it.
+    func testPollYieldingBeforeBlocking() throws {
+        let endpoint = uniqueInproc()
+        let a = try ZMQSocket(kind: .pair)
+        try a.bind(endpoint)
+        let b = try ZMQSocket(kind: .pair)
+        try b.connect(endpoint)
+
+        var ready: [Bool] = []
+        var ms = try elapsedMilliseconds { ready = try ZMQSocket.poll([b], timeout: 60, yieldingFor: 0.01) }
+        XCTAssertEqual(ready, [false])
+        XCTAssertGreaterThanOrEqual(ms, 50)
+        ms = try elapsedMilliseconds { ready = try ZMQSocket.poll([b], timeout: 30, yieldingFor: 5) }
+        XCTAssertEqual(ready, [false], "the timeout ends the yielding phase too")
+        XCTAssertGreaterThanOrEqual(ms, 25)
+        XCTAssertLessThan(ms, 4000)
+        XCTAssertEqual(try ZMQSocket.poll([b], timeout: 0, yieldingFor: 1), [false], "timeout 0 only looks")
+
+        for delay in [0.002, 0.05] {  // inside, then after, a 10 ms yielding window
+            let sender = Thread {
+                Thread.sleep(forTimeInterval: delay)
+                try? a.send([Frame("late")])
+            }
+            sender.start()
+            XCTAssertEqual(try ZMQSocket.poll([b], timeout: 5000, yieldingFor: 0.01), [true], "sent after \(delay) s")
+            XCTAssertEqual(try b.receive(timeout: 0)?.first?.string, "late")
+        }
+    }
+
     func testTwoDealerThreadsSendManyMessagesToOneRouter() throws {
         let router = try ZMQSocket(kind: .router)
         let endpoint = try router.bind("tcp://127.0.0.1:*")
