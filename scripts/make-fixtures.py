@@ -147,8 +147,8 @@ def spec_mixtral():
     return dict(cls=MixtralForCausalLM, config=cfg, dtype=torch.float32, seed=3000, max_shard_size="200KB")
 
 
-def spec_qwen3_moe():
-    cfg = Qwen3MoeConfig(
+def qwen3_moe_config(mlp_only_layers):
+    return Qwen3MoeConfig(
         **COMMON,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -159,32 +159,21 @@ def spec_qwen3_moe():
         num_experts_per_tok=2,
         norm_topk_prob=True,
         decoder_sparse_step=1,
-        mlp_only_layers=[1],
+        mlp_only_layers=mlp_only_layers,
         tie_word_embeddings=False,
         rope_theta=1000000.0,
     )
-    return dict(cls=Qwen3MoeForCausalLM, config=cfg, dtype=torch.float16, seed=4000, rewrite=rewrite_qwen3_published)
+
+
+def spec_qwen3_moe():
+    return dict(cls=Qwen3MoeForCausalLM, config=qwen3_moe_config([1]), dtype=torch.float16, seed=4000,
+                rewrite=rewrite_qwen3_published)
 
 
 def spec_qwen3_moe_sparse():
     # Like qwen3_moe but every layer sparse: llama.cpp's converter refuses mlp_only_layers, so this
     # is the Qwen3-MoE fixture it can turn into GGUF (scripts/make-gguf-fixtures.py).
-    cfg = Qwen3MoeConfig(
-        **COMMON,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_experts=8,
-        num_experts_per_tok=2,
-        norm_topk_prob=True,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        tie_word_embeddings=False,
-        rope_theta=1000000.0,
-    )
-    return dict(cls=Qwen3MoeForCausalLM, config=cfg, dtype=torch.float16, seed=4100)
+    return dict(cls=Qwen3MoeForCausalLM, config=qwen3_moe_config([]), dtype=torch.float16, seed=4100)
 
 
 def spec_qwen2():

@@ -149,37 +149,30 @@ public struct ConfigJSON: @unchecked Sendable {
     /// An array of integers, or `default` when the key is missing or null. A single integer is
     /// not an array: it throws, so callers can tell `3` from `[3]`.
     public func intArray(_ key: String, default value: [Int]) throws -> [Int] {
-        let v = JSONValue(object[key])
-        switch v {
-        case .null: return value
-        case .array(let items):
-            var out: [Int] = []
-            out.reserveCapacity(items.count)
-            for item in items {
-                guard let i = JSONValue(item).exactInt else { throw invalid(key, "an array of integers", v) }
-                out.append(i)
-            }
-            return out
-        default:
-            throw invalid(key, "an array of integers", v)
-        }
+        try array(key, "an array of integers") { $0.exactInt } ?? value
     }
 
     /// An array of numbers, or nil when the key is missing or null.
     public func optionalDoubleArray(_ key: String) throws -> [Double]? {
+        try array(key, "an array of numbers") { $0.double }
+    }
+
+    /// The array at `key` with every item converted by `element`, or nil when the key is missing
+    /// or null; throws naming `what` when the value is not an array or an item does not convert.
+    private func array<T>(_ key: String, _ what: String, _ element: (JSONValue) -> T?) throws -> [T]? {
         let v = JSONValue(object[key])
         switch v {
         case .null: return nil
         case .array(let items):
-            var out: [Double] = []
+            var out: [T] = []
             out.reserveCapacity(items.count)
             for item in items {
-                guard let d = JSONValue(item).double else { throw invalid(key, "an array of numbers", v) }
-                out.append(d)
+                guard let e = element(JSONValue(item)) else { throw invalid(key, what, v) }
+                out.append(e)
             }
             return out
         default:
-            throw invalid(key, "an array of numbers", v)
+            throw invalid(key, what, v)
         }
     }
 

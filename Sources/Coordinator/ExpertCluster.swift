@@ -52,7 +52,9 @@ public final class ExpertCluster: ExpertBackend {
 
     final class Node {
         let id: String
-        var endpoint: String
+        var endpoint: String { didSet { onThisMachine = ExpertCluster.isLocal(endpoint: endpoint) } }
+        /// Whether `endpoint` is on the coordinator's machine (asked once per MoE layer).
+        private(set) var onThisMachine: Bool
         var memoryBudget: UInt64
         var data: ZMQSocket?
         var alive = true
@@ -60,10 +62,10 @@ public final class ExpertCluster: ExpertBackend {
         var acknowledgedEpoch: UInt64 = 0
         var ackError: String?
         var busySeconds = 0.0
-        var onThisMachine: Bool { ExpertCluster.isLocal(endpoint: endpoint) }
         init(id: String, endpoint: String, memoryBudget: UInt64) {
             self.id = id
             self.endpoint = endpoint
+            onThisMachine = ExpertCluster.isLocal(endpoint: endpoint)
             self.memoryBudget = memoryBudget
         }
     }

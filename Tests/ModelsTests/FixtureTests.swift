@@ -59,6 +59,21 @@ func assertClose(_ got: [Float], _ want: [Float], _ what: String, file: StaticSt
     XCTAssertLessThanOrEqual(worst, 1e-4, "\(what): worst error \(worst) at \(worstAt)", file: file, line: line)
 }
 
+/// A layer's traced routes (`entries`, one per position in order) against transformers' choices
+/// `r`: same experts with the same weights at every position. Order within a token's top-k is not
+/// meaningful (DeepSeek uses sorted=False), so both sides are sorted by expert. `against` ends the
+/// failure messages ("experts\(against)").
+func assertRoutes(_ entries: [RouteTrace.Entry], match r: Reference.Routing, _ name: String, against: String = "",
+                  file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(entries.count, r.experts.count, "\(name) layer \(r.layer): positions", file: file, line: line)
+    for (p, e) in entries.enumerated() where p < r.experts.count {
+        let got = zip(e.experts, e.weights).sorted { $0.0 < $1.0 }
+        let want = zip(r.experts[p], r.weights[p]).sorted { $0.0 < $1.0 }
+        XCTAssertEqual(got.map(\.0), want.map(\.0), "\(name) layer \(r.layer) position \(p): experts\(against)", file: file, line: line)
+        assertClose(got.map(\.1), want.map(\.1), "\(name) layer \(r.layer) position \(p): weights\(against)", file: file, line: line)
+    }
+}
+
 final class FixtureTests: XCTestCase {
     func testLogitsMatchTransformersAtEveryPosition() throws {
         for name in Fixtures.names {
@@ -130,14 +145,7 @@ final class FixtureTests: XCTestCase {
                 let trace = RouteTrace()
                 _ = try model.forward(ref.cases[r.case].tokens, cache: model.makeCache(), logits: .none, trace: trace)
                 let entries = trace.entries.filter { $0.layer == r.layer }.sorted { $0.position < $1.position }
-                XCTAssertEqual(entries.count, r.experts.count, "\(name) layer \(r.layer): positions")
-                for (p, e) in entries.enumerated() where p < r.experts.count {
-                    // Order within a token's top-k is not meaningful (DeepSeek uses sorted=False).
-                    let got = zip(e.experts, e.weights).sorted { $0.0 < $1.0 }
-                    let want = zip(r.experts[p], r.weights[p]).sorted { $0.0 < $1.0 }
-                    XCTAssertEqual(got.map(\.0), want.map(\.0), "\(name) layer \(r.layer) position \(p): experts")
-                    assertClose(got.map(\.1), want.map(\.1), "\(name) layer \(r.layer) position \(p): weights")
-                }
+                assertRoutes(entries, match: r, name)
                 checked += 1
             }
         }

@@ -71,15 +71,7 @@ final class GGUFFixtureTests: XCTestCase {
                 assertClose(a.weights, b.weights, "\(name) layer \(a.layer) position \(a.position): weights vs safetensors")
             }
             for r in routing {
-                let entries = g.filter { $0.layer == r.layer }
-                XCTAssertEqual(entries.count, r.experts.count, "\(name) layer \(r.layer): positions")
-                for (p, e) in entries.enumerated() where p < r.experts.count {
-                    // Order within a token's top-k is not meaningful (DeepSeek uses sorted=False).
-                    let got = zip(e.experts, e.weights).sorted { $0.0 < $1.0 }
-                    let want = zip(r.experts[p], r.weights[p]).sorted { $0.0 < $1.0 }
-                    XCTAssertEqual(got.map(\.0), want.map(\.0), "\(name) layer \(r.layer) position \(p): experts vs transformers")
-                    assertClose(got.map(\.1), want.map(\.1), "\(name) layer \(r.layer) position \(p): weights vs transformers")
-                }
+                assertRoutes(g.filter { $0.layer == r.layer }, match: r, name, against: " vs transformers")
                 checked += 1
             }
         }
