@@ -314,6 +314,8 @@ public final class ExpertCluster: ExpertBackend {
         var routes: [(expert: Int32, local: UInt32, weight: Float)] = []
     }
     var work: [Work] = []
+    /// A step's messages between building and sending: (node, request id, header, rows).
+    var outgoing: [(node: Int, requestID: UInt64, header: Frame, payload: FloatRows)] = []
 
     /// One layer step in flight: what was asked, what is still awaited, what came back.
     final class Step {
@@ -449,8 +451,12 @@ public final class ExpertCluster: ExpertBackend {
             if work[node].tokens.last != t { work[node].tokens.append(t) }
             work[node].routes.append((e, UInt32(work[node].tokens.count - 1), batch.weights[r]))
         }
+        // Every node's message is built before the first is sent: once a node has its request it
+        // starts computing, and on a machine whose cores it shares with this thread it may take
+        // this thread's core until it is done, so whatever is still unsent waits for it.
+        outgoing.removeAll(keepingCapacity: true)
         for node in work.indices where !work[node].tokens.isEmpty {
-            guard nodes[node].alive, let socket = nodes[node].data else { return false }
+            guard nodes[node].alive, nodes[node].data != nil else { return false }
             work[node].routes.sort { ($0.expert, $0.local) < ($1.expert, $1.local) }
             let tokens = work[node].tokens
             var req = Farside_V1_ExpertRequest()
@@ -473,18 +479,22 @@ public final class ExpertCluster: ExpertBackend {
             req.groups = groups
             let payload = FloatRows(count: tokens.count * d)
             for (i, t) in tokens.enumerated() { (payload.pointer + i * d).update(from: step.input + Int(t) * d, count: d) }
-            let header = try envelope(.expertRequest(req))
+            outgoing.append((node, req.requestID, try envelope(.expertRequest(req)), payload))
+        }
+        for (node, requestID, header, payload) in outgoing {
+            let tokens = work[node].tokens
             do {
-                try socket.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: tokens.count * d * 4, owner: payload)],
-                                flags: .dontWait)
+                try nodes[node].data!.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: tokens.count * d * 4, owner: payload)],
+                                           flags: .dontWait)
             } catch {
                 markDead(node, "send failed: \(error)")
                 return false
             }
             bytesSent += header.count + tokens.count * d * 4
-            step.pending[req.requestID] = (node, tokens)
-            requestStep[req.requestID] = id
+            step.pending[requestID] = (node, tokens)
+            requestStep[requestID] = id
         }
+        outgoing.removeAll(keepingCapacity: true)
         step.deadline = Self.now() + options.nodeTimeout
         return true
     }

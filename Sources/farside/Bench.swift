@@ -32,9 +32,13 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "1, or 2 to run the prompt as two overlapped micro-batches (ping-pong).")
     var microBatches: Int = 1
 
+    @Flag(name: .long, help: "With --local-nodes: also run every measurement with the experts in this process, alternating with the nodes run by run (ABBA), and report the per-run ratios. The pair of a run is measured seconds apart, so slow drifts of memory bandwidth cancel out of its ratio.")
+    var alternateInProcess = false
+
     func validate() throws {
         guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64") }
         guard microBatches == 1 || microBatches == 2 else { throw ValidationError("--micro-batches must be 1 or 2") }
+        guard !alternateInProcess || localNodes > 0 else { throw ValidationError("--alternate-in-process needs --local-nodes") }
         guard promptTokens > 0, decodeTokens > 0, runs > 0 else {
             throw ValidationError("--prompt-tokens, --decode-tokens and --runs must be positive")
         }
@@ -125,9 +129,13 @@ struct Bench: ParsableCommand {
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(m.vocabSize)) }
             // Warm-up: page the mapped weights in.
             _ = try m.forward(Array(prompt.prefix(8)), cache: m.makeCache(capacity: 8))
+            // The other side of --alternate-in-process: every routed expert in this process.
+            let inProcess = try alternateInProcess ? LocalExperts(model: m) : nil
+            let distributed = m.experts
             var prefill: [Double] = [], decode: [Double] = []
+            var localPrefill: [Double] = [], localDecode: [Double] = []
             var decodeWire = 0
-            for _ in 0..<runs {
+            func measure() throws -> (prefill: Double, decode: Double) {
                 let cache = m.makeCache(capacity: promptTokens + decodeTokens)
                 let t0 = Self.now()
                 var logits = try m.forward(prompt, cache: cache, logits: .last)
@@ -139,8 +147,24 @@ struct Bench: ParsableCommand {
                     logits = try m.forward([next], cache: cache, logits: .last)
                 }
                 let t2 = Self.now()
-                prefill.append(Double(promptTokens) / (t1 - t0))
-                decode.append(Double(decodeTokens) / (t2 - t1))
+                return (Double(promptTokens) / (t1 - t0), Double(decodeTokens) / (t2 - t1))
+            }
+            func measureInProcess() throws {
+                guard let inProcess else { return }
+                m.experts = inProcess
+                defer { m.experts = distributed }
+                let r = try measure()
+                localPrefill.append(r.prefill)
+                localDecode.append(r.decode)
+            }
+            for run in 0..<runs {
+                // ABBA: the in-process run goes first in even runs and second in odd ones, so a
+                // steady drift does not favour either side.
+                if run % 2 == 0 { try measureInProcess() }
+                let r = try measure()
+                prefill.append(r.prefill)
+                decode.append(r.decode)
+                if run % 2 == 1 { try measureInProcess() }
             }
             let bytes = try m.decodeWeightBytes()
             let bw = Self.bandwidths()
@@ -149,6 +173,14 @@ struct Bench: ParsableCommand {
             var extra = ""
             if let cluster {
                 extra = ", \"local_nodes\": \(localNodes), \"decode_wire_bytes_per_token\": \(decodeWire / (runs * decodeTokens))"
+                if inProcess != nil {
+                    func list(_ v: [Double]) -> String { "[" + v.map { String(format: "%.3f", $0) }.joined(separator: ", ") + "]" }
+                    let ratios = zip(decode, localDecode).map { $0 / $1 }
+                    let prefillRatios = zip(prefill, localPrefill).map { $0 / $1 }
+                    extra += ", \"in_process_decode_runs\": \(list(localDecode)), \"in_process_prefill_runs\": \(list(localPrefill))"
+                    extra += ", \"decode_ratio_runs\": \(list(ratios)), \"decode_ratio_median\": \(String(format: "%.3f", Self.median(ratios)))"
+                    extra += ", \"prefill_ratio_median\": \(String(format: "%.3f", Self.median(prefillRatios)))"
+                }
                 for size in [1, 8, 64] {
                     let (p50, p99) = try Self.roundTrip(model: m, cluster: cluster, tokens: size, samples: 200)
                     extra += ", \"layer_rtt_\(size)_p50_us\": \(String(format: "%.1f", p50 * 1e6)), \"layer_rtt_\(size)_p99_us\": \(String(format: "%.1f", p99 * 1e6))"

@@ -133,6 +133,28 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(got, want)
     }
 
+    func testBenchAlternatesInProcessAndNodesRunByRun() throws {
+        let dir = CLI.fixtures.appendingPathComponent("deepseek_v3").path
+        let r = try CLI.run(["bench", "--model", dir, "--prompt-tokens", "4", "--decode-tokens", "3", "--runs", "3",
+                             "--local-nodes", "2", "--alternate-in-process"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try XCTUnwrap(r.json, r.stdout)
+        let local = try XCTUnwrap(json["in_process_decode_runs"] as? [Double])
+        let remote = try XCTUnwrap(json["decode_runs"] as? [Double])
+        let ratios = try XCTUnwrap(json["decode_ratio_runs"] as? [Double])
+        XCTAssertEqual(local.count, 3)
+        XCTAssertEqual(remote.count, 3)
+        XCTAssertEqual(ratios.count, 3)
+        for i in 0..<3 {
+            XCTAssertGreaterThan(local[i], 0)
+            // Printed to three decimals: the ratio of the printed speeds within rounding.
+            XCTAssertEqual(ratios[i], remote[i] / local[i], accuracy: 0.002 + 0.01 * ratios[i])
+        }
+        let median = try XCTUnwrap(json["decode_ratio_median"] as? Double)
+        XCTAssertEqual(median, ratios.sorted()[1], accuracy: 0.0011)
+        try assertFails(["bench", "--model", dir, "--alternate-in-process"], mentioning: ["--alternate-in-process", "--local-nodes"])
+    }
+
     // MARK: malformed input: a clear message and a non-zero exit, never a trap
 
     func testBadMicroBatchCount() throws {
