@@ -41,11 +41,15 @@ struct Expert: ParsableCommand {
     @Flag(name: .long, help: "Run each routed expert whole on one thread instead of sharing its rows between threads: fewer thread barriers per layer, faster when the node shares its cores with other busy processes (local nodes do).")
     var wholeExperts = false
 
+    @Option(name: .long, help: "Microseconds to keep polling for the next request with sched_yield() before blocking (0: block at once). Saves the wake-up of a blocked thread at every request while requests come often (decode), at the price of a busy core for that long after each.")
+    var pollYieldUs: Int = 3000
+
     @Flag(name: .long, help: "Log nothing but errors.")
     var quiet = false
 
     func validate() throws {
         if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
+        guard (0...1_000_000).contains(pollYieldUs) else { throw ValidationError("--poll-yield-us must be in 0...1000000, got \(pollYieldUs)") }
         guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
         guard parseBytes(memoryBudget) != nil else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
@@ -63,6 +67,7 @@ struct Expert: ParsableCommand {
                                                    memoryBudget: parseBytes(memoryBudget)!)
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
+            options.pollYieldWindow = Double(pollYieldUs) * 1e-6
             let server = ExpertNodeServer(
                 model: m, fingerprint: fingerprint, options: options,
                 log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } })

@@ -155,6 +155,13 @@ final class CLITests: XCTestCase {
         try assertFails(["bench", "--model", dir, "--alternate-in-process"], mentioning: ["--alternate-in-process", "--local-nodes"])
     }
 
+    func testBadExpertNodePollWindow() throws {
+        for bad in ["-1", "1000001", "soon"] {
+            try assertFails(["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", "tcp://127.0.0.1:1",
+                             "--poll-yield-us", bad], mentioning: ["--poll-yield-us"])
+        }
+    }
+
     // MARK: malformed input: a clear message and a non-zero exit, never a trap
 
     func testBadMicroBatchCount() throws {
