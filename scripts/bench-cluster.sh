@@ -45,6 +45,8 @@ summary = {
     "read_bandwidth_gb_s": med([r["read_bandwidth_gb_s"] for r in remote]),
     "decode_wire_bytes_per_token": med([r["decode_wire_bytes_per_token"] for r in remote]),
 }
+for k in ("dispatch", "wait", "last_round_trip", "last_compute", "last_transport", "combine"):
+    summary[f"decode_step_{k}_p50_us"] = med([r[f"decode_step_{k}_p50_us"] for r in remote])
 for s in (1, 8, 64):
     for p in ("p50", "p99"):
         summary[f"layer_rtt_{s}_{p}_us"] = med([r[f"layer_rtt_{s}_{p}_us"] for r in remote])

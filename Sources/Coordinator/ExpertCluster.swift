@@ -323,12 +323,15 @@ public final class ExpertCluster: ExpertBackend {
         let batch: RoutedBatch
         let input: UnsafePointer<Float>
         let output: UnsafeMutablePointer<Float>
-        /// request id -> the node it went to and the batch rows it carries.
-        var pending: [UInt64: (node: Int, tokens: [Int32])] = [:]
+        /// request id -> the node it went to, the batch rows it carries, when it was sent.
+        var pending: [UInt64: (node: Int, tokens: [Int32], sentAt: Double)] = [:]
         /// node -> (batch rows, reply payload of fp64 partial sums, one row each) for the
         /// replies received; summed in node order once all are in.
         var results: [Int: [(tokens: [Int32], payload: Frame)]] = [:]
         var deadline = 0.0
+        /// For `StepTiming`: when the dispatch began and ended, and the request answered last.
+        var dispatchStart = 0.0, dispatchEnd = 0.0
+        var lastReply: (at: Double, roundTrip: Double, compute: Double) = (0, 0, 0)
         /// A node this step waits on died: the step must be sent again.
         var lost = false
         var attempts = 0
@@ -336,6 +339,29 @@ public final class ExpertCluster: ExpertBackend {
             self.layer = layer; self.batch = batch; self.input = input; self.output = output
         }
     }
+
+    /// Where one layer step's time went, as the coordinator saw it. Every figure is a duration
+    /// measured on one machine (the coordinator's clock, or the node's for `lastCompute`), so
+    /// it holds for nodes on other machines too.
+    public struct StepTiming: Sendable {
+        /// Grouping the routes, building the requests and sending them.
+        public var dispatch: Double
+        /// From the last send to the arrival of the last reply.
+        public var wait: Double
+        /// The request answered last: from its send to its reply's arrival.
+        public var lastRoundTrip: Double
+        /// That request's compute time as its node reported it (`compute_seconds`); the rest
+        /// of `lastRoundTrip` is transport, queueing and the node's decoding and encoding.
+        public var lastCompute: Double
+        /// Adding the nodes' partial sums after the last reply.
+        public var combine: Double
+    }
+
+    /// Record a `StepTiming` per finished step into `timings` (steps re-sent after a node
+    /// failure are left out).
+    public var recordsTimings = false
+    public private(set) var timings: [StepTiming] = []
+    public func clearTimings() { timings.removeAll(keepingCapacity: true) }
 
     /// Outstanding steps by id, and which step each outstanding request belongs to.
     var steps: [UInt64: Step] = [:]
@@ -385,6 +411,7 @@ public final class ExpertCluster: ExpertBackend {
             if !step.lost { break }
             try send(step, id: handle.id)
         }
+        let combineStart = Self.now()
         let n = step.batch.rows, d = model.hidden
         var sum = [Double](repeating: 0, count: n * d)
         // Node order is fixed (registration order), so the fp64 sum is reproducible. Payloads
@@ -402,6 +429,11 @@ public final class ExpertCluster: ExpertBackend {
                 }
             }
             for i in 0..<(n * d) { step.output[i] = Float(acc[i]) }
+        }
+        if recordsTimings && step.attempts == 1 {
+            timings.append(StepTiming(dispatch: step.dispatchEnd - step.dispatchStart, wait: step.lastReply.at - step.dispatchEnd,
+                                      lastRoundTrip: step.lastReply.roundTrip, lastCompute: step.lastReply.compute,
+                                      combine: Self.now() - combineStart))
         }
     }
 
@@ -436,6 +468,7 @@ public final class ExpertCluster: ExpertBackend {
     /// sent, and the step's bookkeeping are allocated per layer step (a few small objects against
     /// a round trip of ~1 ms).
     func dispatch(_ step: Step, id: UInt64) throws -> Bool {
+        step.dispatchStart = Self.now()
         let batch = step.batch, k = batch.topK, d = model.hidden
         guard let row = placement[step.layer] else { throw ExpertBackendError.unknownLayer(step.layer) }
         if work.count < nodes.count { work += Array(repeating: Work(), count: nodes.count - work.count) }
@@ -491,11 +524,12 @@ public final class ExpertCluster: ExpertBackend {
                 return false
             }
             bytesSent += header.count + tokens.count * d * 4
-            step.pending[requestID] = (node, tokens)
+            step.pending[requestID] = (node, tokens, Self.now())
             requestStep[requestID] = id
         }
         outgoing.removeAll(keepingCapacity: true)
-        step.deadline = Self.now() + options.nodeTimeout
+        step.dispatchEnd = Self.now()
+        step.deadline = step.dispatchEnd + options.nodeTimeout
         return true
     }
 
@@ -543,6 +577,8 @@ public final class ExpertCluster: ExpertBackend {
                     try WireCodec.validateReply(rep, payloadByteCount: frames[1].count, expectedRows: p.tokens.count, hidden: d,
                                                 requestID: rep.requestID, dtype: .f64)
                     owner.results[node, default: []].append((p.tokens, frames[1]))
+                    let at = Self.now()
+                    owner.lastReply = (at, at - p.sentAt, rep.computeSeconds)
                     owner.pending[rep.requestID] = nil
                     requestStep[rep.requestID] = nil
                 case .error(let e):

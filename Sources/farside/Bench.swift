@@ -141,7 +141,12 @@ struct Bench: ParsableCommand {
                 var logits = try m.forward(prompt, cache: cache, logits: .last)
                 let t1 = Self.now()
                 let wireBefore = cluster.map { $0.bytesSent + $0.bytesReceived } ?? 0
-                defer { decodeWire += (cluster.map { $0.bytesSent + $0.bytesReceived } ?? 0) - wireBefore }
+                // Step timings of decode through the nodes only.
+                cluster?.recordsTimings = m.experts === cluster
+                defer {
+                    decodeWire += (cluster.map { $0.bytesSent + $0.bytesReceived } ?? 0) - wireBefore
+                    cluster?.recordsTimings = false
+                }
                 for _ in 0..<decodeTokens {
                     let next = logits.withUnsafeBufferPointer { Sampler.argmax($0) }
                     logits = try m.forward([next], cache: cache, logits: .last)
@@ -180,6 +185,14 @@ struct Bench: ParsableCommand {
                     extra += ", \"in_process_decode_runs\": \(list(localDecode)), \"in_process_prefill_runs\": \(list(localPrefill))"
                     extra += ", \"decode_ratio_runs\": \(list(ratios)), \"decode_ratio_median\": \(String(format: "%.3f", Self.median(ratios)))"
                     extra += ", \"prefill_ratio_median\": \(String(format: "%.3f", Self.median(prefillRatios)))"
+                }
+                // Where a decode step's time went (p50 over every MoE layer step of every run).
+                let t = cluster.timings
+                if !t.isEmpty {
+                    func p50(_ f: (ExpertCluster.StepTiming) -> Double) -> String { String(format: "%.1f", Self.median(t.map(f)) * 1e6) }
+                    extra += ", \"decode_step_dispatch_p50_us\": \(p50(\.dispatch)), \"decode_step_wait_p50_us\": \(p50(\.wait))"
+                    extra += ", \"decode_step_last_round_trip_p50_us\": \(p50(\.lastRoundTrip)), \"decode_step_last_compute_p50_us\": \(p50(\.lastCompute))"
+                    extra += ", \"decode_step_last_transport_p50_us\": \(p50 { $0.lastRoundTrip - $0.lastCompute }), \"decode_step_combine_p50_us\": \(p50(\.combine))"
                 }
                 for size in [1, 8, 64] {
                     let (p50, p99) = try Self.roundTrip(model: m, cluster: cluster, tokens: size, samples: 200)

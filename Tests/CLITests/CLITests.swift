@@ -152,6 +152,14 @@ final class CLITests: XCTestCase {
         }
         let median = try XCTUnwrap(json["decode_ratio_median"] as? Double)
         XCTAssertEqual(median, ratios.sorted()[1], accuracy: 0.0011)
+        // Step timings of the decode through the nodes: each step's round trip holds its compute.
+        let rtt = try XCTUnwrap(json["decode_step_last_round_trip_p50_us"] as? Double)
+        let compute = try XCTUnwrap(json["decode_step_last_compute_p50_us"] as? Double)
+        let transport = try XCTUnwrap(json["decode_step_last_transport_p50_us"] as? Double)
+        XCTAssertGreaterThan(compute, 0)
+        XCTAssertGreaterThanOrEqual(rtt, compute)
+        XCTAssertGreaterThanOrEqual(transport, 0)
+        XCTAssertNotNil(json["decode_step_dispatch_p50_us"] as? Double)
         try assertFails(["bench", "--model", dir, "--alternate-in-process"], mentioning: ["--alternate-in-process", "--local-nodes"])
     }
 

@@ -228,6 +228,35 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 2)
     }
 
+    /// With `recordsTimings`, every MoE layer step of a prompt and of a decoded token leaves one
+    /// `StepTiming` whose parts are consistent: the last reply's round trip contains its node's
+    /// compute time and the wait after the last send. Without it nothing is recorded.
+    func testStepTimingsAccountForEachStep() throws {
+        let dir = Harness.fixtures.appendingPathComponent("deepseek_v3")
+        let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
+        defer { Harness.stop(nodes) }
+        let moeLayers = model.sparseLayers.count
+        XCTAssertGreaterThan(moeLayers, 0)
+        let cache = model.makeCache()
+        _ = try model.forward([1, 2, 3], cache: cache)
+        XCTAssertTrue(cluster.timings.isEmpty, "recorded while off")
+        cluster.recordsTimings = true
+        _ = try model.forward([4, 5], cache: cache)
+        _ = try model.forward([6], cache: cache)
+        XCTAssertEqual(cluster.timings.count, 2 * moeLayers)
+        for t in cluster.timings {
+            for v in [t.dispatch, t.wait, t.lastRoundTrip, t.lastCompute, t.combine] {
+                XCTAssertTrue(v.isFinite && v >= 0, "\(t)")
+            }
+            XCTAssertGreaterThan(t.lastCompute, 0, "\(t)")
+            XCTAssertGreaterThanOrEqual(t.lastRoundTrip, t.lastCompute, "\(t)")
+            XCTAssertGreaterThanOrEqual(t.lastRoundTrip, t.wait, "\(t)")
+            XCTAssertLessThan(t.lastRoundTrip, 10, "\(t)")
+        }
+        cluster.clearTimings()
+        XCTAssertTrue(cluster.timings.isEmpty)
+    }
+
     /// Thousands of random and mutated messages to a live node's data socket: each gets an error
     /// reply or is dropped, and the node keeps serving well-formed requests.
     func testNodeSurvivesFuzzedMessages() throws {
