@@ -358,7 +358,8 @@ public final class ExpertCluster: ExpertBackend {
     }
 
     /// Record a `StepTiming` per finished step into `timings` (steps re-sent after a node
-    /// failure are left out).
+    /// failure are left out). `timings` grows by one entry per step while this is on: turn it
+    /// off or `clearTimings()` in a long-running process.
     public var recordsTimings = false
     public private(set) var timings: [StepTiming] = []
     public func clearTimings() { timings.removeAll(keepingCapacity: true) }
@@ -484,9 +485,9 @@ public final class ExpertCluster: ExpertBackend {
             if work[node].tokens.last != t { work[node].tokens.append(t) }
             work[node].routes.append((e, UInt32(work[node].tokens.count - 1), batch.weights[r]))
         }
-        // Every node's message is built before the first is sent: once a node has its request it
-        // starts computing, and on a machine whose cores it shares with this thread it may take
-        // this thread's core until it is done, so whatever is still unsent waits for it.
+        // Every node's message is built before the first is sent, so the sends go out back to
+        // back: a node that has its request starts computing, and on a machine whose cores it
+        // shares with this thread it can take this thread's core while the next is being built.
         outgoing.removeAll(keepingCapacity: true)
         for node in work.indices where !work[node].tokens.isEmpty {
             guard nodes[node].alive, nodes[node].data != nil else { return false }
@@ -516,9 +517,10 @@ public final class ExpertCluster: ExpertBackend {
         }
         for (node, requestID, header, payload) in outgoing {
             let tokens = work[node].tokens
+            guard let socket = nodes[node].data else { return false }
             do {
-                try nodes[node].data!.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: tokens.count * d * 4, owner: payload)],
-                                           flags: .dontWait)
+                try socket.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: tokens.count * d * 4, owner: payload)],
+                                flags: .dontWait)
             } catch {
                 markDead(node, "send failed: \(error)")
                 return false
