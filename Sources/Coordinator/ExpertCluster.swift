@@ -314,6 +314,8 @@ public final class ExpertCluster: ExpertBackend {
         var routes: [(expert: Int32, local: UInt32, weight: Float)] = []
     }
     var work: [Work] = []
+    /// The fp64 sum of a step's partial sums, reused by every `finishExperts`.
+    var sum: [Double] = []
     /// A step's messages between building and sending: (node, request id, header, rows).
     var outgoing: [(node: Int, requestID: UInt64, header: Frame, payload: FloatRows)] = []
 
@@ -414,7 +416,8 @@ public final class ExpertCluster: ExpertBackend {
         }
         let combineStart = Self.now()
         let n = step.batch.rows, d = model.hidden
-        var sum = [Double](repeating: 0, count: n * d)
+        sum.removeAll(keepingCapacity: true)
+        sum.append(contentsOf: repeatElement(0, count: n * d))
         // Node order is fixed (registration order), so the fp64 sum is reproducible. Payloads
         // were checked for size when they arrived; libzmq gives no alignment guarantee, hence
         // unaligned loads.

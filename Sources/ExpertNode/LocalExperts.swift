@@ -134,12 +134,12 @@ public final class LocalExperts: ExpertBackend {
     /// pool dispatch for gate and up (and the SiLU product) of all experts, one for down.
     /// Row `r` of an expert is the same dot product on either path.
     private func runOneTokenEach(_ list: [SwiGLU?], x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        let d = hidden, block = Self.rowBlock, active = self.single, scratch = self.scratch, counts = self.counts
+        let d = hidden, block = Self.rowBlock, single = self.single, scratch = self.scratch, counts = self.counts
         // Units of expert i: gate/up blocks then down blocks, numbered consecutively over experts.
         upStarts.removeAll(keepingCapacity: true)
         downStarts.removeAll(keepingCapacity: true)
         var up = 0, down = 0
-        for (e, _) in active {
+        for (e, _) in single {
             upStarts.append(up)
             downStarts.append(down)
             up += (list[e]!.intermediate + block - 1) / block
@@ -148,7 +148,7 @@ public final class LocalExperts: ExpertBackend {
         upStarts.append(up)
         downStarts.append(down)
         let upStarts = self.upStarts, downStarts = self.downStarts
-        // Walks units lo..<hi as (active index, first row of the block).
+        // Walks units lo..<hi as (index into `single`, first row of the block).
         func forEachBlock(_ starts: [Int], _ lo: Int, _ hi: Int, _ body: (Int, Int) -> Void) {
             var i = 0
             while starts[i + 1] <= lo { i += 1 }
@@ -159,7 +159,7 @@ public final class LocalExperts: ExpertBackend {
         }
         ThreadPool.shared.parallelFor(up) { lo, hi in
             forEachBlock(upStarts, lo, hi) { i, r in
-                let (e, s) = active[i], f = list[e]!, n = min(block, f.intermediate - r)
+                let (e, s) = single[i], f = list[e]!, n = min(block, f.intermediate - r)
                 let g = scratch + s, u = g + f.intermediate, xi = x + counts[e] * d
                 Linear.forward(f.gate.rows(r, count: n), input: xi, count: 1, output: g + r)
                 Linear.forward(f.up.rows(r, count: n), input: xi, count: 1, output: u + r)
@@ -168,7 +168,7 @@ public final class LocalExperts: ExpertBackend {
         }
         ThreadPool.shared.parallelFor(down) { lo, hi in
             forEachBlock(downStarts, lo, hi) { i, r in
-                let (e, s) = active[i], f = list[e]!, n = min(block, d - r)
+                let (e, s) = single[i], f = list[e]!, n = min(block, d - r)
                 Linear.forward(f.down.rows(r, count: n), input: scratch + s, count: 1, output: y + counts[e] * d + r)
             }
         }

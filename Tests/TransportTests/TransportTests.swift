@@ -55,6 +55,16 @@ final class TransportTests: XCTestCase {
         return (router, dealer, endpoint)
     }
 
+    /// Two PAIR sockets connected over a fresh inproc endpoint: `a` bound, `b` connected.
+    private func inprocPair() throws -> (a: ZMQSocket, b: ZMQSocket) {
+        let endpoint = uniqueInproc()
+        let a = try ZMQSocket(kind: .pair)
+        try a.bind(endpoint)
+        let b = try ZMQSocket(kind: .pair)
+        try b.connect(endpoint)
+        return (a, b)
+    }
+
     func testBindReturnsTheEphemeralEndpoint() throws {
         let socket = try ZMQSocket(kind: .router)
         let endpoint = try socket.bind("tcp://127.0.0.1:*")
@@ -115,11 +125,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testZeroCopyOverInprocHandsTheSameMemoryToTheReceiver() throws {
-        let endpoint = uniqueInproc()
-        let server = try ZMQSocket(kind: .pair)
-        try server.bind(endpoint)
-        let client = try ZMQSocket(kind: .pair)
-        try client.connect(endpoint)
+        let (server, client) = try inprocPair()
 
         weak var weakOwner: OwnedBuffer?
         var address: UnsafeRawPointer?
@@ -234,16 +240,8 @@ final class TransportTests: XCTestCase {
     }
 
     func testPollReportsWhichSocketIsReadable() throws {
-        func pair() throws -> (ZMQSocket, ZMQSocket) {
-            let endpoint = uniqueInproc()
-            let a = try ZMQSocket(kind: .pair)
-            try a.bind(endpoint)
-            let b = try ZMQSocket(kind: .pair)
-            try b.connect(endpoint)
-            return (a, b)
-        }
-        let (a1, b1) = try pair()
-        let (a2, b2) = try pair()
+        let (a1, b1) = try inprocPair()
+        let (a2, b2) = try inprocPair()
 
         var ready: [Bool] = []
         let ms = try elapsedMilliseconds { ready = try ZMQSocket.poll([b1, b2], timeout: 60) }
@@ -268,11 +266,7 @@ final class TransportTests: XCTestCase {
     /// phase and one that arrives after it (while blocked), and still honours the timeout,
     /// whether the timeout ends inside the yielding window or after it.
     func testPollYieldingBeforeBlocking() throws {
-        let endpoint = uniqueInproc()
-        let a = try ZMQSocket(kind: .pair)
-        try a.bind(endpoint)
-        let b = try ZMQSocket(kind: .pair)
-        try b.connect(endpoint)
+        let (a, b) = try inprocPair()
 
         var ready: [Bool] = []
         var ms = try elapsedMilliseconds { ready = try ZMQSocket.poll([b], timeout: 60, yieldingFor: 0.01) }
@@ -394,11 +388,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testSendMoreContinuesTheMessageAcrossCalls() throws {
-        let endpoint = uniqueInproc()
-        let a = try ZMQSocket(kind: .pair)
-        try a.bind(endpoint)
-        let b = try ZMQSocket(kind: .pair)
-        try b.connect(endpoint)
+        let (a, b) = try inprocPair()
         try a.send([Frame("one")], flags: .more)
         XCTAssertNil(try b.receive(timeout: 20), "an unfinished message is not delivered")
         try a.send([Frame("two"), Frame("three")])
