@@ -177,9 +177,12 @@ public final class ExpertCluster: ExpertBackend {
                     reply.accepted = false
                     reply.reason = "node serves a different model (fingerprint \(r.modelFingerprint), coordinator \(fingerprint))"
                     log("refused node \(id): \(reply.reason)")
+                } else if let refusal = register(id: id, endpoint: r.endpoint, memory: r.memoryBudgetBytes) {
+                    reply.accepted = false
+                    reply.reason = refusal
+                    log("refused node \(id): \(refusal)")
                 } else {
                     reply.accepted = true
-                    try register(id: id, endpoint: r.endpoint, memory: r.memoryBudgetBytes)
                 }
                 try? control.send([frames[0], try envelope(.registerReply(reply))], flags: .dontWait)
             case .assignmentAck(let a):
@@ -195,7 +198,17 @@ public final class ExpertCluster: ExpertBackend {
         }
     }
 
-    func register(id: String, endpoint: String, memory: UInt64) throws {
+    /// Adds a node, or takes back one that returns; nil when accepted, else why not. The data
+    /// socket is connected first, so an endpoint libzmq cannot use (it comes from the node, i.e.
+    /// from outside) refuses the registration and changes nothing: in particular it never ends
+    /// the steps in flight, and a known node keeps its current state.
+    func register(id: String, endpoint: String, memory: UInt64) -> String? {
+        let socket: ZMQSocket
+        do {
+            socket = try dataSocket(endpoint)
+        } catch {
+            return "cannot connect to its data endpoint \"\(endpoint)\": \(error)"
+        }
         if let n = nodes.first(where: { $0.id == id }) {
             // A node that comes back (restarted, or reachable again) starts empty.
             n.data?.close()
@@ -203,16 +216,17 @@ public final class ExpertCluster: ExpertBackend {
             n.memoryBudget = memory
             n.experts = []
             n.alive = true
-            n.data = try dataSocket(endpoint)
+            n.data = socket
             rebalancePending = !placement.isEmpty
             log("node \(id) re-registered at \(endpoint)")
         } else {
             let n = Node(id: id, endpoint: endpoint, memoryBudget: memory)
-            n.data = try dataSocket(endpoint)
+            n.data = socket
             nodes.append(n)
             rebalancePending = !placement.isEmpty
             log("node \(id) registered at \(endpoint)")
         }
+        return nil
     }
 
     func dataSocket(_ endpoint: String) throws -> ZMQSocket {
@@ -552,8 +566,9 @@ public final class ExpertCluster: ExpertBackend {
             let left = step.deadline - Self.now()
             var waitingSet = Set<Int>()
             for s in steps.values { for p in s.pending.values where nodes[p.node].alive { waitingSet.insert(p.node) } }
-            let waiting = waitingSet.sorted()
-            let sockets = waiting.compactMap { nodes[$0].data }
+            // Node and socket side by side, so `ready[i]` always belongs to `waiting[i]`.
+            let waiting = waitingSet.sorted().compactMap { i in nodes[i].data.map { (node: i, socket: $0) } }
+            let sockets = waiting.map(\.socket)
             // Nodes on this machine need the cores while this thread waits for them.
             if left > 0 { ThreadPool.shared.park() }
             let ready = try ZMQSocket.poll(sockets + [control], timeout: left > 0 ? max(1, Int(left * 1000)) : 0,
@@ -564,8 +579,8 @@ public final class ExpertCluster: ExpertBackend {
                 step.lost = true
                 return
             }
-            for (i, node) in waiting.enumerated() where ready[i] {
-                guard let socket = nodes[node].data, let frames = try socket.receive(timeout: 0) else { continue }
+            for (i, (node, socket)) in waiting.enumerated() where ready[i] {
+                guard let frames = try socket.receive(timeout: 0) else { continue }
                 bytesReceived += frames.reduce(0) { $0 + $1.count }
                 guard let first = frames.first, let env = try? WireCodec.decodeEnvelope(first.data) else {
                     log("node \(nodes[node].id): dropped an undecodable reply")

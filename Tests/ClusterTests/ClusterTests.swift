@@ -257,6 +257,39 @@ final class ClusterTests: XCTestCase {
         XCTAssertTrue(cluster.timings.isEmpty)
     }
 
+    /// A registration whose data endpoint libzmq cannot use (it comes from the node) is refused
+    /// with a reason naming the endpoint, and the cluster goes on computing the same logits: the
+    /// steps in flight are not ended by it.
+    func testUnusableRegistrationIsRefusedAndHarmsNothing() throws {
+        let dir = Harness.fixtures.appendingPathComponent("deepseek_v3")
+        let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
+        defer { Harness.stop(nodes) }
+        let cache = model.makeCache()
+        let before = try model.forward([1, 2, 3], cache: cache)
+
+        let intruder = try ZMQSocket(kind: .dealer)
+        defer { intruder.close() }
+        try intruder.setLinger(0)
+        try intruder.setRoutingID(Data("intruder".utf8))
+        try intruder.connect(cluster.controlEndpoint)
+        let fingerprint = try ModelRegistry.fingerprint(directory: dir)
+        for endpoint in ["not-an-endpoint", "carrier-pigeon://127.0.0.1:5", "tcp://"] {
+            let hello = WireCodec.register(nodeID: "intruder", endpoint: endpoint, memoryBudgetBytes: 1 << 30,
+                                           modelFingerprint: fingerprint)
+            try intruder.send([.data(try WireCodec.encode(hello))])
+            // The coordinator reads its control socket while it waits for the nodes.
+            let again = model.makeCache()
+            let after = try model.forward([1, 2, 3], cache: again)
+            XCTAssertEqual(after, before, "logits changed after a registration for \(endpoint)")
+            let frames = try XCTUnwrap(try intruder.receive(timeout: 5000), "no reply to a registration for \(endpoint)")
+            let env = try WireCodec.decodeEnvelope(frames[0].data)
+            guard case .registerReply(let reply) = env.body else { return XCTFail("expected a register reply, got \(env)") }
+            XCTAssertFalse(reply.accepted, endpoint)
+            XCTAssertTrue(reply.reason.contains(endpoint), reply.reason)
+        }
+        XCTAssertEqual(cluster.nodeEndpoints.count, 3, "the refused node was added")
+    }
+
     /// Thousands of random and mutated messages to a live node's data socket: each gets an error
     /// reply or is dropped, and the node keeps serving well-formed requests.
     func testNodeSurvivesFuzzedMessages() throws {
