@@ -330,8 +330,8 @@ public final class ExpertCluster: ExpertBackend {
     var work: [Work] = []
     /// The fp64 sum of a step's partial sums, reused by every `finishExperts`.
     var sum: [Double] = []
-    /// A step's messages between building and sending: (node, request id, header, rows).
-    var outgoing: [(node: Int, requestID: UInt64, header: Frame, payload: FloatRows)] = []
+    /// A step's messages between building and sending: (node, its socket, request id, header, rows).
+    var outgoing: [(node: Int, socket: ZMQSocket, requestID: UInt64, header: Frame, payload: FloatRows)] = []
 
     /// One layer step in flight: what was asked, what is still awaited, what came back.
     final class Step {
@@ -507,7 +507,7 @@ public final class ExpertCluster: ExpertBackend {
         // shares with this thread it can take this thread's core while the next is being built.
         outgoing.removeAll(keepingCapacity: true)
         for node in work.indices where !work[node].tokens.isEmpty {
-            guard nodes[node].alive, nodes[node].data != nil else { return false }
+            guard nodes[node].alive, let socket = nodes[node].data else { return false }
             work[node].routes.sort { ($0.expert, $0.local) < ($1.expert, $1.local) }
             let tokens = work[node].tokens
             var req = Farside_V1_ExpertRequest()
@@ -530,11 +530,10 @@ public final class ExpertCluster: ExpertBackend {
             req.groups = groups
             let payload = FloatRows(count: tokens.count * d)
             for (i, t) in tokens.enumerated() { (payload.pointer + i * d).update(from: step.input + Int(t) * d, count: d) }
-            outgoing.append((node, req.requestID, try envelope(.expertRequest(req)), payload))
+            outgoing.append((node, socket, req.requestID, try envelope(.expertRequest(req)), payload))
         }
-        for (node, requestID, header, payload) in outgoing {
+        for (node, socket, requestID, header, payload) in outgoing {
             let tokens = work[node].tokens
-            guard let socket = nodes[node].data else { return false }
             do {
                 try socket.send([header, .noCopy(pointer: UnsafeRawPointer(payload.pointer), count: tokens.count * d * 4, owner: payload)],
                                 flags: .dontWait)

@@ -264,8 +264,7 @@ final class ClusterTests: XCTestCase {
         let dir = Harness.fixtures.appendingPathComponent("deepseek_v3")
         let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
         defer { Harness.stop(nodes) }
-        let cache = model.makeCache()
-        let before = try model.forward([1, 2, 3], cache: cache)
+        let before = try model.forward([1, 2, 3], cache: model.makeCache())
 
         let intruder = try ZMQSocket(kind: .dealer)
         defer { intruder.close() }
@@ -277,11 +276,15 @@ final class ClusterTests: XCTestCase {
             let hello = WireCodec.register(nodeID: "intruder", endpoint: endpoint, memoryBudgetBytes: 1 << 30,
                                            modelFingerprint: fingerprint)
             try intruder.send([.data(try WireCodec.encode(hello))])
-            // The coordinator reads its control socket while it waits for the nodes.
-            let again = model.makeCache()
-            let after = try model.forward([1, 2, 3], cache: again)
-            XCTAssertEqual(after, before, "logits changed after a registration for \(endpoint)")
-            let frames = try XCTUnwrap(try intruder.receive(timeout: 5000), "no reply to a registration for \(endpoint)")
+            // The coordinator reads its control socket only while it waits for the nodes, and the
+            // intruder's connection is made in the background: compute until the reply comes.
+            var answer: [Frame]?
+            for _ in 0..<100 where answer == nil {
+                let after = try model.forward([1, 2, 3], cache: model.makeCache())
+                XCTAssertEqual(after, before, "logits changed after a registration for \(endpoint)")
+                answer = try intruder.receive(timeout: 50)
+            }
+            let frames = try XCTUnwrap(answer, "no reply to a registration for \(endpoint)")
             let env = try WireCodec.decodeEnvelope(frames[0].data)
             guard case .registerReply(let reply) = env.body else { return XCTFail("expected a register reply, got \(env)") }
             XCTAssertFalse(reply.accepted, endpoint)
