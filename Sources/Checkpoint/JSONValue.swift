@@ -3,7 +3,7 @@ import Foundation
 /// A decoded JSON value classified by kind. `JSONSerialization` hands back `NSNumber` for
 /// numbers *and* booleans (and `Any` dictionaries built in Swift hold native `Int`, `Double`,
 /// `Bool`), so every typed read goes through here to tell them apart reliably.
-enum JSONValue {
+public enum JSONValue {
     case null
     case bool(Bool)
     /// A number with no fractional part written as an integer (or a native Swift integer).
@@ -17,7 +17,7 @@ enum JSONValue {
 
     private static let booleanClass: AnyClass = type(of: NSNumber(value: true))
 
-    init(_ value: Any?) {
+    public init(_ value: Any?) {
         guard let v = value else { self = .null; return }
         if v is NSNull { self = .null; return }
         // An Optional stored in an `Any` (e.g. a `[String: Any?]` value): look through it.
@@ -48,7 +48,7 @@ enum JSONValue {
     }
 
     /// The value as an exact `Int`: integers, and numbers with no fractional part in range.
-    var exactInt: Int? {
+    public var exactInt: Int? {
         switch self {
         case .integer(let i): return i
         case .number(let d): return d.isFinite && d.rounded(.towardZero) == d ? Int(exactly: d) : nil
@@ -57,7 +57,7 @@ enum JSONValue {
     }
 
     /// The value as a `Double` (any number).
-    var double: Double? {
+    public var double: Double? {
         switch self {
         case .integer(let i): return Double(i)
         case .number(let d): return d
@@ -66,7 +66,7 @@ enum JSONValue {
     }
 
     /// A short rendering for error messages: `"text"`, `4.5`, `true`, `null`, `[1, 2]`, `an object`.
-    var brief: String {
+    public var brief: String {
         switch self {
         case .null: return "null"
         case .bool(let b): return b ? "true" : "false"
@@ -86,7 +86,7 @@ enum JSONValue {
     }
 
     /// What kind of value this is, for "expected X, found Y" messages.
-    var kindName: String {
+    public var kindName: String {
         switch self {
         case .null: return "null"
         case .bool: return "a boolean"
@@ -105,7 +105,7 @@ extension Optional: AnyOptional {
 }
 
 /// The reason JSONSerialization gave for rejecting input, without the NSError boilerplate.
-func jsonFailureReason(_ error: Error) -> String {
+public func jsonFailureReason(_ error: Error) -> String {
     let ns = error as NSError
     if let d = ns.userInfo["NSDebugDescription"] as? String { return d }
     return ns.localizedDescription

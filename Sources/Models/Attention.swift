@@ -7,9 +7,11 @@ public protocol AttentionLayer {
     var cacheWidths: (Int, Int) { get }
     /// Bytes of weights one token's pass reads.
     var weightBytes: Int { get }
-    /// `output[n, hidden] = Attn(x[n, hidden])` for positions `start ..< start + n`.
-    /// `cos`/`sin` hold the RoPE table rows for those positions (`[n, ropeDim / 2]`).
-    func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
+    /// `output[n, hidden] = Attn(x[n, hidden])` for `n` rows of one or more sequences: `spans`
+    /// (sorted, covering rows `0..<n`) say which sequence's cache each row appends to, at which
+    /// positions; each row attends causally over its own sequence only, layer `layer` of its
+    /// cache. `cos`/`sin` hold the RoPE table rows for the rows' positions (`[n, ropeDim / 2]`).
+    func forward(_ x: UnsafePointer<Float>, count n: Int, spans: [SequenceSpan], layer: Int,
                  cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
                  output: UnsafeMutablePointer<Float>, workspace: Workspace)
 }
@@ -60,13 +62,17 @@ public final class GroupedQueryAttention: AttentionLayer {
     public var cacheWidths: (Int, Int) { (kvHeads * headDim, kvHeads * headDim) }
     public var weightBytes: Int { [wq, wk, wv, wo].reduce(0) { $0 + $1.byteCount } }
 
-    public func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
+    public func forward(_ x: UnsafePointer<Float>, count n: Int, spans: [SequenceSpan], layer: Int,
                         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
                         output: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
         let hd = headDim, qDim = heads * hd, kvDim = kvHeads * hd, half = rope.dim / 2
         let q = ws.buffer(10, count: n * qDim)
-        let k = cache.a + start * kvDim
-        let v = cache.b + start * kvDim
+        // One sequence: keys and values go straight to its cache. Several: to scratch, then each
+        // span's rows are copied to its own cache (one row copy per token, against the row's
+        // whole projection and attention).
+        let single = spans.count == 1
+        let k = single ? spans[0].cache.layers[layer].a + spans[0].start * kvDim : ws.buffer(18, count: n * kvDim)
+        let v = single ? spans[0].cache.layers[layer].b + spans[0].start * kvDim : ws.buffer(19, count: n * kvDim)
         Linear.forward(wq, wk, wv, input: x, count: n, outputs: q, k, v)
         addBias(q, qBias, rows: n)
         addBias(k, kBias, rows: n)
@@ -83,18 +89,28 @@ public final class GroupedQueryAttention: AttentionLayer {
                 rope.rotate(row, cos: cos + t * half, sin: sin + t * half)
             }
         }
+        if !single {
+            for s in spans {
+                let c = s.cache.layers[layer]
+                (c.a + s.start * kvDim).update(from: k + s.rows.lowerBound * kvDim, count: s.rows.count * kvDim)
+                (c.b + s.start * kvDim).update(from: v + s.rows.lowerBound * kvDim, count: s.rows.count * kvDim)
+            }
+        }
         let ctx = ws.buffer(11, count: n * qDim)
         let group = heads / kvHeads
-        let keys = UnsafePointer(cache.a), values = UnsafePointer(cache.b)
         let scale = self.scale, heads = self.heads
+        let longest = spans.reduce(0) { max($0, $1.start + $1.rows.count) }
         ThreadPool.shared.parallelFor(n * heads) { lo, hi in
             // One score row per worker chunk (a few per layer), sized for the longest context in
             // this batch; past a few KiB it comes from malloc, negligible next to reading K and V.
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: start + n) { buf in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { buf in
+                var hint = 0
                 for idx in lo..<hi {
                     let t = idx / heads, h = idx % heads, kvh = h / group
+                    let span = spans.span(containing: t, hint: &hint)
+                    let keys = UnsafePointer(span.cache.layers[layer].a), values = UnsafePointer(span.cache.layers[layer].b)
                     let qv = UnsafePointer(q + t * qDim + h * hd)
-                    attend(length: start + t + 1, scale: scale, scores: buf.baseAddress!,
+                    attend(length: span.start + (t - span.rows.lowerBound) + 1, scale: scale, scores: buf.baseAddress!,
                            score: { j in Elementwise.dot(qv, keys + j * kvDim + kvh * hd, count: hd) },
                            value: { j in values + j * kvDim + kvh * hd }, width: hd,
                            out: ctx + t * qDim + h * hd)
@@ -155,7 +171,7 @@ public final class MultiHeadLatentAttention: AttentionLayer {
     public var cacheWidths: (Int, Int) { (kvLoraRank, ropeDim) }
     public var weightBytes: Int { [wq, qA, qB, kvA, wo].reduce(up.byteCount) { $0 + ($1?.byteCount ?? 0) } }
 
-    public func forward(_ x: UnsafePointer<Float>, count n: Int, start: Int, cache: KVCache.Layer,
+    public func forward(_ x: UnsafePointer<Float>, count n: Int, spans: [SequenceSpan], layer: Int,
                         cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
                         output: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
         let qkDim = nopeDim + ropeDim, qDim = heads * qkDim, half = ropeDim / 2
@@ -175,10 +191,13 @@ public final class MultiHeadLatentAttention: AttentionLayer {
         let kv = ws.buffer(13, count: n * (r + rd))
         Linear.forward(kvA, input: x, count: n, output: kv)
         addBias(kv, kvABias, rows: n)
+        var hint = 0
         for t in 0..<n {
+            let span = spans.span(containing: t, hint: &hint)
+            let cache = span.cache.layers[layer], pos = span.start + (t - span.rows.lowerBound)
             let src = kv + t * (r + rd)
-            Elementwise.rmsNorm(src, weight: kvANorm, eps: eps, dim: r, output: cache.a + (start + t) * r)
-            let kpe = cache.b + (start + t) * rd
+            Elementwise.rmsNorm(src, weight: kvANorm, eps: eps, dim: r, output: cache.a + pos * r)
+            let kpe = cache.b + pos * rd
             kpe.update(from: src + r, count: rd)
             rope.rotate(kpe, cos: cos + t * half, sin: sin + t * half)
             for h in 0..<heads {
@@ -218,14 +237,19 @@ public final class MultiHeadLatentAttention: AttentionLayer {
             }
         }
         let oLat = ws.buffer(15, count: n * heads * r)
-        let latents = UnsafePointer(cache.a), ropeKeys = UnsafePointer(cache.b), scale = self.scale
+        let scale = self.scale
+        let longest = spans.reduce(0) { max($0, $1.start + $1.rows.count) }
         ThreadPool.shared.parallelFor(n * heads) { lo, hi in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: start + n) { buf in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { buf in
+                var hint = 0
                 for idx in lo..<hi {
                     let h = idx / n, t = idx % n
+                    let span = spans.span(containing: t, hint: &hint)
+                    let latents = UnsafePointer(span.cache.layers[layer].a), ropeKeys = UnsafePointer(span.cache.layers[layer].b)
+                    let length = span.start + (t - span.rows.lowerBound) + 1
                     let ql = UnsafePointer(qLat + (h * n + t) * r)
                     let qpe = UnsafePointer(q + t * qDim + h * qkDim + nope)
-                    attend(length: start + t + 1, scale: scale, scores: buf.baseAddress!,
+                    attend(length: length, scale: scale, scores: buf.baseAddress!,
                            score: { j in
                                Elementwise.dot(ql, latents + j * r, count: r) + Elementwise.dot(qpe, ropeKeys + j * rd, count: rd)
                            },

@@ -42,10 +42,10 @@ public final class RouteTrace {
     }
     public private(set) var entries: [Entry] = []
     public init() {}
-    func record(layer: Int, start: Int, batch: RoutedBatch) {
-        for t in 0..<batch.rows {
+    func record(layer: Int, positions: ArraySlice<Int>, batch: RoutedBatch) {
+        for (t, position) in positions.enumerated() {
             let r = t * batch.topK ..< (t + 1) * batch.topK
-            entries.append(Entry(layer: layer, position: start + t,
+            entries.append(Entry(layer: layer, position: position,
                                  experts: batch.experts[r].map(Int.init), weights: Array(batch.weights[r])))
         }
     }
@@ -88,6 +88,8 @@ public final class DecoderModel {
     lazy var hasSparseLayers = !sparseLayers.isEmpty
     var cosTable: [Float] = []
     var sinTable: [Float] = []
+    var spanCos: [Float] = []
+    var spanSin: [Float] = []
 
     public init(architecture: String, vocabSize: Int, hidden: Int, maxPositions: Int, normEps: Float,
                 embedding: Matrix, layers: [DecoderLayer], finalNorm: [Float], lmHead: Matrix,
@@ -142,19 +144,38 @@ public final class DecoderModel {
     /// `cache`, and returns the selected logits row-major (`[rows, vocabSize]`).
     public func forward(_ tokens: [Int], cache: KVCache, logits selection: LogitSelection = .last,
                         trace: RouteTrace? = nil) throws -> [Float] {
-        let n = tokens.count
+        guard !tokens.isEmpty else { throw ModelError.emptyInput }
+        return try forward(.single(tokens, start: cache.length, logits: selection), caches: [cache], trace: trace)
+    }
+
+    /// Runs one step of several sequences (see `Batch` for the layout it requires): row `t`
+    /// appends to `caches[batch.sequences[t]]`, attends over that sequence only, and the rows
+    /// that want logits get them, returned row-major (`[batch.logitRows, vocabSize]`) in batch
+    /// order. Every weight is read once for the whole step; all rows that reach a MoE layer go
+    /// to the expert backend as one routed batch. On error no cache changes length.
+    public func forward(_ batch: Batch, caches: [KVCache], trace: RouteTrace? = nil) throws -> [Float] {
+        let n = batch.count
         guard n > 0 else { throw ModelError.emptyInput }
-        for t in tokens where t < 0 || t >= vocabSize { throw ModelError.tokenOutOfRange(token: t, vocab: vocabSize) }
-        let start = cache.length
-        guard start + n <= maxPositions else { throw ModelError.contextOverflow(needed: start + n, limit: maxPositions) }
-        cache.reserve(additional: n)
+        for t in batch.tokens where t < 0 || t >= vocabSize { throw ModelError.tokenOutOfRange(token: t, vocab: vocabSize) }
+        let spans = try sequenceSpans(batch, caches: caches)
+        for s in spans { s.cache.reserve(additional: s.rows.count) }
 
         let d = hidden
         let h = workspace.buffer(0, count: n * d)
         let xn = workspace.buffer(1, count: n * d)
         let y = workspace.buffer(2, count: n * d)
-        for (t, tok) in tokens.enumerated() { embedding.widenRow(tok, into: h + t * d) }
-        rope.table(positions: start ..< start + n, cos: &cosTable, sin: &sinTable)
+        for (t, tok) in batch.tokens.enumerated() { embedding.widenRow(tok, into: h + t * d) }
+        let half = rope.dim / 2
+        if cosTable.count < n * half {
+            cosTable = [Float](repeating: 0, count: n * half)
+            sinTable = cosTable
+        }
+        for s in spans {
+            rope.table(positions: s.start ..< s.start + s.rows.count, cos: &spanCos, sin: &spanSin)
+            let o = s.rows.lowerBound * half, m = s.rows.count * half
+            cosTable.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: o).update(from: spanCos, count: m) }
+            sinTable.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: o).update(from: spanSin, count: m) }
+        }
 
         // Micro-batches (ping-pong): a batch of routed tokens may run as two halves, each one layer
         // step apart, so that with a remote expert backend one half's attention overlaps the
@@ -167,6 +188,7 @@ public final class DecoderModel {
         } else {
             parts = [0 ..< n]
         }
+        let partSpans = parts.map { part in spans.compactMap { $0.clipped(to: part) } }
         var inFlight = [PendingFFN?](repeating: nil, count: parts.count)
         do {
             for (li, layer) in layers.enumerated() {
@@ -177,10 +199,9 @@ public final class DecoderModel {
                     }
                     let m = part.count, o = part.lowerBound * d
                     for t in part { Elementwise.rmsNorm(h + t * d, weight: layer.inputNorm, eps: normEps, dim: d, output: xn + t * d) }
-                    let half = rope.dim / 2
                     cosTable.withUnsafeBufferPointer { c in
                         sinTable.withUnsafeBufferPointer { s in
-                            layer.attention.forward(xn + o, count: m, start: start + part.lowerBound, cache: cache.layers[li],
+                            layer.attention.forward(xn + o, count: m, spans: partSpans[pi], layer: li,
                                                     cos: c.baseAddress! + part.lowerBound * half,
                                                     sin: s.baseAddress! + part.lowerBound * half,
                                                     output: y + o, workspace: workspace)
@@ -193,8 +214,8 @@ public final class DecoderModel {
                         ffn.forward(xn + o, count: m, output: y + o, scratch: workspace.buffer(3, count: 2 * m * ffn.intermediate))
                         Elementwise.add(h + o, y + o, count: m * d)
                     case .sparse(let moe):
-                        inFlight[pi] = try beginSparse(moe, layer: li, part: pi, rows: part, batchRows: n, x: xn, start: start,
-                                                        output: y, trace: trace)
+                        inFlight[pi] = try beginSparse(moe, layer: li, part: pi, rows: part, batchRows: n, x: xn,
+                                                        positions: batch.positions, output: y, trace: trace)
                     }
                 }
             }
@@ -206,23 +227,53 @@ public final class DecoderModel {
             for case let p? in inFlight { experts?.cancelExperts(p.step) }
             throw error
         }
-        cache.commit(n)
+        for s in spans { s.cache.commit(s.rows.count) }
 
-        let rows: Range<Int>
-        switch selection {
-        case .none: return []
-        case .last: rows = n - 1 ..< n
-        case .all: rows = 0 ..< n
-        }
-        let normed = workspace.buffer(1, count: rows.count * d)
-        for (i, t) in rows.enumerated() {
+        // The LM head only for the rows that want logits.
+        let wanted = batch.logitRows
+        guard wanted > 0 else { return [] }
+        let normed = workspace.buffer(1, count: wanted * d)
+        var i = 0
+        for t in 0..<n where batch.wantsLogits[t] {
             Elementwise.rmsNorm(h + t * d, weight: finalNorm, eps: normEps, dim: d, output: normed + i * d)
+            i += 1
         }
-        var out = [Float](repeating: 0, count: rows.count * vocabSize)
+        var out = [Float](repeating: 0, count: wanted * vocabSize)
         out.withUnsafeMutableBufferPointer { o in
-            Linear.forward(lmHead, input: normed, count: rows.count, output: o.baseAddress!)
+            Linear.forward(lmHead, input: normed, count: wanted, output: o.baseAddress!)
         }
         return out
+    }
+
+    /// The batch's runs of rows per sequence, checked against `Batch`'s contract: each sequence
+    /// contiguous, at consecutive positions from its cache's length, within the context.
+    func sequenceSpans(_ batch: Batch, caches: [KVCache]) throws -> [SequenceSpan] {
+        var spans: [SequenceSpan] = []
+        var seen = Set<Int>()
+        var t = 0
+        while t < batch.count {
+            let seq = batch.sequences[t]
+            guard seq >= 0 && seq < caches.count else {
+                throw ModelError.invalidBatch("row \(t) names sequence \(seq), but \(caches.count) caches were given")
+            }
+            guard seen.insert(seq).inserted else {
+                throw ModelError.invalidBatch("sequence \(seq)'s rows are not contiguous in the batch (again at row \(t))")
+            }
+            let cache = caches[seq]
+            var end = t
+            while end < batch.count && batch.sequences[end] == seq {
+                guard batch.positions[end] == cache.length + (end - t) else {
+                    throw ModelError.invalidBatch("row \(end) of sequence \(seq) is at position \(batch.positions[end]), expected \(cache.length + (end - t)) (the cache holds \(cache.length))")
+                }
+                end += 1
+            }
+            guard cache.length + (end - t) <= maxPositions else {
+                throw ModelError.contextOverflow(needed: cache.length + (end - t), limit: maxPositions)
+            }
+            spans.append(SequenceSpan(rows: t ..< end, cache: cache, start: cache.length))
+            t = end
+        }
+        return spans
     }
 
     /// A sparse layer's step in flight for one micro-batch.
@@ -242,7 +293,7 @@ public final class DecoderModel {
     /// 5 and 6 at the micro-batch's rows (sized for the whole batch by `forward`, so they are not
     /// reallocated in flight).
     private func beginSparse(_ moe: SparseMoE, layer: Int, part: Int, rows: Range<Int>, batchRows: Int,
-                             x: UnsafeMutablePointer<Float>, start: Int, output: UnsafeMutablePointer<Float>,
+                             x: UnsafeMutablePointer<Float>, positions: [Int], output: UnsafeMutablePointer<Float>,
                              trace: RouteTrace?) throws -> PendingFFN {
         guard let experts else {
             throw ModelError.invalidConfig("layer \(layer) has routed experts but no expert backend is attached")
@@ -252,7 +303,7 @@ public final class DecoderModel {
         routed[part].rows = n
         routed[part].hidden = d
         moe.router.route(xs, batch: &routed[part], logits: workspace.buffer(4, count: n * moe.router.expertCount))
-        trace?.record(layer: layer, start: start + rows.lowerBound, batch: routed[part])
+        trace?.record(layer: layer, positions: positions[rows], batch: routed[part])
         let step = try experts.beginExperts(layer: layer, batch: routed[part], input: xs, output: output + rows.lowerBound * d)
         let overlap = experts.overlapsSharedExpert
         if overlap { sharedExpert(moe, rows: rows, batchRows: batchRows, input: xs) }

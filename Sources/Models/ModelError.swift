@@ -5,6 +5,8 @@ public enum ModelError: Error, CustomStringConvertible {
     case tokenOutOfRange(token: Int, vocab: Int)
     case contextOverflow(needed: Int, limit: Int)
     case emptyInput
+    /// A `Batch` that breaks its layout contract (a caller's bug, not a user's input).
+    case invalidBatch(String)
 
     public var description: String {
         switch self {
@@ -18,6 +20,8 @@ public enum ModelError: Error, CustomStringConvertible {
             return "sequence of \(n) tokens exceeds the model's context limit of \(limit) positions"
         case .emptyInput:
             return "no input tokens: give at least one token id"
+        case .invalidBatch(let s):
+            return "invalid batch: \(s)"
         }
     }
 }

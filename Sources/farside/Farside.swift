@@ -11,7 +11,7 @@ struct Farside: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "farside",
         abstract: "Distributed expert-parallel inference for Mixture-of-Experts language models.",
-        subcommands: [Generate.self, Chat.self, Tokenize.self, Logits.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
+        subcommands: [Generate.self, Chat.self, Serve.self, Tokenize.self, Logits.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
 }
 
 /// Options shared by the commands that run a model.

@@ -1,0 +1,438 @@
+import Foundation
+import Models
+
+/// Why a request's generation ended, in OpenAI's words where they exist.
+public enum FinishReason: String, Sendable {
+    /// An end-of-sequence or stop token (or, decided by the caller, a stop string).
+    case stop
+    /// `maxTokens` generated, or the model's context is full.
+    case length
+    /// The caller cancelled it (a client that went away).
+    case cancelled
+    /// The step it was in failed (e.g. every expert node lost); `GenerationEvent.failed` says why.
+    case error
+}
+
+/// Errors a request can be refused with before it runs.
+public enum EngineError: Error, CustomStringConvertible {
+    case emptyPrompt
+    case promptTooLong(tokens: Int, context: Int)
+    case tokenOutOfRange(token: Int, vocab: Int)
+    case invalidMaxTokens(Int)
+    case invalidTopLogprobs(Int)
+    case queueFull(waiting: Int)
+    case stopping
+
+    public var description: String {
+        switch self {
+        case .emptyPrompt:
+            return "the prompt has no tokens"
+        case let .promptTooLong(n, context):
+            return "the prompt has \(n) tokens, but the model's context holds \(context) positions and at least one must be left for the reply"
+        case let .tokenOutOfRange(t, v):
+            return "token id \(t) is outside the vocabulary (valid ids are 0..<\(v))"
+        case .invalidMaxTokens(let n):
+            return "max tokens must be at least 1, got \(n)"
+        case .invalidTopLogprobs(let n):
+            return "top logprobs must be in 0...20, got \(n)"
+        case .queueFull(let n):
+            return "the server is at capacity (\(n) requests waiting); retry later"
+        case .stopping:
+            return "the server is shutting down"
+        }
+    }
+}
+
+/// What a caller asks the engine to generate.
+public struct GenerationRequest: Sendable {
+    public var prompt: [Int]
+    /// New tokens at most; the context also caps them (finish reason `length`).
+    public var maxTokens: Int
+    public var sampling: SamplingParameters
+    /// Tokens that end generation besides the model's EOS tokens (or instead of them, with `ignoreEOS`).
+    public var stopTokens: Set<Int>
+    public var ignoreEOS: Bool
+    /// When set, each token carries its log-probability and this many most likely alternatives.
+    public var topLogprobs: Int?
+
+    public init(prompt: [Int], maxTokens: Int, sampling: SamplingParameters = .init(), stopTokens: Set<Int> = [],
+                ignoreEOS: Bool = false, topLogprobs: Int? = nil) {
+        self.prompt = prompt
+        self.maxTokens = maxTokens
+        self.sampling = sampling
+        self.stopTokens = stopTokens
+        self.ignoreEOS = ignoreEOS
+        self.topLogprobs = topLogprobs
+    }
+}
+
+/// One generated token.
+public struct GeneratedToken: Sendable {
+    public let id: Int
+    /// Natural-log probability of `id` under the model's distribution (before temperature), when asked for.
+    public let logprob: Float?
+    /// The most likely tokens and their log-probabilities, most likely first, when asked for.
+    public let top: [(id: Int, logprob: Float)]
+    /// Whether it ended generation as an EOS or stop token (callers usually do not print it).
+    public let isStop: Bool
+}
+
+/// Token counts of a finished request.
+public struct Usage: Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    /// Prompt tokens whose KV came from an earlier request (prefix reuse), not computed again.
+    public var cachedTokens: Int
+
+    public init(promptTokens: Int, completionTokens: Int, cachedTokens: Int) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.cachedTokens = cachedTokens
+    }
+}
+
+/// What the engine tells a request's caller, in order: tokens, then exactly one end.
+public enum GenerationEvent: Sendable {
+    case token(GeneratedToken)
+    case finished(FinishReason, Usage)
+    /// The request's step failed; `finished(.error, …)` follows.
+    case failed(String)
+}
+
+/// The serving loop: requests from any thread enter a queue; one engine thread runs steps of
+/// continuous batching (`Scheduler` decides which tokens), each step ONE batched forward pass of
+/// every running sequence (`DecoderModel.forward(_:caches:)`: one routed batch per MoE layer, so
+/// an expert node's round trip is paid once per step for all sequences), and sends each
+/// sequence's tokens to its caller as they are sampled.
+///
+/// A request's tokens do not depend on what else runs with it: each sequence has its own KV
+/// cache and its own seeded sampler, and the model computes each row independently of the others
+/// (`Batch`), so greedy output equals `Generator` on the same prompt alone.
+///
+/// A finished conversation's KV stays in a small LRU pool (`Options.prefixCacheSequences`); a
+/// new request whose prompt starts with its tokens (the next turn of a chat) takes it over and
+/// prefills only the rest, as `ChatSession` does for one conversation.
+public final class Engine: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var limits = Scheduler.Limits()
+        /// Requests waiting to be admitted at most; more are refused (`EngineError.queueFull`).
+        public var maxWaiting = 256
+        /// Finished sequences whose KV is kept for prefix reuse.
+        public var prefixCacheSequences = 8
+        /// Called on the engine thread after every step (and when idle, at most every second)
+        /// to read the expert backend's state, which only that thread may touch: expert nodes
+        /// alive and known.
+        public var nodeProbe: (@Sendable () -> (alive: Int, known: Int))?
+        public init() {}
+    }
+
+    /// Counters and gauges for metrics, read with `snapshot()`.
+    public struct Snapshot: Sendable {
+        public var running = 0
+        public var waiting = 0
+        /// Bytes of KV storage held by running sequences and the prefix pool.
+        public var kvBytes = 0
+        public var steps = 0
+        public var stepTokens = 0
+        public var prefixHits = 0
+        public var prefixTokensReused = 0
+        public var nodesAlive = 0
+        public var nodesKnown = 0
+    }
+
+    public let model: DecoderModel
+    public let options: Options
+
+    /// Guards everything below it, shared with callers' threads.
+    private let lock = NSCondition()
+    private var inbox: [Sequence] = []
+    private var cancelled: Set<Int> = []
+    private var waitingCount = 0
+    private var nextID = 0
+    private var stopping = false
+    private var drainDeadline: Date?
+    private var finishedLoop = false
+    private var stats = Snapshot()
+
+    // The engine thread's own state.
+    private var scheduler: Scheduler
+    private var sequences: [Int: Sequence] = [:]
+    private var prefixPool: [(tokens: [Int], cache: KVCache)] = []
+    private var thread: Thread?
+
+    /// One running request.
+    final class Sequence {
+        let id: Int
+        let request: GenerationRequest
+        let onEvent: (GenerationEvent) -> Void
+        /// Prompt then generated tokens.
+        var tokens: [Int]
+        /// Tokens whose KV `cache` holds (== cache.length).
+        var computed = 0
+        var generated = 0
+        var cachedTokens = 0
+        var cache: KVCache?
+        var sampler: Sampler
+        let stops: Set<Int>
+
+        init(id: Int, request: GenerationRequest, stops: Set<Int>, onEvent: @escaping (GenerationEvent) -> Void) {
+            self.id = id
+            self.request = request
+            self.onEvent = onEvent
+            self.stops = stops
+            tokens = request.prompt
+            sampler = Sampler(request.sampling)
+        }
+
+        var pending: Int { tokens.count - computed }
+    }
+
+    public init(model: DecoderModel, options: Options = Options()) {
+        self.model = model
+        self.options = options
+        scheduler = Scheduler(limits: options.limits)
+    }
+
+    /// Starts the engine thread. Call once.
+    public func start() {
+        let t = Thread { [self] in loop() }
+        t.name = "farside-engine"
+        // Attention keeps a score row per context position on the stack of the threads running it.
+        t.stackSize = 16 << 20
+        thread = t
+        t.start()
+    }
+
+    /// Queues a request; `onEvent` is called on the engine thread (keep it short and non-blocking)
+    /// with its tokens and then its end. Returns the request's id (for `cancel`).
+    /// Throws, without calling `onEvent`, when the request cannot run.
+    @discardableResult
+    public func submit(_ request: GenerationRequest, onEvent: @escaping (GenerationEvent) -> Void) throws -> Int {
+        guard !request.prompt.isEmpty else { throw EngineError.emptyPrompt }
+        for t in request.prompt where t < 0 || t >= model.vocabSize {
+            throw EngineError.tokenOutOfRange(token: t, vocab: model.vocabSize)
+        }
+        guard request.prompt.count < model.maxPositions else {
+            throw EngineError.promptTooLong(tokens: request.prompt.count, context: model.maxPositions)
+        }
+        guard request.maxTokens >= 1 else { throw EngineError.invalidMaxTokens(request.maxTokens) }
+        if let k = request.topLogprobs, !(0...20).contains(k) { throw EngineError.invalidTopLogprobs(k) }
+        try request.sampling.validate()
+        let stops = request.ignoreEOS ? request.stopTokens : request.stopTokens.union(model.eosTokenIds)
+        lock.lock()
+        defer { lock.unlock() }
+        guard !stopping else { throw EngineError.stopping }
+        guard waitingCount < options.maxWaiting else { throw EngineError.queueFull(waiting: waitingCount) }
+        let id = nextID
+        nextID += 1
+        inbox.append(Sequence(id: id, request: request, stops: stops, onEvent: onEvent))
+        waitingCount += 1
+        lock.signal()
+        return id
+    }
+
+    /// Cancels a request (at the next step); its caller gets `finished(.cancelled, …)` unless it
+    /// has already finished. Safe from any thread, also for unknown or finished ids.
+    public func cancel(_ id: Int) {
+        lock.lock()
+        cancelled.insert(id)
+        lock.signal()
+        lock.unlock()
+    }
+
+    /// Stops accepting requests; running and waiting ones finish, until `drainTimeout` has passed,
+    /// when the rest are cancelled. Returns when the engine thread has ended.
+    public func shutdown(drainTimeout: TimeInterval) {
+        lock.lock()
+        stopping = true
+        drainDeadline = Date().addingTimeInterval(max(0, drainTimeout))
+        lock.signal()
+        while !finishedLoop && thread != nil { lock.wait() }
+        lock.unlock()
+    }
+
+    /// Current counters and gauges.
+    public func snapshot() -> Snapshot {
+        lock.lock()
+        defer { lock.unlock() }
+        return stats
+    }
+
+    // MARK: The engine thread
+
+    private func loop() {
+        while true {
+            lock.lock()
+            while inbox.isEmpty && cancelled.isEmpty && scheduler.isIdle && !stopping {
+                if !lock.wait(until: Date().addingTimeInterval(1)) {
+                    lock.unlock()
+                    publishStats()
+                    lock.lock()
+                }
+            }
+            let arrived = inbox
+            inbox.removeAll()
+            let cancels = cancelled
+            cancelled.removeAll()
+            let overdue = stopping && Date() >= (drainDeadline ?? .distantPast)
+            lock.unlock()
+
+            for s in arrived {
+                sequences[s.id] = s
+                scheduler.enqueue(s.id)
+            }
+            for id in cancels { if let s = sequences[id] { end(s, .cancelled) } }
+            if overdue { for s in Array(sequences.values) { end(s, .cancelled) } }
+            if scheduler.isIdle && stopping {
+                lock.lock()
+                finishedLoop = true
+                lock.broadcast()
+                lock.unlock()
+                return
+            }
+            step()
+            publishStats()
+        }
+    }
+
+    /// One step: plan, run every scheduled token in one forward pass, sample, report.
+    private func step() {
+        // A sequence gets its KV cache when admitted (`admissible` runs before `pending` is
+        // asked): a prefix-pool hit changes how many of its tokens are pending.
+        let slices = scheduler.schedule(pending: { self.sequences[$0]?.pending ?? 0 },
+                                        admissible: { id in
+                                            if let s = self.sequences[id], s.cache == nil { self.attachCache(s) }
+                                            return true
+                                        })
+        guard !slices.isEmpty else { return }
+        var batch = Batch()
+        var caches: [KVCache] = []
+        caches.reserveCapacity(slices.count)
+        var members: [(Sequence, Int)] = []
+        for slice in slices {
+            guard let s = sequences[slice.id], let cache = s.cache, slice.tokens <= s.pending else { continue }
+            let from = s.computed
+            batch.append(s.tokens[from ..< from + slice.tokens], sequence: caches.count, start: from,
+                         logitsForLast: from + slice.tokens == s.tokens.count)
+            caches.append(cache)
+            members.append((s, slice.tokens))
+        }
+        lock.lock()
+        stats.steps += 1
+        stats.stepTokens += batch.count
+        lock.unlock()
+        let logits: [Float]
+        do {
+            logits = try model.forward(batch, caches: caches)
+        } catch {
+            for (s, _) in members {
+                s.onEvent(.failed("\(error)"))
+                end(s, .error)
+            }
+            return
+        }
+        let vocab = model.vocabSize
+        var row = 0
+        for (s, k) in members {
+            s.computed += k
+            guard s.computed == s.tokens.count else { continue }
+            let next: GeneratedToken = logits.withUnsafeBufferPointer { all in
+                let l = UnsafeBufferPointer(rebasing: all[row * vocab ..< (row + 1) * vocab])
+                let id = s.sampler.sample(l)
+                var lp: Float? = nil
+                var top: [(id: Int, logprob: Float)] = []
+                if let n = s.request.topLogprobs { (lp, top) = Self.logprobs(l, chosen: id, top: n) }
+                return GeneratedToken(id: id, logprob: lp, top: top, isStop: s.stops.contains(id))
+            }
+            row += 1
+            s.tokens.append(next.id)
+            s.generated += 1
+            s.onEvent(.token(next))
+            if next.isStop {
+                end(s, .stop)
+            } else if s.generated >= s.request.maxTokens || s.tokens.count >= model.maxPositions {
+                end(s, .length)
+            }
+        }
+    }
+
+    /// Gives a newly admitted sequence a KV cache: the prefix pool's entry sharing the longest
+    /// prefix with its prompt (all but its last token at most, whose logits are needed), or a new one.
+    private func attachCache(_ s: Sequence) {
+        let prompt = s.request.prompt
+        var best = -1, bestLength = 0
+        for (i, e) in prefixPool.enumerated() {
+            let limit = min(e.tokens.count, prompt.count - 1)
+            var k = 0
+            while k < limit && e.tokens[k] == prompt[k] { k += 1 }
+            if k > bestLength { best = i; bestLength = k }
+        }
+        if best >= 0 {
+            let e = prefixPool.remove(at: best)
+            e.cache.truncate(to: bestLength)
+            s.cache = e.cache
+            s.computed = bestLength
+            s.cachedTokens = bestLength
+            lock.lock()
+            stats.prefixHits += 1
+            stats.prefixTokensReused += bestLength
+            lock.unlock()
+        } else {
+            // Grows geometrically as the sequence does; sized for the prompt and a short reply.
+            s.cache = model.makeCache(capacity: min(prompt.count + 64, model.maxPositions))
+        }
+    }
+
+    /// Ends a sequence: reports it, frees its slot, keeps its KV for prefix reuse.
+    private func end(_ s: Sequence, _ reason: FinishReason) {
+        scheduler.remove(s.id)
+        sequences[s.id] = nil
+        if let cache = s.cache, reason != .error, s.computed > 0, options.prefixCacheSequences > 0 {
+            cache.truncate(to: s.computed)
+            prefixPool.append((Array(s.tokens[..<s.computed]), cache))
+            if prefixPool.count > options.prefixCacheSequences { prefixPool.removeFirst() }
+        }
+        s.cache = nil
+        s.onEvent(.finished(reason, Usage(promptTokens: s.request.prompt.count, completionTokens: s.generated,
+                                          cachedTokens: s.cachedTokens)))
+    }
+
+    private func publishStats() {
+        var kv = 0
+        for s in sequences.values { if let c = s.cache { kv += Self.bytes(c) } }
+        for e in prefixPool { kv += Self.bytes(e.cache) }
+        let running = scheduler.running.count, waiting = scheduler.waiting.count
+        let nodes = options.nodeProbe?() ?? (alive: 0, known: 0)
+        lock.lock()
+        stats.nodesAlive = nodes.alive
+        stats.nodesKnown = nodes.known
+        stats.running = running
+        stats.waiting = waiting
+        waitingCount = waiting + inbox.count
+        stats.kvBytes = kv
+        lock.unlock()
+    }
+
+    private static func bytes(_ c: KVCache) -> Int {
+        c.layers.reduce(0) { $0 + $1.capacity * ($1.widthA + $1.widthB) * MemoryLayout<Float>.size }
+    }
+
+    /// log p(chosen) and the `top` most likely tokens' log-probabilities, from raw logits.
+    static func logprobs(_ l: UnsafeBufferPointer<Float>, chosen: Int, top: Int) -> (Float, [(id: Int, logprob: Float)]) {
+        var m = -Float.infinity
+        for v in l where v > m { m = v }
+        var sum = 0.0
+        for v in l { sum += Double(expf(v - m)) }
+        let logZ = m + Float(log(sum))
+        var best: [(id: Int, logprob: Float)] = []
+        if top > 0 {
+            for (i, v) in l.enumerated() where best.count < top || v > best[best.count - 1].logprob + logZ {
+                let entry = (id: i, logprob: v - logZ)
+                let at = best.firstIndex { $0.logprob < entry.logprob } ?? best.count
+                best.insert(entry, at: at)
+                if best.count > top { best.removeLast() }
+            }
+        }
+        return (l[chosen] - logZ, best)
+    }
+}

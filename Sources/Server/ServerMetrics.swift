@@ -1,0 +1,61 @@
+import Coordinator
+import Foundation
+import Prometheus
+
+/// The service's Prometheus metrics (swift-prometheus): counters and histograms recorded as
+/// requests end, gauges read from the engine at each scrape.
+final class ServerMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let promptTokens: Counter
+    let generatedTokens: Counter
+    let cancelled: Counter
+    let timeToFirstToken: ValueHistogram
+    let timePerOutputToken: ValueHistogram
+    let requestDuration: ValueHistogram
+    let running: Gauge
+    let waiting: Gauge
+    let kvBytes: Gauge
+    let nodesAlive: Gauge
+    let nodesKnown: Gauge
+    let steps: Gauge
+    let prefixHits: Gauge
+
+    init() {
+        promptTokens = registry.makeCounter(name: "farside_prompt_tokens_total", help: "Prompt tokens of finished requests.")
+        generatedTokens = registry.makeCounter(name: "farside_generation_tokens_total", help: "Tokens generated.")
+        cancelled = registry.makeCounter(name: "farside_requests_cancelled_total", help: "Streaming requests whose client went away.")
+        let latency: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+        timeToFirstToken = registry.makeValueHistogram(name: "farside_time_to_first_token_seconds", buckets: latency,
+                                                       help: "From request to its first generated token.")
+        timePerOutputToken = registry.makeValueHistogram(name: "farside_time_per_output_token_seconds",
+                                                         buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+                                                         help: "Mean time between a request's generated tokens.")
+        requestDuration = registry.makeValueHistogram(name: "farside_request_duration_seconds", buckets: latency + [120, 300],
+                                                      help: "From request to its last token.")
+        running = registry.makeGauge(name: "farside_running_sequences", help: "Sequences being generated.")
+        waiting = registry.makeGauge(name: "farside_waiting_requests", help: "Requests queued for admission.")
+        kvBytes = registry.makeGauge(name: "farside_kv_cache_bytes", help: "KV cache bytes held (running sequences and prefix pool).")
+        nodesAlive = registry.makeGauge(name: "farside_expert_nodes_alive", help: "Expert nodes serving.")
+        nodesKnown = registry.makeGauge(name: "farside_expert_nodes_known", help: "Expert nodes registered, alive or not.")
+        steps = registry.makeGauge(name: "farside_engine_steps", help: "Forward steps run since start.")
+        prefixHits = registry.makeGauge(name: "farside_prefix_cache_hits", help: "Requests that reused an earlier request's KV.")
+    }
+
+    /// `farside_requests_total{status="…"}`.
+    func requests(status: Int) -> Counter {
+        registry.makeCounter(name: "farside_requests_total", labels: [("status", "\(status)")], help: "Requests answered, by HTTP status.")
+    }
+
+    /// The exposition text, with gauges refreshed from the engine.
+    func render(_ model: ServedModel) -> String {
+        let s = model.engine.snapshot()
+        running.set(Double(s.running))
+        waiting.set(Double(s.waiting))
+        kvBytes.set(Double(s.kvBytes))
+        steps.set(Double(s.steps))
+        prefixHits.set(Double(s.prefixHits))
+        nodesAlive.set(Double(s.nodesAlive))
+        nodesKnown.set(Double(s.nodesKnown))
+        return registry.emitToString()
+    }
+}

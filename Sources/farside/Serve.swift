@@ -1,0 +1,132 @@
+import ArgumentParser
+import ChatTemplate
+import Coordinator
+import Foundation
+import Logging
+import Models
+import Server
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve a model over an OpenAI-compatible HTTP API (chat and text completions, streaming) with continuous batching.",
+        discussion: "Requests share forward steps: every step runs the next token of each running sequence plus chunks of waiting prompts, "
+            + "and all of a step's tokens travel to the expert nodes as one batch per MoE layer. A request's tokens do not depend on "
+            + "what else is running. SIGTERM or Ctrl-C stops accepting, lets running requests finish (--drain-timeout) and stops the nodes.")
+
+    @Option(name: .long, help: "A GGUF file or a Hugging Face checkpoint directory (default: the default model).")
+    var model: String?
+
+    @Option(name: .long, help: "Address to listen on.")
+    var host: String = "127.0.0.1"
+
+    @Option(name: .long, help: "Port to listen on (0: any free port; the chosen one is printed).")
+    var port: Int = 8000
+
+    @Option(name: .long, help: "Expert-node processes to start on this machine (0: experts in this process).")
+    var localNodes: Int = 0
+
+    @Option(name: .long, help: "Seconds without a reply before an expert node is declared dead.")
+    var nodeTimeout: Double = 2
+
+    @Option(name: .long, help: "Cut each dense FFN into E neuron slices computed as experts (default with --local-nodes N on a dense model: N).")
+    var splitDense: Int?
+
+    @Option(name: .long, help: "Tokens one forward step may compute (decode tokens plus prompt chunks).")
+    var maxBatchTokens: Int = 512
+
+    @Option(name: .long, help: "Sequences generated at once.")
+    var maxSeqs: Int = 64
+
+    @Option(name: .long, help: "Requests that may wait for a slot; more get 503 with Retry-After.")
+    var maxWaiting: Int = 256
+
+    @Option(name: .long, help: "Finished conversations whose KV cache is kept for prefix reuse by a following request.")
+    var prefixCache: Int = 8
+
+    @Option(name: .long, help: "Require 'Authorization: Bearer KEY' on /v1/* (default: $FARSIDE_API_KEY, or none).")
+    var apiKey: String?
+
+    @Option(name: .long, help: "Seconds SIGTERM/SIGINT waits for running requests before cancelling them.")
+    var drainTimeout: Double = 30
+
+    @Option(name: .long, help: "Largest request body in bytes (larger ones get 413).")
+    var maxBodyBytes: Int = 4 << 20
+
+    @Option(name: .long, help: "The model name clients send and /v1/models lists (default: the model file's name).")
+    var servedModelName: String?
+
+    @Option(name: .long, help: "A Jinja chat template file to use instead of the model's own.")
+    var chatTemplate: String?
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
+        guard (0...64).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
+        guard nodeTimeout > 0 && nodeTimeout.isFinite else { throw ValidationError("--node-timeout must be a positive number of seconds") }
+        if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
+        guard (1...65536).contains(maxBatchTokens) else { throw ValidationError("--max-batch-tokens must be in 1...65536, got \(maxBatchTokens)") }
+        guard (1...4096).contains(maxSeqs) else { throw ValidationError("--max-seqs must be in 1...4096, got \(maxSeqs)") }
+        guard (0...1_000_000).contains(maxWaiting) else { throw ValidationError("--max-waiting must be in 0...1000000, got \(maxWaiting)") }
+        guard (0...4096).contains(prefixCache) else { throw ValidationError("--prefix-cache must be in 0...4096, got \(prefixCache)") }
+        guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ValidationError("--drain-timeout must be a finite number of seconds >= 0") }
+        guard (1024...(1 << 30)).contains(maxBodyBytes) else { throw ValidationError("--max-body-bytes must be in 1024...1073741824, got \(maxBodyBytes)") }
+        if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            var logger = Logger(label: "farside") { StreamLogHandler.standardError(label: $0) }
+            logger.logLevel = .info
+            let path = try model ?? DefaultModel.path()
+            let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense)
+            let tokenizer = try? openTokenizer(path: path)
+            let format = try? ChatFormat(modelPath: path, override: chatTemplate)
+            if chatTemplate != nil && format == nil {
+                _ = try ChatFormat(modelPath: path, override: chatTemplate)  // rethrows the reason
+            }
+            var opts = Engine.Options()
+            opts.limits = Scheduler.Limits(maxBatchTokens: maxBatchTokens, maxSequences: maxSeqs)
+            opts.maxWaiting = maxWaiting
+            opts.prefixCacheSequences = prefixCache
+            if let cluster {
+                opts.nodeProbe = { [cluster] in
+                    let states = cluster.nodeStates
+                    return (states.filter(\.alive).count, states.count)
+                }
+            }
+            let engine = Engine(model: m, options: opts)
+            engine.start()
+            let name = servedModelName ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+            let served = ServedModel(
+                id: name, engine: engine, tokenizer: tokenizer,
+                chat: format.map { f in { @Sendable messages in try f.tokens(messages) } },
+                chatStopTokens: format?.stopTokens ?? [],
+                isReady: { true })
+            var server = ServerOptions()
+            server.host = host
+            server.port = port
+            server.apiKey = apiKey ?? ProcessInfo.processInfo.environment["FARSIDE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+            server.drainTimeout = drainTimeout
+            server.maxBodyBytes = maxBodyBytes
+            let http = OpenAIServer(model: served, options: server, logger: logger)
+            let host = self.host, nodes = localNodes, arch = m.architecture
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var failure: Error?
+            Task {
+                do {
+                    try await http.run { port in
+                        // One line on stdout that scripts and tests wait for.
+                        print("farside serve: \(arch) as '\(name)' on http://\(host):\(port) (\(nodes) local expert nodes)")
+                        fflush(stdout)
+                    }
+                } catch {
+                    failure = error
+                }
+                done.signal()
+            }
+            done.wait()
+            engine.shutdown(drainTimeout: 0)
+            if let failure { throw failure }
+            logger.info("stopped")
+        }
+    }
+}

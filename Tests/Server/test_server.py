@@ -1,0 +1,429 @@
+"""`farside serve` through the real `openai` client and raw HTTP: a real server process on
+loopback, the default model (SmolLM2-135M-Instruct Q4_1, fetched by scripts/setup.sh) and the
+tiny fixture models. Run by scripts/test.sh in the venv scripts/setup.sh makes."""
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("FARSIDE_BIN", REPO / ".build/release/farside"))
+DEFAULT_MODEL = REPO / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+FIXTURES = REPO / "Tests/Fixtures"
+
+
+class Server:
+    """A `farside serve` process on a free loopback port, stopped with SIGTERM."""
+
+    def __init__(self, *args, model=DEFAULT_MODEL, env=None):
+        cmd = [str(BIN), "serve", "--model", str(model), "--port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.stderr_lines = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        deadline = time.time() + 180
+        line = ""
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            m = re.search(r"on http://([\d.]+):(\d+)", line)
+            if m:
+                self.host, self.port = m.group(1), int(m.group(2))
+                break
+        else:
+            line = ""
+        if not getattr(self, "port", None):
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r} {''.join(self.stderr_lines)[-2000:]}")
+        self.url = f"http://{self.host}:{self.port}"
+        self.model = None
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def client(self, **kw):
+        kw.setdefault("api_key", "none")
+        return openai.OpenAI(base_url=self.url + "/v1", max_retries=0, timeout=120, **kw)
+
+    def request(self, method, path, body=None, headers=None, raw=None):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        h = {"Content-Type": "application/json", **(headers or {})}
+        conn.request(method, path, body=data, headers=h)
+        r = conn.getresponse()
+        payload = r.read()
+        conn.close()
+        return r.status, dict(r.getheaders()), payload
+
+    def metrics(self):
+        status, _, body = self.request("GET", "/metrics")
+        assert status == 200
+        values = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+def farside(*args):
+    r = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server("--max-batch-tokens", "64")
+    s.model = s.client().models.list().data[0].id
+    yield s
+    assert s.stop() == 0
+
+
+# --- the OpenAI client -------------------------------------------------------------------------
+
+def test_models_lists_the_served_model(server):
+    models = server.client().models.list().data
+    assert [m.id for m in models] == ["SmolLM2-135M-Instruct.Q4_1"]
+    assert server.client().models.retrieve(server.model).id == server.model
+
+
+def test_chat_completion_answers_with_usage(server):
+    r = server.client().chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24, temperature=0)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 24
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_greedy_chat_equals_farside_generate(server):
+    q = "Name three colors."
+    r = server.client().chat.completions.create(model=server.model, messages=[{"role": "user", "content": q}],
+                                                max_tokens=20, temperature=0)
+    alone = json.loads(farside("generate", "--chat", "--prompt", q, "--max-tokens", "20", "--format", "json",
+                               "--model", str(DEFAULT_MODEL)))
+    assert r.choices[0].message.content == alone["text"]
+
+
+def test_streaming_chat_matches_non_streaming_and_reports_usage(server):
+    c = server.client()
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
+    whole = c.chat.completions.create(model=server.model, messages=msgs, max_tokens=16, temperature=0)
+    chunks = list(c.chat.completions.create(model=server.model, messages=msgs, max_tokens=16, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_text_completion_from_text_and_token_ids(server):
+    c = server.client()
+    r = c.completions.create(model=server.model, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 8
+    ids = json.loads(farside("tokenize", "--text", "The capital of France is", "--model", str(DEFAULT_MODEL)))["tokens"]
+    r2 = c.completions.create(model=server.model, prompt=ids, max_tokens=8, temperature=0)
+    assert r2.choices[0].text == r.choices[0].text
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model=server.model, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True) if ch.choices)
+    assert streamed == r.choices[0].text
+
+
+def test_stop_strings_cut_the_text(server):
+    c = server.client()
+    full = c.completions.create(model=server.model, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0).choices[0].text
+    assert "6" in full, full
+    stop = full[full.index("6"):full.index("6") + 1]
+    r = c.completions.create(model=server.model, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, stop=[stop])
+    assert r.choices[0].text == full[:full.index(stop)]
+    assert r.choices[0].finish_reason == "stop"
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model=server.model, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, stop=[stop], stream=True) if ch.choices)
+    assert streamed == r.choices[0].text
+
+
+def test_same_seed_same_text(server):
+    c = server.client()
+    kw = dict(model=server.model, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=20,
+              temperature=1.0, top_p=0.95)
+    a = c.chat.completions.create(seed=1234, **kw).choices[0].message.content
+    b = c.chat.completions.create(seed=1234, **kw).choices[0].message.content
+    others = {c.chat.completions.create(seed=s, **kw).choices[0].message.content for s in (1, 2, 3)}
+    assert a == b
+    assert len(others | {a}) > 1, "different seeds should not all give the same text"
+
+
+def test_logprobs(server):
+    r = server.client().chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
+        logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) >= 1
+    for item in content:
+        assert item.logprob <= 0 and len(item.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert item.top_logprobs[0].token == item.token
+        assert abs(item.top_logprobs[0].logprob - item.logprob) < 1e-6
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def error_of(status_body):
+    status, headers, body = status_body
+    e = json.loads(body)["error"]
+    assert set(e) >= {"message", "type", "param", "code"}
+    return status, e, headers
+
+
+@pytest.mark.parametrize("body,param", [
+    (b'{"model": "x", "messages": [', None),
+    (b'[1, 2]', None),
+    (b'', None),
+    (json.dumps({"messages": "hello"}).encode(), "messages"),
+    (json.dumps({"messages": []}).encode(), "messages"),
+    (json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}).encode(), "messages[0].role"),
+    (json.dumps({"messages": [{"role": "user"}]}).encode(), "messages[0].content"),
+    (json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), "messages[0].content"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}).encode(), "max_tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}).encode(), "max_tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "10"}).encode(), "max_tokens"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}).encode(), "temperature"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 7}).encode(), "temperature"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}).encode(), "top_p"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 3}).encode(), "n"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "stop": [1]}).encode(), "stop"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}).encode(), "stream"),
+])
+def test_bad_chat_requests_get_400_naming_the_field(server, body, param):
+    status, e, _ = error_of(server.request("POST", "/v1/chat/completions", raw=body))
+    assert status == 400, e
+    assert e["type"] == "invalid_request_error"
+    assert e["param"] == param, e
+
+
+def test_huge_max_tokens_is_capped_by_the_context(server):
+    r = server.client().completions.create(model=server.model, prompt="Hello", max_tokens=10**15, temperature=0,
+                                           extra_body={"ignore_eos": True}, stream=True)
+    # Only the first chunks: the request is valid and starts; closing the stream cancels it.
+    next(iter(r))
+    r.close()
+
+
+def test_prompt_longer_than_the_context_is_400(server):
+    status, e, _ = error_of(server.request("POST", "/v1/completions", {"prompt": [1] * 9000, "max_tokens": 1}))
+    assert status == 400 and e["code"] == "context_length_exceeded"
+
+
+def test_unknown_model_and_route_are_404(server):
+    status, e, _ = error_of(server.request("POST", "/v1/chat/completions",
+                                           {"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}))
+    assert status == 404 and e["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        server.client().models.retrieve("gpt-9")
+    status, e, _ = error_of(server.request("GET", "/v2/nothing"))
+    assert status == 404
+
+
+def test_body_over_the_limit_is_413(server):
+    big = b'{"prompt": "' + b"a" * (10 << 20) + b'"}'
+    status, e, _ = error_of(server.request("POST", "/v1/completions", raw=big))
+    assert status == 413
+
+
+def test_slow_client_does_not_block_the_others(server):
+    s = socket.create_connection((server.host, server.port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pro")
+    try:
+        r = server.client().completions.create(model=server.model, prompt="Hi", max_tokens=3)
+        assert r.usage.completion_tokens >= 1
+    finally:
+        s.close()
+
+
+def test_health_and_metrics(server):
+    status, _, body = server.request("GET", "/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    m = server.metrics()
+    assert m['farside_requests_total{status="200"}'] >= 1
+    assert m["farside_generation_tokens_total"] > 0
+    assert "farside_time_to_first_token_seconds_count" in m
+    assert "farside_kv_cache_bytes" in m and "farside_running_sequences" in m
+
+
+def test_openapi_document_is_served(server):
+    status, headers, body = server.request("GET", "/openapi.yaml")
+    assert status == 200 and b"/v1/chat/completions" in body
+
+
+def test_cancelled_stream_frees_its_sequence(server):
+    before = server.metrics().get("farside_requests_cancelled_total", 0)
+    stream = server.client().completions.create(model=server.model, prompt="Count:", max_tokens=4000, temperature=0,
+                                                extra_body={"ignore_eos": True}, stream=True)
+    it = iter(stream)
+    next(it)
+    next(it)
+    stream.close()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = server.metrics()
+        if m["farside_running_sequences"] == 0 and m.get("farside_requests_cancelled_total", 0) > before:
+            break
+        time.sleep(0.2)
+    m = server.metrics()
+    assert m["farside_running_sequences"] == 0
+    assert m["farside_requests_cancelled_total"] > before
+
+
+def test_api_key():
+    s = Server("--api-key", "sekret")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="wrong").models.list()
+        status, e, _ = error_of(s.request("GET", "/v1/models"))
+        assert status == 401
+        assert s.client(api_key="sekret").models.list().data
+        assert s.request("GET", "/health")[0] == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_full_queue_is_503_with_retry_after():
+    s = Server("--max-seqs", "1", "--max-waiting", "1")
+    try:
+        def long_request():
+            return s.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 300, "ignore_eos": True})
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _: long_request(), range(6)))
+        statuses = sorted(r[0] for r in results)
+        assert 200 in statuses and 503 in statuses, statuses
+        for status, headers, body in results:
+            if status == 503:
+                assert "Retry-After" in headers or "retry-after" in headers
+                assert json.loads(body)["error"]["code"] == "overloaded"
+    finally:
+        assert s.stop() == 0
+
+
+# --- batch invariance --------------------------------------------------------------------------
+
+def prompts16(vocab_text):
+    words = vocab_text.split()
+    out = []
+    for i in range(16):
+        n = [3, 9, 17, 40, 70, 5, 25, 90][i % 8]
+        out.append(" ".join(words[(i * 7 + k) % len(words)] for k in range(n)))
+    return out
+
+
+TEXT = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
+        "in the old town square near the river where boats carry spices silk and tea from distant ports")
+
+
+def alone_tokens(model, prompt, n):
+    out = json.loads(farside("generate", "--model", str(model), "--prompt", prompt, "--max-tokens", str(n),
+                             "--ignore-eos", "--format", "json"))
+    return out["tokens"]
+
+
+def concurrent_tokens(server, prompts, n):
+    def one(p):
+        status, _, body = server.request("POST", "/v1/completions", {
+            "prompt": p, "max_tokens": n, "temperature": 0, "ignore_eos": True, "return_token_ids": True})
+        assert status == 200, body
+        return json.loads(body)["choices"][0]["token_ids"]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        return list(pool.map(one, prompts))
+
+
+@pytest.mark.parametrize("nodes", [0, 2])
+def test_16_concurrent_prompts_equal_each_alone(nodes):
+    prompts = prompts16(TEXT)
+    n = 12
+    want = [alone_tokens(DEFAULT_MODEL, p, n) for p in prompts]
+    s = Server("--local-nodes", str(nodes), "--max-batch-tokens", "64")
+    try:
+        got = concurrent_tokens(s, prompts, n)
+    finally:
+        assert s.stop() == 0
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"prompt {i} ({len(prompts[i].split())} words) differs in a crowd"
+
+
+def test_killed_node_loses_no_request():
+    model = FIXTURES / "deepseek_v3"
+    ids = [[(i * 13 + k * 7) % 200 + 3 for k in range([4, 11, 23, 37][i % 4])] for i in range(16)]
+    n = 24
+    want = []
+    for p in ids:
+        out = json.loads(farside("generate", "--model", str(model), "--tokens", ",".join(map(str, p)),
+                                 "--max-tokens", str(n), "--ignore-eos", "--format", "json"))
+        want.append(out["tokens"])
+    s = Server("--local-nodes", "2", "--max-batch-tokens", "32", "--node-timeout", "0.5", model=model)
+    try:
+        children = subprocess.run(["pgrep", "-P", str(s.proc.pid), "-f", "farside expert"], capture_output=True, text=True)
+        node_pids = [int(x) for x in children.stdout.split()]
+        assert len(node_pids) == 2, children.stdout
+
+        def one(p):
+            status, _, body = s.request("POST", "/v1/completions", {
+                "prompt": p, "max_tokens": n, "temperature": 0, "ignore_eos": True, "return_token_ids": True})
+            assert status == 200, body
+            return json.loads(body)["choices"][0]["token_ids"]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(one, p) for p in ids]
+            time.sleep(0.3)
+            os.kill(node_pids[0], signal.SIGKILL)
+            got = [f.result() for f in futures]
+    finally:
+        assert s.stop() == 0
+    assert got == want
+
+
+def test_sigterm_drains_running_requests_and_stops_nodes():
+    s = Server("--local-nodes", "2")
+    children = subprocess.run(["pgrep", "-P", str(s.proc.pid), "-f", "farside expert"], capture_output=True, text=True)
+    node_pids = [int(x) for x in children.stdout.split()]
+    assert len(node_pids) == 2
+    result = {}
+
+    def run():
+        result["r"] = s.request("POST", "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 40,
+                                                            "ignore_eos": True})
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.0)
+    assert s.stop(signal.SIGTERM) == 0
+    t.join(60)
+    status, _, body = result["r"]
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 40
+    for pid in node_pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
