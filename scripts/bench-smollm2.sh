@@ -3,7 +3,7 @@
 # threads, prompt (512 tokens) and decode (64 tokens from an empty context, as llama-bench's
 # tg64) tokens/s, in process and through 2 local expert nodes, beside llama.cpp's llama-bench on
 # the same file. The peer is built here from the llama.cpp that PyPI's llama-cpp-python sdist
-# vendors (never committed; kept under .build/peer). Farside and llama.cpp alternate within each
+# vendors, fetched with pip (scripts/build-llama-cpp.sh; never committed, kept under .build/peer). Farside and llama.cpp alternate within each
 # of ROUNDS rounds (this machine's memory bandwidth drifts by tens of percent over minutes), so
 # every ratio is taken within a round; medians over rounds are printed as Markdown, with the
 # peak RSS of each process as GNU time reports it.
@@ -15,36 +15,8 @@ scripts/setup.sh
 swift build -c release --product farside >&2
 bin=.build/release/farside
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+peer_bin=$(scripts/build-llama-cpp.sh llama-bench)
 peer=.build/peer
-peer_version=0.3.36
-if [ ! -x "$peer/build/bin/llama-bench" ]; then
-  command -v g++ >/dev/null || {
-    sudo -n true 2>/dev/null && SUDO=sudo || SUDO=
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq g++ >/dev/null
-  }
-  mkdir -p "$peer"
-  # cmake from PyPI, in a venv of its own.
-  [ -x "$peer/venv/bin/cmake" ] || { python3 -m venv "$peer/venv" && "$peer/venv/bin/pip" install --quiet --only-binary :all: cmake >&2; }
-  # The sdist straight from PyPI's simple index, checked against the index's sha256 (pip download
-  # would build the package's metadata, and with it cmake from source).
-  python3 - "$peer_version" "$peer" <<'PY'
-import hashlib, re, sys, urllib.request
-version, dest = sys.argv[1], sys.argv[2]
-index = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-python/").read().decode()
-links = [l for l in re.findall(r'href="([^"]+)"', index) if f"llama_cpp_python-{version}.tar.gz" in l]
-if not links:
-    sys.exit(f"llama-cpp-python {version} sdist not found on PyPI")
-url, _, digest = links[0].partition("#sha256=")
-data = urllib.request.urlopen(url).read()
-if hashlib.sha256(data).hexdigest() != digest:
-    sys.exit("llama-cpp-python sdist: sha256 mismatch")
-open(f"{dest}/llama_cpp_python-{version}.tar.gz", "wb").write(data)
-PY
-  tar -xzf "$peer/llama_cpp_python-$peer_version.tar.gz" -C "$peer"
-  "$peer/venv/bin/cmake" -S "$peer/llama_cpp_python-$peer_version/vendor/llama.cpp" -B "$peer/build" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-  "$peer/venv/bin/cmake" --build "$peer/build" --target llama-bench -j 2 >&2
-fi
 out=$(mktemp)
 # gtime FILE CMD...: runs CMD with its stdout in FILE; prints CMD's peak RSS in KiB (GNU time).
 gtime() { local f=$1; shift; /usr/bin/time -f '%M' -o "$out.rss" "$@" > "$f"; cat "$out.rss"; }
@@ -55,7 +27,7 @@ for i in $(seq "$rounds"); do
     "$bin" bench --model "$model" --prompt-tokens 1 --decode-tokens 64 --runs 3 --local-nodes "$n" > "$out.d"
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"who":"farside","nodes":int(sys.argv[2]),"tg":r["decode_tok_s"],"round":int(sys.argv[3])}))' "$out.d" "$n" "$i" >> "$out"
   done
-  rss=$(gtime "$out.l" env LD_LIBRARY_PATH="$peer/build/bin" "$peer/build/bin/llama-bench" -m "$model" -t 2 -p 512 -n 64 -r 3 -o json)
+  rss=$(gtime "$out.l" env LD_LIBRARY_PATH="$peer_bin" "$peer_bin/llama-bench" -m "$model" -t 2 -p 512 -n 64 -r 3 -o json)
   python3 -c '
 import json, sys
 rows = json.load(open(sys.argv[1]))

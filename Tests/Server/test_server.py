@@ -427,3 +427,24 @@ def test_sigterm_drains_running_requests_and_stops_nodes():
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 40
     for pid in node_pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_64_streaming_clients_for_60_seconds():
+    """The acceptance load: 64 concurrent streaming clients for 60 s on loopback (bounded loop),
+    zero errors, and memory that stays bounded; the peak RSS is printed for the record."""
+    s = Server("--max-seqs", "64")
+    try:
+        out = subprocess.run([".venv/bin/python", "scripts/load.py", "--port", str(s.port), "--clients", "64",
+                              "--requests", "0", "--duration", "60", "--max-tokens", "24", "--pid", str(s.proc.pid)],
+                             capture_output=True, text=True, timeout=900, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        print("load:", out.stdout.strip())
+        assert r["errors"] == 0, r["error_samples"]
+        assert r["requests"] >= 64
+        # Weights (~100 MB mapped), 64 small KV caches and the server itself: far below 1 GiB.
+        assert r["server_peak_rss_mib"] < 1024, r
+        m = s.metrics()
+        assert m["farside_running_sequences"] == 0 and m["farside_waiting_requests"] == 0
+    finally:
+        assert s.stop() == 0
