@@ -152,13 +152,16 @@ AVX2 static inline void nibbles(const uint8_t *n, __m256i *lo, __m256i *hi) {
 
 // Four rows at a time share the activation loads; prefetch reaches two row groups ahead (the
 // rows a thread reads next are `row_stride` apart, too far for the hardware prefetcher to guess).
+// A last group of fewer than four rows repeats its last row (computed, not stored), so every
+// row runs the same instructions wherever it falls: its result cannot depend on which rows
+// share its call (batch invariance; the scalar code is only for machines without AVX2).
 #define GEMV_AVX2(NAME, KIND, BYTES)                                                                      \
 AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,           \
                       const float *scale, const float *sum, float *y, int accumulate) {                  \
-    int r = 0;                                                                                            \
-    for (; r + 4 <= rows; r += 4) {                                                                       \
-        const uint8_t *p[4] = {w + (size_t)r * stride, w + (size_t)(r + 1) * stride,                      \
-                               w + (size_t)(r + 2) * stride, w + (size_t)(r + 3) * stride};               \
+    for (int r = 0; r < rows; r += 4) {                                                                   \
+        int nr = rows - r < 4 ? rows - r : 4;                                                             \
+        const uint8_t *p[4];                                                                              \
+        for (int i = 0; i < 4; i++) p[i] = w + (size_t)(r + (i < nr ? i : nr - 1)) * stride;              \
         __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
         float o[4] = {0, 0, 0, 0};                                                                        \
         for (int b = 0; b < blocks; b++) {                                                                \
@@ -182,20 +185,19 @@ AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, con
                 if (KIND == Q4_0) o[i] -= 8.0f * d * sx;                                                  \
             }                                                                                             \
         }                                                                                                 \
-        for (int i = 0; i < 4; i++) {                                                                     \
+        for (int i = 0; i < nr; i++) {                                                                    \
             float v = hsum(a[i]) + o[i];                                                                  \
             y[r + i] = accumulate ? y[r + i] + v : v;                                                     \
         }                                                                                                 \
     }                                                                                                     \
-    gemv_scalar(KIND, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate); \
 }
 
 GEMV_AVX2(gemv_q4_1_avx2, Q4_1, 20)
 GEMV_AVX2(gemv_q4_0_avx2, Q4_0, 18)
 GEMV_AVX2(gemv_q8_0_avx2, Q8_0, 34)
 
-// k-quants: two rows at a time share the activation loads; a left-over row goes to the scalar
-// code (which the tests thereby cover too).
+// k-quants: two rows at a time share the activation loads; a left-over row is computed twice
+// (one result stored), so it runs the same instructions as every other row.
 AVX2 static inline __m256i i8_dot(__m256i v8, __m256i xl, __m256i xh) {
     // 32 int8 values (as bytes of v8) against the block's 32 int16 activations.
     __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v8));
@@ -207,13 +209,13 @@ AVX2 static void gemv_q45k_avx2(int five, const uint8_t *w, size_t stride, int r
                                 const float *scale, const float *sum, float *y, int accumulate) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const size_t bytes = five ? 176 : 144;
-    int r = 0;
-    for (; r + 2 <= rows; r += 2) {
+    for (int r = 0; r < rows; r += 2) {
+        int nr = rows - r < 2 ? rows - r : 2;
         __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         float o[2] = {0, 0};
         for (int sb = 0; sb < blocks / 8; sb++) {
             for (int i = 0; i < 2; i++) {
-                const uint8_t *p = w + (size_t)(r + i) * stride + (size_t)sb * bytes;
+                const uint8_t *p = w + (size_t)(r + (i < nr ? i : 0)) * stride + (size_t)sb * bytes;
                 _mm_prefetch((const char *)(p + 4 * stride), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 64), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 128), _MM_HINT_T0);
@@ -238,23 +240,22 @@ AVX2 static void gemv_q45k_avx2(int five, const uint8_t *w, size_t stride, int r
                 }
             }
         }
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < nr; i++) {
             float v = hsum(a[i]) + o[i];
             y[r + i] = accumulate ? y[r + i] + v : v;
         }
     }
-    gemv_scalar(five ? Q5_K : Q4_K, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate);
 }
 
 AVX2 static void gemv_q6k_avx2(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
                                const float *scale, const float *sum, float *y, int accumulate) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
-    int r = 0;
-    for (; r + 2 <= rows; r += 2) {
+    for (int r = 0; r < rows; r += 2) {
+        int nr = rows - r < 2 ? rows - r : 2;
         __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         for (int sb = 0; sb < blocks / 8; sb++) {
             for (int i = 0; i < 2; i++) {
-                const uint8_t *p = w + (size_t)(r + i) * stride + (size_t)sb * 210;
+                const uint8_t *p = w + (size_t)(r + (i < nr ? i : 0)) * stride + (size_t)sb * 210;
                 _mm_prefetch((const char *)(p + 4 * stride), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 64), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 128), _MM_HINT_T0);
@@ -283,12 +284,11 @@ AVX2 static void gemv_q6k_avx2(const uint8_t *w, size_t stride, int rows, int bl
                 }
             }
         }
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < nr; i++) {
             float v = hsum(a[i]);
             y[r + i] = accumulate ? y[r + i] + v : v;
         }
     }
-    gemv_scalar(Q6_K, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate);
 }
 AVX2 static void gemv_q4k_avx2(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
                                const float *scale, const float *sum, float *y, int accumulate) {
@@ -357,3 +357,4 @@ void fs_gemv_q5_k(const uint8_t *w, size_t stride, int rows, int blocks, const i
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q5k_avx2, Q5_K) }
 void fs_gemv_q6_k(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q6k_avx2, Q6_K) }
+

@@ -12,15 +12,23 @@ import CQuantDot
 /// The k-quants (Q4_K, Q5_K, Q6_K) take the same path: their 32-value sub-blocks (Q6_K: pairs
 /// of 16) meet one activation block each, with the sub-block scales applied in fp32.
 ///
-/// Batches: each thread decodes a panel of rows into fp32 once and runs the fp32 kernels over
-/// all tokens, so decoding is amortised across the batch (every type at n > 1).
+/// Batch invariance: this block dot is the canonical arithmetic of a quantized row for every
+/// token count. Each token's activations are quantized on their own (the int16 values, scales
+/// and sums of a token depend only on that token), and every row of the C kernels runs the same
+/// per-row instruction sequence whichever rows share its group (CQuantDot), so `y[t, r]` has
+/// the same bits alone or in any batch, on any thread split. Batches (`gemmInt16`) run the same
+/// kernel token after token over groups of `int16GroupRows` rows, which stay in L1/L2 meanwhile:
+/// the weights are read from memory once per call.
 extension Linear {
-    /// Rows decoded per panel in the batched path: 64 rows × 1536 columns of fp32 = 384 KiB.
-    static let panelRows = 64
+    /// Rows a batched call runs through every token before moving on: 16 rows of 4096 Q8_0
+    /// columns are 68 KiB, in L2 while the tokens pass.
+    static let int16GroupRows = 16
 
-    static func quantized(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool) {
-        if n == 1, let kernel = int16Kernel(w.dtype) { return gemvInt16(w, x, y, acc, kernel) }
-        decodedPanels(w, x, n, y, acc)
+    static func quantized(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool,
+                          _ pool: ThreadPool) {
+        guard let kernel = int16Kernel(w.dtype) else { return quantizedReference(w, x, n, y, acc) }
+        if n == 1 { return gemvInt16(w, x, y, acc, kernel, pool) }
+        gemmInt16(w, x, n, y, acc, kernel, pool)
     }
 
     static func int16Kernel(_ d: DType) -> BlockGEMV? {
@@ -83,7 +91,7 @@ extension Linear {
                                           UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, Int32) -> Void
 
     static func gemvInt16(_ w: Matrix, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ acc: Bool,
-                          _ kernel: BlockGEMV) {
+                          _ kernel: BlockGEMV, _ pool: ThreadPool) {
         let blocks = w.cols / 32
         // The quantized x (2 bytes a value) and its block scales and sums: on the stack, once per call.
         withUnsafeTemporaryAllocation(of: Int16.self, capacity: w.cols) { q in
@@ -94,7 +102,6 @@ extension Linear {
                 let run = { (lo: Int, hi: Int) in
                     kernel(base + lo * stride, stride, Int32(hi - lo), Int32(blocks), qx, scale, sums, y + lo, acc ? 1 : 0)
                 }
-                let pool = ThreadPool.shared
                 if pool.threadCount == 1 || w.rows * w.cols < parallelThreshold || w.rows < 16 {
                     run(0, w.rows)
                 } else {
@@ -104,38 +111,38 @@ extension Linear {
         }
     }
 
-    // MARK: batched: decode panels, then the fp32 kernels
+    // MARK: batched: the GEMV kernel token after token over row groups
 
-    static func decodedPanels(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool) {
-        let pool = ThreadPool.shared, rows = w.rows, cols = w.cols
-        let work: (Int, Int) -> Void = { lo, hi in
-            // One panel buffer per work range (a batch call, not per token).
-            let panel = UnsafeMutablePointer<Float>.allocate(capacity: panelRows * cols)
-            defer { panel.deallocate() }
+    static func gemmInt16(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool,
+                          _ kernel: BlockGEMV, _ pool: ThreadPool) {
+        let rows = w.rows, cols = w.cols, blocks = cols / 32
+        // Every token's quantized activations (2 bytes a value) and block scales and sums: one
+        // allocation per call, which may be too large for the stack.
+        let q = UnsafeMutablePointer<Int16>.allocate(capacity: n * cols)
+        let f = UnsafeMutablePointer<Float>.allocate(capacity: 2 * n * blocks)
+        defer { q.deallocate(); f.deallocate() }
+        let scale = f, sums = f + n * blocks
+        for t in 0..<n { fs_quantize_i16(x + t * cols, Int32(blocks), q + t * cols, scale + t * blocks, sums + t * blocks) }
+        let base = w.data.assumingMemoryBound(to: UInt8.self), stride = w.rowStride, group = int16GroupRows
+        // Rows lo..<hi for tokens t0..<t1, a group of rows at a time.
+        let run = { (lo: Int, hi: Int, t0: Int, t1: Int) in
             var r0 = lo
             while r0 < hi {
-                let r1 = min(hi, r0 + panelRows)
-                for r in r0..<r1 {
-                    Quantized.dequantizeRow(w.dtype, w.data + r * w.rowStride, cols: cols, into: panel + (r - r0) * cols)
-                }
-                // A float view whose rows r0..<r1 are the panel (rows outside are never read),
-                // so the fp32 kernels store straight into y's columns r0..<r1.
-                let view = Matrix(data: UnsafeRawPointer(panel) - r0 * cols * 4, dtype: .f32, rows: rows, cols: cols)
-                if n >= packedMinTokens {
-                    gemmPacked(F32Format.self, view, x, n, y, acc, r0, r1)
-                } else if n > 1 {
-                    gemm(F32Format.self, view, BatchInput(x: x, xv: x, xvStride: cols, cols: cols), n, y, acc, r0, r1)
-                } else {
-                    gemv(F32Format.self, view, x, y, acc, r0, r1)
+                let r1 = min(hi, r0 + group)
+                for t in t0..<t1 {
+                    kernel(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), q + t * cols,
+                           scale + t * blocks, sums + t * blocks, y + t * rows + r0, acc ? 1 : 0)
                 }
                 r0 = r1
             }
         }
         if pool.threadCount == 1 || rows * cols * n < parallelThreshold {
-            work(0, rows)
+            run(0, rows, 0, n)
+        } else if rows >= group * pool.threadCount {
+            pool.parallelFor(rows, granularity: group) { lo, hi in run(lo, hi, 0, n) }
         } else {
-            let g = max(packRows, (rows + 4 * pool.threadCount - 1) / (4 * pool.threadCount) / packRows * packRows)
-            pool.parallelFor(rows, granularity: g, work)
+            // Few rows, many tokens: split the tokens.
+            pool.parallelFor(n) { lo, hi in run(0, rows, lo, hi) }
         }
     }
 }
