@@ -16,19 +16,36 @@ import CQuantDot
 /// token count. Each token's activations are quantized on their own (the int16 values, scales
 /// and sums of a token depend only on that token), and every row of the C kernels runs the same
 /// per-row instruction sequence whichever rows share its group (CQuantDot), so `y[t, r]` has
-/// the same bits alone or in any batch, on any thread split. Batches (`gemmInt16`) run the same
-/// kernel token after token over groups of `int16GroupRows` rows, which stay in L1/L2 meanwhile:
-/// the weights are read from memory once per call.
+/// the same bits alone or in any batch, on any thread split. Batches (`gemmInt16`) go over
+/// groups of `int16GroupRows` rows, which stay in L1/L2 while every token passes (the weights are
+/// read from memory once per call): Q4_1, Q4_0 and Q8_0 through a token-tiled C kernel that
+/// decodes each weight block once per four tokens and runs the GEMV's per-row instructions, the
+/// k-quants through the GEMV token after token.
 extension Linear {
-    /// Rows a batched call runs through every token before moving on: 16 rows of 4096 Q8_0
-    /// columns are 68 KiB, in L2 while the tokens pass.
-    static let int16GroupRows = 16
+    /// Rows a batched call runs through every token before moving on: 32 rows of 4096 Q8_0
+    /// columns are 136 KiB, in L2 while the tokens pass (each token's activations are read
+    /// once per group).
+    static let int16GroupRows = 32
 
     static func quantized(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool,
                           _ pool: ThreadPool) {
         guard let kernel = int16Kernel(w.dtype) else { return quantizedReference(w, x, n, y, acc) }
         if n == 1 { return gemvInt16(w, x, y, acc, kernel, pool) }
         gemmInt16(w, x, n, y, acc, kernel, pool)
+    }
+
+    typealias BlockGEMM = @convention(c) (UnsafePointer<UInt8>?, Int, Int32, Int32, Int32, UnsafePointer<Int16>?,
+                                          UnsafePointer<Float>?, UnsafePointer<Float>?, UnsafeMutablePointer<Float>?, Int, Int32) -> Void
+
+    /// The token-tiled batch kernel (each weight block decoded once per four tokens), where one
+    /// exists; k-quants run the GEMV token after token.
+    static func int16BatchKernel(_ d: DType) -> BlockGEMM? {
+        switch d {
+        case .q4_1: return fs_gemm_q4_1
+        case .q4_0: return fs_gemm_q4_0
+        case .q8_0: return fs_gemm_q8_0
+        default: return nil
+        }
     }
 
     static func int16Kernel(_ d: DType) -> BlockGEMV? {
@@ -124,14 +141,20 @@ extension Linear {
         let scale = f, sums = f + n * blocks
         for t in 0..<n { fs_quantize_i16(x + t * cols, Int32(blocks), q + t * cols, scale + t * blocks, sums + t * blocks) }
         let base = w.data.assumingMemoryBound(to: UInt8.self), stride = w.rowStride, group = int16GroupRows
+        let tiled = int16BatchKernel(w.dtype)
         // Rows lo..<hi for tokens t0..<t1, a group of rows at a time.
         let run = { (lo: Int, hi: Int, t0: Int, t1: Int) in
             var r0 = lo
             while r0 < hi {
                 let r1 = min(hi, r0 + group)
-                for t in t0..<t1 {
-                    kernel(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), q + t * cols,
-                           scale + t * blocks, sums + t * blocks, y + t * rows + r0, acc ? 1 : 0)
+                if let tiled {
+                    tiled(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), Int32(t1 - t0), q + t0 * cols,
+                          scale + t0 * blocks, sums + t0 * blocks, y + t0 * rows + r0, rows, acc ? 1 : 0)
+                } else {
+                    for t in t0..<t1 {
+                        kernel(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), q + t * cols,
+                               scale + t * blocks, sums + t * blocks, y + t * rows + r0, acc ? 1 : 0)
+                    }
                 }
                 r0 = r1
             }
