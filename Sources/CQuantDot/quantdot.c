@@ -226,6 +226,7 @@ AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, int
             float o[4] = {0, 0, 0, 0};                                                                    \
             for (int b = 0; b < blocks; b++) {                                                            \
                 const uint8_t *blk = row + (size_t)b * BYTES;                                             \
+                _mm_prefetch((const char *)(blk + 4 * stride), _MM_HINT_T0);                              \
                 __m256i lo, hi;                                                                           \
                 float d = decode_block(KIND, blk, &lo, &hi);                                              \
                 for (int j = 0; j < 4; j++) {                                                             \

@@ -22,10 +22,16 @@ import CQuantDot
 /// decodes each weight block once per four tokens and runs the GEMV's per-row instructions, the
 /// k-quants through the GEMV token after token.
 extension Linear {
-    /// Rows a batched call runs through every token before moving on: 32 rows of 4096 Q8_0
-    /// columns are 136 KiB, in L2 while the tokens pass (each token's activations are read
-    /// once per group).
-    static let int16GroupRows = 32
+    /// Bytes of weight rows a batched call runs through every token before moving on: they stay
+    /// in L2 (512 KiB a core here) while the token chunks pass, so they are read from memory once
+    /// per call.
+    static let int16GroupBytes = 256 << 10
+
+    /// Tokens per kernel call: 16 tokens of int16 activations over 576 columns are 18 KiB, in L1
+    /// while a row group passes. One layer of SmolLM2 (Q4_1, one thread, loaded machine):
+    /// 36-47 GFLOP/s at 16-24 tokens this way; 21-29 when 32-row groups met every token at once
+    /// with no prefetch.
+    static let int16ChunkTokens = 16
 
     static func quantized(_ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool,
                           _ pool: ThreadPool) {
@@ -140,21 +146,28 @@ extension Linear {
         defer { q.deallocate(); f.deallocate() }
         let scale = f, sums = f + n * blocks
         for t in 0..<n { fs_quantize_i16(x + t * cols, Int32(blocks), q + t * cols, scale + t * blocks, sums + t * blocks) }
-        let base = w.data.assumingMemoryBound(to: UInt8.self), stride = w.rowStride, group = int16GroupRows
+        let base = w.data.assumingMemoryBound(to: UInt8.self), stride = w.rowStride
+        let group = max(4, int16GroupBytes / max(1, stride))
         let tiled = int16BatchKernel(w.dtype)
-        // Rows lo..<hi for tokens t0..<t1, a group of rows at a time.
+        // Rows lo..<hi for tokens t0..<t1: row groups whose weights stay in L2 while chunks of
+        // `int16ChunkTokens` tokens, whose activations stay in L1, pass over them.
         let run = { (lo: Int, hi: Int, t0: Int, t1: Int) in
             var r0 = lo
             while r0 < hi {
                 let r1 = min(hi, r0 + group)
-                if let tiled {
-                    tiled(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), Int32(t1 - t0), q + t0 * cols,
-                          scale + t0 * blocks, sums + t0 * blocks, y + t0 * rows + r0, rows, acc ? 1 : 0)
-                } else {
-                    for t in t0..<t1 {
-                        kernel(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), q + t * cols,
-                               scale + t * blocks, sums + t * blocks, y + t * rows + r0, acc ? 1 : 0)
+                var c0 = t0
+                while c0 < t1 {
+                    let c1 = min(t1, c0 + int16ChunkTokens)
+                    if let tiled {
+                        tiled(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), Int32(c1 - c0), q + c0 * cols,
+                              scale + c0 * blocks, sums + c0 * blocks, y + c0 * rows + r0, rows, acc ? 1 : 0)
+                    } else {
+                        for t in c0..<c1 {
+                            kernel(base + r0 * stride, stride, Int32(r1 - r0), Int32(blocks), q + t * cols,
+                                   scale + t * blocks, sums + t * blocks, y + t * rows + r0, acc ? 1 : 0)
+                        }
                     }
+                    c0 = c1
                 }
                 r0 = r1
             }
