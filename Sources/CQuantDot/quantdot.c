@@ -150,15 +150,40 @@ AVX2 static inline void nibbles(const uint8_t *n, __m256i *lo, __m256i *hi) {
     *hi = _mm256_srli_epi16(v, 4);
 }
 
+// One weight block's integer values (two vectors of 16 int16: values 0-15 and 16-31); returns d.
+AVX2 static inline float decode_block(enum kind k, const uint8_t *blk, __m256i *lo, __m256i *hi) {
+    if (k == Q8_0) {
+        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
+        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
+    } else {
+        nibbles(blk + (k == Q4_1 ? 4 : 2), lo, hi);
+    }
+    return _cvtsh_ss(load_u16(blk));
+}
+
+// One block's contribution to a row's eight lanes `a` and offset sum `o`, against one token's
+// activations (xl, xh, block scale dx, block sum sx). The only place this arithmetic is written:
+// the GEMV and the batched kernel both call it, so a row's result is the same on either.
+AVX2 static inline void block_step(enum kind k, const uint8_t *blk, float d, __m256i lo, __m256i hi,
+                                   __m256i xl, __m256i xh, float dx, float sx, __m256 *a, float *o) {
+    __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, xl), _mm256_madd_epi16(hi, xh));
+    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * dx), *a);
+    if (k == Q4_1) *o += _cvtsh_ss(load_u16(blk + 2)) * sx;
+    if (k == Q4_0) *o -= 8.0f * d * sx;
+}
+
 // Four rows at a time share the activation loads; prefetch reaches two row groups ahead (the
 // rows a thread reads next are `row_stride` apart, too far for the hardware prefetcher to guess).
+// A last group of fewer than four rows repeats its last row (computed, not stored), so every
+// row runs the same instructions wherever it falls: its result cannot depend on which rows
+// share its call (batch invariance; the scalar code is only for machines without AVX2).
 #define GEMV_AVX2(NAME, KIND, BYTES)                                                                      \
 AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,           \
                       const float *scale, const float *sum, float *y, int accumulate) {                  \
-    int r = 0;                                                                                            \
-    for (; r + 4 <= rows; r += 4) {                                                                       \
-        const uint8_t *p[4] = {w + (size_t)r * stride, w + (size_t)(r + 1) * stride,                      \
-                               w + (size_t)(r + 2) * stride, w + (size_t)(r + 3) * stride};               \
+    for (int r = 0; r < rows; r += 4) {                                                                   \
+        int nr = rows - r < 4 ? rows - r : 4;                                                             \
+        const uint8_t *p[4];                                                                              \
+        for (int i = 0; i < 4; i++) p[i] = w + (size_t)(r + (i < nr ? i : nr - 1)) * stride;              \
         __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
         float o[4] = {0, 0, 0, 0};                                                                        \
         for (int b = 0; b < blocks; b++) {                                                                \
@@ -168,34 +193,66 @@ AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, con
             for (int i = 0; i < 4; i++) {                                                                 \
                 const uint8_t *blk = p[i] + (size_t)b * BYTES;                                            \
                 _mm_prefetch((const char *)(blk + 8 * stride), _MM_HINT_T0);                              \
-                float d = _cvtsh_ss(load_u16(blk));                                                       \
                 __m256i lo, hi;                                                                           \
-                if (KIND == Q8_0) {                                                                       \
-                    lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));              \
-                    hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));             \
-                } else {                                                                                  \
-                    nibbles(blk + (KIND == Q4_1 ? 4 : 2), &lo, &hi);                                     \
-                }                                                                                         \
-                __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, xl), _mm256_madd_epi16(hi, xh));      \
-                a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * dx), a[i]);             \
-                if (KIND == Q4_1) o[i] += _cvtsh_ss(load_u16(blk + 2)) * sx;                              \
-                if (KIND == Q4_0) o[i] -= 8.0f * d * sx;                                                  \
+                float d = decode_block(KIND, blk, &lo, &hi);                                              \
+                block_step(KIND, blk, d, lo, hi, xl, xh, dx, sx, &a[i], &o[i]);                           \
             }                                                                                             \
         }                                                                                                 \
-        for (int i = 0; i < 4; i++) {                                                                     \
+        for (int i = 0; i < nr; i++) {                                                                    \
             float v = hsum(a[i]) + o[i];                                                                  \
             y[r + i] = accumulate ? y[r + i] + v : v;                                                     \
         }                                                                                                 \
     }                                                                                                     \
-    gemv_scalar(KIND, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate); \
 }
 
 GEMV_AVX2(gemv_q4_1_avx2, Q4_1, 20)
 GEMV_AVX2(gemv_q4_0_avx2, Q4_0, 18)
 GEMV_AVX2(gemv_q8_0_avx2, Q8_0, 34)
 
-// k-quants: two rows at a time share the activation loads; a left-over row goes to the scalar
-// code (which the tests thereby cover too).
+// Batches: one row at a time against a tile of up to four tokens, so each weight block is
+// decoded once per tile. Per row and token this is the GEMV's exact instruction sequence (the
+// same int32 dot, the same fma into eight lanes, the same offset sum, the same final hsum), so
+// a token's result equals its GEMV result bit for bit. A short tile repeats its last token.
+#define GEMM_AVX2(NAME, KIND, BYTES)                                                                      \
+AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, int n, const int16_t *q,    \
+                      const float *scale, const float *sum, float *y, size_t y_stride, int accumulate) {  \
+    for (int t0 = 0; t0 < n; t0 += 4) {                                                                   \
+        int nt = n - t0 < 4 ? n - t0 : 4;                                                                 \
+        int tt[4];                                                                                        \
+        for (int j = 0; j < 4; j++) tt[j] = t0 + (j < nt ? j : nt - 1);                                   \
+        for (int r = 0; r < rows; r++) {                                                                  \
+            const uint8_t *row = w + (size_t)r * stride;                                                  \
+            __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
+            float o[4] = {0, 0, 0, 0};                                                                    \
+            for (int b = 0; b < blocks; b++) {                                                            \
+                const uint8_t *blk = row + (size_t)b * BYTES;                                             \
+                _mm_prefetch((const char *)(blk + 4 * stride), _MM_HINT_T0);                              \
+                __m256i lo, hi;                                                                           \
+                float d = decode_block(KIND, blk, &lo, &hi);                                              \
+                for (int j = 0; j < 4; j++) {                                                             \
+                    size_t tb = (size_t)tt[j] * blocks + b;                                               \
+                    const int16_t *qx = q + 32 * tb;                                                      \
+                    __m256i xl = _mm256_loadu_si256((const __m256i *)qx);                                \
+                    __m256i xh = _mm256_loadu_si256((const __m256i *)(qx + 16));                         \
+                    block_step(KIND, blk, d, lo, hi, xl, xh, scale[tb], sum[tb], &a[j], &o[j]);          \
+                }                                                                                         \
+            }                                                                                             \
+            for (int j = 0; j < nt; j++) {                                                                \
+                float v = hsum(a[j]) + o[j];                                                              \
+                float *out = y + (size_t)(t0 + j) * y_stride + r;                                         \
+                *out = accumulate ? *out + v : v;                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+}
+
+GEMM_AVX2(gemm_q4_1_avx2, Q4_1, 20)
+GEMM_AVX2(gemm_q4_0_avx2, Q4_0, 18)
+GEMM_AVX2(gemm_q8_0_avx2, Q8_0, 34)
+
+
+// k-quants: two rows at a time share the activation loads; a left-over row is computed twice
+// (one result stored), so it runs the same instructions as every other row.
 AVX2 static inline __m256i i8_dot(__m256i v8, __m256i xl, __m256i xh) {
     // 32 int8 values (as bytes of v8) against the block's 32 int16 activations.
     __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v8));
@@ -207,13 +264,13 @@ AVX2 static void gemv_q45k_avx2(int five, const uint8_t *w, size_t stride, int r
                                 const float *scale, const float *sum, float *y, int accumulate) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const size_t bytes = five ? 176 : 144;
-    int r = 0;
-    for (; r + 2 <= rows; r += 2) {
+    for (int r = 0; r < rows; r += 2) {
+        int nr = rows - r < 2 ? rows - r : 2;
         __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         float o[2] = {0, 0};
         for (int sb = 0; sb < blocks / 8; sb++) {
             for (int i = 0; i < 2; i++) {
-                const uint8_t *p = w + (size_t)(r + i) * stride + (size_t)sb * bytes;
+                const uint8_t *p = w + (size_t)(r + (i < nr ? i : 0)) * stride + (size_t)sb * bytes;
                 _mm_prefetch((const char *)(p + 4 * stride), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 64), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 128), _MM_HINT_T0);
@@ -238,23 +295,22 @@ AVX2 static void gemv_q45k_avx2(int five, const uint8_t *w, size_t stride, int r
                 }
             }
         }
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < nr; i++) {
             float v = hsum(a[i]) + o[i];
             y[r + i] = accumulate ? y[r + i] + v : v;
         }
     }
-    gemv_scalar(five ? Q5_K : Q4_K, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate);
 }
 
 AVX2 static void gemv_q6k_avx2(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
                                const float *scale, const float *sum, float *y, int accumulate) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
-    int r = 0;
-    for (; r + 2 <= rows; r += 2) {
+    for (int r = 0; r < rows; r += 2) {
+        int nr = rows - r < 2 ? rows - r : 2;
         __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         for (int sb = 0; sb < blocks / 8; sb++) {
             for (int i = 0; i < 2; i++) {
-                const uint8_t *p = w + (size_t)(r + i) * stride + (size_t)sb * 210;
+                const uint8_t *p = w + (size_t)(r + (i < nr ? i : 0)) * stride + (size_t)sb * 210;
                 _mm_prefetch((const char *)(p + 4 * stride), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 64), _MM_HINT_T0);
                 _mm_prefetch((const char *)(p + 4 * stride + 128), _MM_HINT_T0);
@@ -283,12 +339,11 @@ AVX2 static void gemv_q6k_avx2(const uint8_t *w, size_t stride, int rows, int bl
                 }
             }
         }
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < nr; i++) {
             float v = hsum(a[i]);
             y[r + i] = accumulate ? y[r + i] + v : v;
         }
     }
-    gemv_scalar(Q6_K, w + (size_t)r * stride, stride, rows - r, blocks, q, scale, sum, y + r, accumulate);
 }
 AVX2 static void gemv_q4k_avx2(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q,
                                const float *scale, const float *sum, float *y, int accumulate) {
@@ -357,3 +412,28 @@ void fs_gemv_q5_k(const uint8_t *w, size_t stride, int rows, int blocks, const i
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q5k_avx2, Q5_K) }
 void fs_gemv_q6_k(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q6k_avx2, Q6_K) }
+
+// Batched form: token t's activations at q + t * blocks * 32, scale/sum + t * blocks; its outputs
+// at y + t * y_stride. Without AVX2, the GEMV token after token (the same arithmetic as n = 1).
+static void gemm_by_gemv(void (*gemv)(const uint8_t *, size_t, int, int, const int16_t *, const float *, const float *, float *, int),
+                         const uint8_t *w, size_t stride, int rows, int blocks, int n, const int16_t *q,
+                         const float *scale, const float *sum, float *y, size_t y_stride, int accumulate) {
+    for (int t = 0; t < n; t++)
+        gemv(w, stride, rows, blocks, q + (size_t)t * blocks * 32, scale + (size_t)t * blocks, sum + (size_t)t * blocks,
+             y + (size_t)t * y_stride, accumulate);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GEMM_DISPATCH(AVX, GEMV) \
+    if (has_avx2()) { AVX(w, stride, rows, blocks, n, q, scale, sum, y, y_stride, accumulate); return; } \
+    gemm_by_gemv(GEMV, w, stride, rows, blocks, n, q, scale, sum, y, y_stride, accumulate);
+#else
+#define GEMM_DISPATCH(AVX, GEMV) gemm_by_gemv(GEMV, w, stride, rows, blocks, n, q, scale, sum, y, y_stride, accumulate);
+#endif
+
+void fs_gemm_q4_1(const uint8_t *w, size_t stride, int rows, int blocks, int n, const int16_t *q, const float *scale,
+                  const float *sum, float *y, size_t y_stride, int accumulate) { GEMM_DISPATCH(gemm_q4_1_avx2, fs_gemv_q4_1) }
+void fs_gemm_q4_0(const uint8_t *w, size_t stride, int rows, int blocks, int n, const int16_t *q, const float *scale,
+                  const float *sum, float *y, size_t y_stride, int accumulate) { GEMM_DISPATCH(gemm_q4_0_avx2, fs_gemv_q4_0) }
+void fs_gemm_q8_0(const uint8_t *w, size_t stride, int rows, int blocks, int n, const int16_t *q, const float *scale,
+                  const float *sum, float *y, size_t y_stride, int accumulate) { GEMM_DISPATCH(gemm_q8_0_avx2, fs_gemv_q8_0) }

@@ -112,31 +112,54 @@ private func loadX(_ x: UnsafePointer<Float>, _ c: Int) -> SIMD8<Float> {
 
 /// Dense linear layers over weights in any `DType`, accumulating in fp32.
 ///
-/// Three paths, chosen by the number of tokens:
+/// **Batch invariance.** Every output `y[t, r]` is computed by one canonical sequence of fp32
+/// operations that depends only on row `r` of the weights, row `t` of `x`, `cols`, the dtype
+/// and the value `y[t, r]` held before the call (with `accumulate`): never on the number of
+/// tokens in the call, the token's position in it, the rows computed alongside, or how the work
+/// is split over threads. A token therefore gets the same bits alone or in any batch. The
+/// canonical order, for float weights (f32, f16, bf16):
+/// - columns `0 ..< cols` are cut into blocks: 1024 columns each, except that a remainder of
+///   under 1536 columns is one last block (`blockEnd`);
+/// - in a block, the columns of its whole 16-column chunks are multiplied and added by fused
+///   multiply-adds into eight fp32 lanes, in chunk order, each chunk's first eight weights
+///   (as `WeightFormat.load16` returns them: elements 0-7, or for bf16 the even elements) before
+///   its second eight; the lanes are then summed as `((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))`;
+/// - columns past the last whole chunk (`cols & ~15 ..< cols`, only in the last block) are
+///   summed one at a time from 0 by fused multiply-adds, and that sum is added to the block's;
+/// - `y[t, r]` is the first block's sum (plus the old `y[t, r]` with `accumulate`, in that
+///   order), then each further block's sum is added in column order.
+/// Quantized weights follow their own canonical order, the int16 block dot of
+/// `QuantizedLinear.swift`, for every token count. `KernelsTests.BatchInvarianceTests` checks
+/// all of this bitwise.
+///
+/// The paths, chosen by the number of tokens, all compute that order:
 /// - `count == 1` (decode GEMV, memory-bound): each thread reads its rows as eight long
 ///   sequential streams (eight distant rows at a time, each stream moving on to the next row
 ///   in memory), which keeps the hardware prefetchers fed even when rows are short.
-/// - `2 ..< packedMinTokens` (batched experts, short prefills): 3-row × 3-token register tiles
+/// - `2 ..< panelMinTokens` (batched experts, short prefills): 3-row × 3-token register tiles
 ///   over rows read as three streams, weights widened in registers 16 at a time (bf16 in
 ///   even/odd order against an input copy permuted to match).
-/// - `packedMinTokens...` (prefill): 16-row slivers widened and transposed once into an L1
-///   buffer, 6-token × 16-row outer-product register tiles (no horizontal sums).
+/// - `panelMinTokens...` (prefill): the same tiles over panels of `panelRows` rows, token tiles
+///   outside row groups, so a panel's column block stays in L2 and a token tile's inputs in L1
+///   while the weights are still read from memory once per call.
 ///
-/// Numerics: fp32 products and sums throughout. The dot-product paths keep eight partial sums
-/// per row (SIMD lanes), folded into the row total every `columnBlock` columns; the packed path
-/// keeps one running sum per output over `packColumns` columns, then adds it into `y`. Results
-/// differ from a sequential sum by rounding only (tests: within 2e-6 of Σ|x·w| at 8192
-/// columns), and may differ in the last bits between paths (a token's result can depend on
-/// how many tokens were in its batch).
+/// Results differ from a sequential sum by rounding only (tests: within 2e-6 of Σ|x·w| at 8192
+/// columns).
 public enum Linear {
     /// Below this many multiply-adds a call runs on the calling thread: waking the pool costs more.
     static let parallelThreshold = 1 << 15
 
-    /// Columns summed in SIMD lanes (GEMV and small batches) before being folded into the row
-    /// total, which bounds how many products one fp32 running sum takes; also the column block
-    /// of the small-batch path (a 3-row group's weights for one block stay in L1 across token
-    /// tiles; there a trailing remainder under half a block joins the last block).
+    /// Columns summed in SIMD lanes before being folded into the row total, which bounds how
+    /// many products one fp32 running sum takes; also the column block of the batched paths (a
+    /// 3-row group's weights for one block stay in L1 across token tiles). A trailing remainder
+    /// under half a block joins the last block.
     static let columnBlock = 1024
+
+    /// The end of the canonical column block that starts at `c0`.
+    @inline(__always)
+    static func blockEnd(_ c0: Int, _ cols: Int) -> Int {
+        cols - c0 < columnBlock + columnBlock / 2 ? cols : c0 + columnBlock
+    }
 
     /// How far ahead (bytes) the small-batch kernels prefetch each weight row. Their three
     /// streams do enough arithmetic per byte that the out-of-order window alone no longer keeps
@@ -144,29 +167,42 @@ public enum Linear {
     /// from ~15 to ~20 GB/s of weights.
     static let prefetchAhead = 512
 
-    /// Batches of at least this many tokens take the packed outer-product path (`gemmPacked`);
-    /// smaller ones the streaming dot-product path (`gemm`).
-    static let packedMinTokens = 48
+    /// Batches of at least this many tokens run the register tiles over row panels
+    /// (`gemmPanels`); smaller ones over three row streams (`gemm`). Same arithmetic either way.
+    static let panelMinTokens = 48
+
+    /// Rows per panel of `gemmPanels` (a multiple of 3): 24 rows × 1536 fp32 columns = 144 KiB,
+    /// within L2 with the token tiles' inputs.
+    static let panelRows = 24
 
     /// `y[t, r] = Σ_c x[t, c] · W[r, c]` for `t in 0..<count`, i.e. `y = x · Wᵀ`, with
     /// `x` `[count, w.cols]` and `y` `[count, w.rows]` (both row-major fp32).
     /// With `accumulate`, adds into `y` instead of overwriting it. Work is split across the
     /// shared `ThreadPool` (over rows, or over tokens when there are few rows).
     /// `y` must not overlap `x` or the weights.
+    ///
+    /// Batch invariant (see the type's documentation): `y[t, r]` has the same bits whatever
+    /// `count`, `t` and the thread split are.
     public static func forward(
         _ w: Matrix, input x: UnsafePointer<Float>, count: Int,
         output y: UnsafeMutablePointer<Float>, accumulate: Bool = false
     ) {
+        forward(w, input: x, count: count, output: y, accumulate: accumulate, pool: .shared)
+    }
+
+    /// `forward` on a given pool (tests compare thread counts with it).
+    static func forward(_ w: Matrix, input x: UnsafePointer<Float>, count: Int,
+                        output y: UnsafeMutablePointer<Float>, accumulate: Bool, pool: ThreadPool) {
         guard count > 0, w.rows > 0 else { return }
         guard w.cols > 0 else {
             if !accumulate { y.update(repeating: 0, count: count * w.rows) }
             return
         }
         switch w.dtype {
-        case .bf16: dispatch(BF16Format.self, w, x, count, y, accumulate)
-        case .f16: dispatch(F16Format.self, w, x, count, y, accumulate)
-        case .f32: dispatch(F32Format.self, w, x, count, y, accumulate)
-        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: quantized(w, x, count, y, accumulate)
+        case .bf16: dispatch(BF16Format.self, w, x, count, y, accumulate, pool)
+        case .f16: dispatch(F16Format.self, w, x, count, y, accumulate, pool)
+        case .f32: dispatch(F32Format.self, w, x, count, y, accumulate, pool)
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: quantized(w, x, count, y, accumulate, pool)
         }
     }
 
@@ -192,48 +228,28 @@ public enum Linear {
     }
 
     static func dispatch<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int,
-                                          _ y: UnsafeMutablePointer<Float>, _ acc: Bool) {
-        let pool = ThreadPool.shared, rows = w.rows, cols = w.cols
+                                          _ y: UnsafeMutablePointer<Float>, _ acc: Bool, _ pool: ThreadPool) {
+        let rows = w.rows, cols = w.cols
         let serial = pool.threadCount == 1 || rows * cols * n < parallelThreshold
-        if n == 1 {
-            if serial || rows < 16 {
-                gemv(f, w, x, y, acc, 0, rows)
-            } else {
-                pool.parallelFor(rows, granularity: 8) { lo, hi in gemv(f, w, x, y, acc, lo, hi) }
-            }
-            return
-        }
-        if n >= packedMinTokens {
-            if serial {
-                gemmPacked(f, w, x, n, y, acc, 0, rows)
-            } else if rows >= 32 * pool.threadCount {
-                pool.parallelFor(rows, granularity: packRows) { lo, hi in gemmPacked(f, w, x, n, y, acc, lo, hi) }
-            } else {
-                // Few rows, many tokens (e.g. a router): split the tokens instead.
-                pool.parallelFor(n, granularity: tileTokens) { lo, hi in
-                    let xs = x + lo * cols, ys = y + lo * rows, m = hi - lo
-                    m >= packedMinTokens ? gemmPacked(f, w, xs, m, ys, acc, 0, rows) : gemmSmall(f, w, xs, m, ys, acc)
-                }
-            }
-            return
-        }
         withBatchInput(f, x, n, cols) { input in
-            if serial {
+            if n == 1 {
+                if serial || rows < 16 {
+                    gemv(f, w, input, y, acc, 0, rows)
+                } else {
+                    pool.parallelFor(rows, granularity: 8) { lo, hi in gemv(f, w, input, y, acc, lo, hi) }
+                }
+            } else if serial {
                 gemm(f, w, input, n, y, acc, 0, rows)
             } else if rows >= 8 * pool.threadCount {
-                pool.parallelFor(rows, granularity: 3) { lo, hi in gemm(f, w, input, n, y, acc, lo, hi) }
+                let g = n >= panelMinTokens ? panelRows : 3
+                pool.parallelFor(rows, granularity: g) { lo, hi in gemm(f, w, input, n, y, acc, lo, hi) }
             } else {
+                // Few rows, many tokens (e.g. a router): split the tokens instead.
                 pool.parallelFor(n, granularity: 3) { lo, hi in
                     gemm(f, w, input.dropping(lo), hi - lo, y + lo * rows, acc, 0, rows)
                 }
             }
         }
-    }
-
-    /// A serial small-batch call (the token-split path's leftovers).
-    static func gemmSmall<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int,
-                                           _ y: UnsafeMutablePointer<Float>, _ acc: Bool) {
-        withBatchInput(f, x, n, w.cols) { input in gemm(f, w, input, n, y, acc, 0, w.rows) }
     }
 
     /// Calls `body` with the input as `F`'s 16-column loads want it: `x` itself, or (bf16) a
@@ -275,10 +291,12 @@ public enum Linear {
 
     /// Rows `lo ..< hi` for one token: rows `lo + j + k·per` for `k in 0..<8` together, so each
     /// thread reads eight sequential streams. Leftover rows (fewer than eight) go one at a time.
+    /// Lane `k` of every vector here belongs to row `k`, so each row gets the canonical order.
     @inline(__always)
-    static func gemv<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ x: UnsafePointer<Float>,
+    static func gemv<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ input: BatchInput,
                                       _ y: UnsafeMutablePointer<Float>, _ acc: Bool, _ lo: Int, _ hi: Int) {
-        let cols = w.cols, rb = w.rowStride, vecEnd = cols & ~7, es = F.byteSize
+        let cols = w.cols, rb = w.rowStride, vecEnd = cols & ~15, es = F.byteSize
+        let (x, xv) = input.row(0)
         let per = (hi - lo) / 8
         if per > 0 {
             let sb = per * rb
@@ -286,78 +304,96 @@ public enum Linear {
                 let r = lo + j
                 let p = w.data + r * rb
                 var s = SIMD8<Float>()
-                var c = 0
-                while c < vecEnd {
-                    let blockEnd = min(c + columnBlock, vecEnd)
+                var c0 = 0
+                while c0 < cols {
+                    let c1 = blockEnd(c0, cols), chunkEnd = min(c1, vecEnd)
                     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
                     var a4 = SIMD8<Float>(), a5 = SIMD8<Float>(), a6 = SIMD8<Float>(), a7 = SIMD8<Float>()
-                    while c < blockEnd {
-                        let xv = loadX(x, c)
+                    var c = c0
+                    while c < chunkEnd {
                         let q = p + c * es
-                        a0.addProduct(F.load8(q), xv)
-                        a1.addProduct(F.load8(q + sb), xv)
-                        a2.addProduct(F.load8(q + 2 * sb), xv)
-                        a3.addProduct(F.load8(q + 3 * sb), xv)
-                        a4.addProduct(F.load8(q + 4 * sb), xv)
-                        a5.addProduct(F.load8(q + 5 * sb), xv)
-                        a6.addProduct(F.load8(q + 6 * sb), xv)
-                        a7.addProduct(F.load8(q + 7 * sb), xv)
-                        c += 8
+                        let xl = loadX(xv, c), xh = loadX(xv, c + 8)
+                        @inline(__always) func step(_ a: inout SIMD8<Float>, _ k: Int) {
+                            let (wl, wh) = F.load16(q + k * sb)
+                            a.addProduct(wl, xl)
+                            a.addProduct(wh, xh)
+                        }
+                        step(&a0, 0); step(&a1, 1); step(&a2, 2); step(&a3, 3)
+                        step(&a4, 4); step(&a5, 5); step(&a6, 6); step(&a7, 7)
+                        c += 16
                     }
-                    s += reduce8(a0, a1, a2, a3, a4, a5, a6, a7)
+                    var block = reduce8(a0, a1, a2, a3, a4, a5, a6, a7)
+                    if c < c1 {
+                        var t = SIMD8<Float>()
+                        while c < c1 {
+                            let q = p + c * es
+                            let wv = SIMD8<Float>(F.load1(q), F.load1(q + sb), F.load1(q + 2 * sb), F.load1(q + 3 * sb),
+                                                  F.load1(q + 4 * sb), F.load1(q + 5 * sb), F.load1(q + 6 * sb), F.load1(q + 7 * sb))
+                            t.addProduct(wv, SIMD8(repeating: x[c]))
+                            c += 1
+                        }
+                        block += t
+                    }
+                    if c0 > 0 {
+                        s += block
+                    } else if acc {
+                        s = SIMD8(y[r], y[r + per], y[r + 2 * per], y[r + 3 * per],
+                                  y[r + 4 * per], y[r + 5 * per], y[r + 6 * per], y[r + 7 * per]) + block
+                    } else {
+                        s = block
+                    }
+                    c0 = c1
                 }
-                while c < cols {
-                    let q = p + c * es
-                    let wv = SIMD8<Float>(F.load1(q), F.load1(q + sb), F.load1(q + 2 * sb), F.load1(q + 3 * sb),
-                                          F.load1(q + 4 * sb), F.load1(q + 5 * sb), F.load1(q + 6 * sb), F.load1(q + 7 * sb))
-                    s.addProduct(wv, SIMD8(repeating: x[c]))
-                    c += 1
-                }
-                for k in 0..<8 { put(y + r + k * per, s[k], acc) }
+                for k in 0..<8 { y[r + k * per] = s[k] }
             }
         }
         var r = lo + 8 * per
         while r < hi {
-            put(y + r, dot1(f, w.data + r * rb, x, cols), acc)
+            dot1(f, w.data + r * rb, x, xv, cols, y + r, acc)
             r += 1
         }
     }
 
-    /// One row times `x`, two accumulators.
+    /// One row times one token in the canonical order, stored into (or, with `acc`, added to) `y`.
     @inline(__always)
-    static func dot1<F: WeightFormat>(_ f: F.Type, _ p: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ cols: Int) -> Float {
-        let es = F.byteSize, vecEnd = cols & ~7
-        var s: Float = 0
-        var c = 0
-        while c < vecEnd {
-            let blockEnd = min(c + columnBlock, vecEnd)
-            var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
-            while c + 16 <= blockEnd {
-                a0.addProduct(F.load8(p + c * es), loadX(x, c))
-                a1.addProduct(F.load8(p + (c + 8) * es), loadX(x, c + 8))
+    static func dot1<F: WeightFormat>(_ f: F.Type, _ p: UnsafeRawPointer, _ x: UnsafePointer<Float>,
+                                      _ xv: UnsafePointer<Float>, _ cols: Int, _ y: UnsafeMutablePointer<Float>, _ acc: Bool) {
+        let es = F.byteSize, vecEnd = cols & ~15
+        var c0 = 0
+        while c0 < cols {
+            let c1 = blockEnd(c0, cols), chunkEnd = min(c1, vecEnd)
+            var a = SIMD8<Float>()
+            var c = c0
+            while c < chunkEnd {
+                let (wl, wh) = F.load16(p + c * es)
+                a.addProduct(wl, loadX(xv, c))
+                a.addProduct(wh, loadX(xv, c + 8))
                 c += 16
             }
-            if c < blockEnd {
-                a0.addProduct(F.load8(p + c * es), loadX(x, c))
-                c += 8
+            let b = a.lowHalf + a.highHalf
+            var block = (b[0] + b[1]) + (b[2] + b[3])
+            if c < c1 {
+                var t: Float = 0
+                while c < c1 {
+                    t = t.addingProduct(F.load1(p + c * es), x[c])
+                    c += 1
+                }
+                block += t
             }
-            s += (a0 + a1).sum()
+            put(y, block, acc || c0 > 0)
+            c0 = c1
         }
-        while c < cols {
-            s += F.load1(p + c * es) * x[c]
-            c += 1
-        }
-        return s
     }
 
-    /// `[a0.sum(), …, a7.sum()]` by pairwise adds (no lane-by-lane extraction).
+    /// `[a0.sum(), …, a7.sum()]` by pairwise adds (no lane-by-lane extraction), each in the
+    /// canonical lane order.
     @inline(__always)
     static func reduce8(_ a0: SIMD8<Float>, _ a1: SIMD8<Float>, _ a2: SIMD8<Float>, _ a3: SIMD8<Float>,
                         _ a4: SIMD8<Float>, _ a5: SIMD8<Float>, _ a6: SIMD8<Float>, _ a7: SIMD8<Float>) -> SIMD8<Float> {
         SIMD8(lowHalf: reduce4(a0, a1, a2, a3), highHalf: reduce4(a4, a5, a6, a7))
     }
 
-    /// `[a0.sum(), a1.sum(), a2.sum(), a3.sum()]`.
+    /// `[a0.sum(), a1.sum(), a2.sum(), a3.sum()]`, each as `((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))`.
     @inline(__always)
     static func reduce4(_ a0: SIMD8<Float>, _ a1: SIMD8<Float>, _ a2: SIMD8<Float>, _ a3: SIMD8<Float>) -> SIMD4<Float> {
         let b0 = a0.lowHalf + a0.highHalf, b1 = a1.lowHalf + a1.highHalf
@@ -370,13 +406,15 @@ public enum Linear {
 
     // MARK: GEMM
 
-    /// Rows `lo ..< hi` for `n` tokens (small batches): the weights are read once, as three
+    /// Rows `lo ..< hi` for `n ≥ 2` tokens. Small batches: the weights are read once, as three
     /// sequential row streams (rows `lo + j + k·per`, like `gemv`), widened in registers, and
     /// each 3-row group meets every token in 3-row × 3-token register tiles (nine accumulators,
     /// so the widened weights and the inputs fit the 16 registers with no spills; each weight
     /// vector feeds three FMAs). A group's rows stay in L1/L2 while the token tiles pass.
+    /// From `panelMinTokens` tokens on, `gemmPanels`.
     static func gemm<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ input: BatchInput, _ n: Int,
                                       _ y: UnsafeMutablePointer<Float>, _ acc: Bool, _ lo: Int, _ hi: Int) {
+        if n >= panelMinTokens { return gemmPanels(f, w, input, n, y, acc, lo, hi) }
         let per = (hi - lo) / 3
         for j in 0..<per {
             gemmGroup(f, w, input, n, y, lo + j, per, 3, acc)
@@ -388,144 +426,57 @@ public enum Linear {
         }
     }
 
-    /// Rows per packed sliver and tokens per register tile of `gemmPacked`.
-    static let packRows = 16, tileTokens = 6
-    /// Columns per packed sliver block: 16 rows × 256 fp32 = 16 KiB, half of L1.
-    static let packColumns = 256
-
-    /// Large batches: 16 rows at a time are widened to fp32 and transposed into a column-major
-    /// sliver (`packColumns` columns, 16 KiB), and a 6-token × 16-row register tile accumulates
-    /// outer products over it: per column, two weight loads and six broadcasts feed twelve FMAs
-    /// and no horizontal sums are needed. Each row is read once, sequentially; the sliver stays
-    /// in L1 across every token tile, and the y tile for a sliver (n × 16 floats) in L1/L2.
-    static func gemmPacked<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ x: UnsafePointer<Float>, _ n: Int,
+    /// Large batches: rows in panels of `panelRows`; per panel and column block, each 3-token
+    /// tile passes over all of the panel's 3-row groups, so the tile's inputs (3 × 1536 floats
+    /// at most) stay in L1 and the panel's block in L2, and each weight is read from memory once.
+    static func gemmPanels<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ input: BatchInput, _ n: Int,
                                             _ y: UnsafeMutablePointer<Float>, _ acc: Bool, _ lo: Int, _ hi: Int) {
-        let cols = w.cols, rows = w.rows, kc = packColumns
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: packRows * kc) { buf in
-            let sliver = buf.baseAddress!
-            var r = lo
-            while r < hi {
-                let valid = min(packRows, hi - r)
-                var c0 = 0
-                while c0 < cols {
-                    let len = min(kc, cols - c0)
-                    pack16(f, w, r, valid, c0, len, sliver)
-                    let add = acc || c0 > 0
-                    var t = 0
-                    while t < n {
-                        outer6x16(sliver, len, x + t * cols + c0, cols, min(tileTokens, n - t), y + t * rows + r, rows, valid, add)
-                        t += tileTokens
+        let rb = w.rowStride, rows = w.rows, cols = w.cols
+        var p0 = lo
+        while p0 < hi {
+            let p1 = min(hi, p0 + panelRows)
+            var c0 = 0
+            while c0 < cols {
+                let c1 = blockEnd(c0, cols)
+                let add = acc || c0 > 0
+                var t = 0
+                while t < n {
+                    let m = min(3, n - t)
+                    var r0 = p0
+                    while r0 < p1 {
+                        let valid = min(3, p1 - r0)
+                        let base = w.data + r0 * rb
+                        let rows3 = (base, base + min(1, valid - 1) * rb, base + min(2, valid - 1) * rb)
+                        tileStore(f, rows3, input, t, m, c0, c1, cols, y, rows, r0, 1, valid, add)
+                        r0 += 3
                     }
-                    c0 += len
+                    t += m
                 }
-                r += packRows
+                c0 = c1
             }
+            p0 = p1
         }
     }
 
-    /// `out[k·16 + i] = W[r + i, c0 + k]` for `k < len`, `i < 16` (rows past `valid` repeat
-    /// the last valid row; their results are never stored).
+    /// Tokens `t ..< t + m` (`m ≤ 3`) against three rows over block `c0 ..< c1`, stored into (or
+    /// added to) `y` at rows `r0 + k·stride`, `k < valid`.
     @inline(__always)
-    static func pack16<F: WeightFormat>(_ f: F.Type, _ w: Matrix, _ r: Int, _ valid: Int, _ c0: Int, _ len: Int,
-                                        _ out: UnsafeMutablePointer<Float>) {
-        let rb = w.rowStride, es = F.byteSize
-        let base = w.data + r * rb + c0 * es
-        for half in 0..<2 {
-            let i0 = 8 * half
-            @inline(__always) func row(_ i: Int) -> UnsafeRawPointer { base + min(i0 + i, valid - 1) * rb }
-            let q0 = row(0), q1 = row(1), q2 = row(2), q3 = row(3), q4 = row(4), q5 = row(5), q6 = row(6), q7 = row(7)
-            var k = 0
-            while k + 8 <= len {
-                let o = k * es
-                let (t0, t1, t2, t3, t4, t5, t6, t7) = transpose8(
-                    F.load8(q0 + o), F.load8(q1 + o), F.load8(q2 + o), F.load8(q3 + o),
-                    F.load8(q4 + o), F.load8(q5 + o), F.load8(q6 + o), F.load8(q7 + o))
-                let d = UnsafeMutableRawPointer(out + k * packRows + i0)
-                d.storeBytes(of: t0, toByteOffset: 0 * 64, as: SIMD8<Float>.self)
-                d.storeBytes(of: t1, toByteOffset: 1 * 64, as: SIMD8<Float>.self)
-                d.storeBytes(of: t2, toByteOffset: 2 * 64, as: SIMD8<Float>.self)
-                d.storeBytes(of: t3, toByteOffset: 3 * 64, as: SIMD8<Float>.self)
-                d.storeBytes(of: t4, toByteOffset: 4 * 64, as: SIMD8<Float>.self)
-                d.storeBytes(of: t5, toByteOffset: 5 * 64, as: SIMD8<Float>.self)
-                d.storeBytes(of: t6, toByteOffset: 6 * 64, as: SIMD8<Float>.self)
-                d.storeBytes(of: t7, toByteOffset: 7 * 64, as: SIMD8<Float>.self)
-                k += 8
-            }
-            while k < len {
-                let o = k * es
-                let v = SIMD8<Float>(F.load1(q0 + o), F.load1(q1 + o), F.load1(q2 + o), F.load1(q3 + o),
-                                     F.load1(q4 + o), F.load1(q5 + o), F.load1(q6 + o), F.load1(q7 + o))
-                UnsafeMutableRawPointer(out + k * packRows + i0).storeBytes(of: v, as: SIMD8<Float>.self)
-                k += 1
-            }
+    static func tileStore<F: WeightFormat>(_ f: F.Type, _ rows3: Rows3, _ input: BatchInput, _ t: Int, _ m: Int,
+                                           _ c0: Int, _ c1: Int, _ cols: Int, _ y: UnsafeMutablePointer<Float>,
+                                           _ rows: Int, _ r0: Int, _ stride: Int, _ valid: Int, _ add: Bool) {
+        @inline(__always) func store(_ t: Int, _ s: SIMD4<Float>) {
+            let out = y + t * rows + r0
+            for k in 0..<valid { put(out + k * stride, s[k], add) }
         }
-    }
-
-    /// 8×8 transpose: result `j` holds element `j` of each input.
-    @inline(__always)
-    static func transpose8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
-                           _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>)
-        -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>) {
-        // unpcklps / unpckhps within 128-bit lanes
-        @inline(__always) func unlo(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { SIMD8(a[0], b[0], a[1], b[1], a[4], b[4], a[5], b[5]) }
-        @inline(__always) func unhi(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { SIMD8(a[2], b[2], a[3], b[3], a[6], b[6], a[7], b[7]) }
-        // shufps (1,0,1,0) / (3,2,3,2) within 128-bit lanes
-        @inline(__always) func shlo(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { SIMD8(a[0], a[1], b[0], b[1], a[4], a[5], b[4], b[5]) }
-        @inline(__always) func shhi(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { SIMD8(a[2], a[3], b[2], b[3], a[6], a[7], b[6], b[7]) }
-        // vperm2f128
-        @inline(__always) func lo128(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { SIMD8(lowHalf: a.lowHalf, highHalf: b.lowHalf) }
-        @inline(__always) func hi128(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> { SIMD8(lowHalf: a.highHalf, highHalf: b.highHalf) }
-        let t0 = unlo(r0, r1), t1 = unhi(r0, r1), t2 = unlo(r2, r3), t3 = unhi(r2, r3)
-        let t4 = unlo(r4, r5), t5 = unhi(r4, r5), t6 = unlo(r6, r7), t7 = unhi(r6, r7)
-        let u0 = shlo(t0, t2), u1 = shhi(t0, t2), u2 = shlo(t1, t3), u3 = shhi(t1, t3)
-        let u4 = shlo(t4, t6), u5 = shhi(t4, t6), u6 = shlo(t5, t7), u7 = shhi(t5, t7)
-        return (lo128(u0, u4), lo128(u1, u5), lo128(u2, u6), lo128(u3, u7),
-                hi128(u0, u4), hi128(u1, u5), hi128(u2, u6), hi128(u3, u7))
-    }
-
-    /// `y[j, 0..<valid] (+)= Σ_k x[j, k] · sliver[k, 0..<16]` for tokens `j < mt` (`mt ≤ 6`;
-    /// missing tokens re-read the last one and are not stored). `x` rows are `xStride` apart,
-    /// `y` rows `yStride` apart.
-    @inline(__always)
-    static func outer6x16(_ sliver: UnsafePointer<Float>, _ len: Int, _ x: UnsafePointer<Float>, _ xStride: Int,
-                          _ mt: Int, _ y: UnsafeMutablePointer<Float>, _ yStride: Int, _ valid: Int, _ add: Bool) {
-        let x0 = x, x1 = x + min(1, mt - 1) * xStride, x2 = x + min(2, mt - 1) * xStride
-        let x3 = x + min(3, mt - 1) * xStride, x4 = x + min(4, mt - 1) * xStride, x5 = x + min(5, mt - 1) * xStride
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-        var a4 = SIMD8<Float>(), a5 = SIMD8<Float>(), b0 = SIMD8<Float>(), b1 = SIMD8<Float>()
-        var b2 = SIMD8<Float>(), b3 = SIMD8<Float>(), b4 = SIMD8<Float>(), b5 = SIMD8<Float>()
-        let s = UnsafeRawPointer(sliver)
-        for k in 0..<len {
-            let wl = s.load(fromByteOffset: k * 64, as: SIMD8<Float>.self)
-            let wh = s.load(fromByteOffset: k * 64 + 32, as: SIMD8<Float>.self)
-            var v = SIMD8<Float>(repeating: x0[k]); a0.addProduct(wl, v); b0.addProduct(wh, v)
-            v = SIMD8<Float>(repeating: x1[k]); a1.addProduct(wl, v); b1.addProduct(wh, v)
-            v = SIMD8<Float>(repeating: x2[k]); a2.addProduct(wl, v); b2.addProduct(wh, v)
-            v = SIMD8<Float>(repeating: x3[k]); a3.addProduct(wl, v); b3.addProduct(wh, v)
-            v = SIMD8<Float>(repeating: x4[k]); a4.addProduct(wl, v); b4.addProduct(wh, v)
-            v = SIMD8<Float>(repeating: x5[k]); a5.addProduct(wl, v); b5.addProduct(wh, v)
+        if m == 3 {
+            let (sa, sb, sc) = tile3x3(f, rows3, input.row(t), input.row(t + 1), input.row(t + 2), c0, c1, cols)
+            store(t, sa); store(t + 1, sb); store(t + 2, sc)
+        } else if m == 2 {
+            let (sa, sb) = tile3x2(f, rows3, input.row(t), input.row(t + 1), c0, c1, cols)
+            store(t, sa); store(t + 1, sb)
+        } else {
+            store(t, tile3x1(f, rows3, input.row(t), c0, c1, cols))
         }
-        @inline(__always) func put16(_ j: Int, _ lo: SIMD8<Float>, _ hi: SIMD8<Float>) {
-            let out = y + j * yStride
-            if valid == packRows {
-                let o = UnsafeMutableRawPointer(out)
-                if add {
-                    o.storeBytes(of: lo + o.loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
-                    o.storeBytes(of: hi + o.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self), toByteOffset: 32, as: SIMD8<Float>.self)
-                } else {
-                    o.storeBytes(of: lo, as: SIMD8<Float>.self)
-                    o.storeBytes(of: hi, toByteOffset: 32, as: SIMD8<Float>.self)
-                }
-            } else {
-                for i in 0..<valid { put(out + i, i < 8 ? lo[i] : hi[i - 8], add) }
-            }
-        }
-        put16(0, a0, b0)
-        if mt > 1 { put16(1, a1, b1) }
-        if mt > 2 { put16(2, a2, b2) }
-        if mt > 3 { put16(3, a3, b3) }
-        if mt > 4 { put16(4, a4, b4) }
-        if mt > 5 { put16(5, a5, b5) }
     }
 
     /// Rows `r0 + k·stride` for `k in 0..<valid` (`valid ≤ 3`), all `n` tokens; adds into `y`
@@ -541,23 +492,12 @@ public enum Linear {
         // stay in L1 while every token tile passes over them.
         var c0 = 0
         while c0 < cols {
-            let c1 = cols - c0 < columnBlock + columnBlock / 2 ? cols : c0 + columnBlock
-            let add = add || c0 > 0
-            @inline(__always) func store(_ t: Int, _ s: SIMD4<Float>) {
-                let out = y + t * rows + r0
-                for k in 0..<valid { put(out + k * stride, s[k], add) }
-            }
+            let c1 = blockEnd(c0, cols)
             var t = 0
-            while t + 3 <= n {
-                let (sa, sb, sc) = tile3x3(f, rows3, input.row(t), input.row(t + 1), input.row(t + 2), c0, c1, cols)
-                store(t, sa); store(t + 1, sb); store(t + 2, sc)
-                t += 3
-            }
-            if n - t == 2 {
-                let (sa, sb) = tile3x2(f, rows3, input.row(t), input.row(t + 1), c0, c1, cols)
-                store(t, sa); store(t + 1, sb)
-            } else if n - t == 1 {
-                store(t, tile3x1(f, rows3, input.row(t), c0, c1, cols))
+            while t < n {
+                let m = min(3, n - t)
+                tileStore(f, rows3, input, t, m, c0, c1, cols, y, rows, r0, stride, valid, add || c0 > 0)
+                t += m
             }
             c0 = c1
         }
@@ -656,13 +596,12 @@ public enum Linear {
         return (sa, sb)
     }
 
-    /// Three rows × one token (token tail): two accumulators per row.
+    /// Three rows × one token (token tail): one accumulator per row, as every path.
     @inline(__always)
     static func tile3x1<F: WeightFormat>(_ f: F.Type, _ p: Rows3, _ ra: Row, _ c0: Int, _ c1: Int, _ cols: Int) -> SIMD4<Float> {
         let es = F.byteSize, vecEnd = min(c1, cols & ~15)
         let (xa, va) = ra
         var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>()
-        var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>()
         var c = c0
         while c < vecEnd {
             let o = c * es
@@ -670,10 +609,10 @@ public enum Linear {
             let (w0l, w0h) = F.load16(p.0 + o), (w1l, w1h) = F.load16(p.1 + o), (w2l, w2h) = F.load16(p.2 + o)
             let vl = loadX(va, c), vh = loadX(va, c + 8)
             a0.addProduct(w0l, vl); a1.addProduct(w1l, vl); a2.addProduct(w2l, vl)
-            b0.addProduct(w0h, vh); b1.addProduct(w1h, vh); b2.addProduct(w2h, vh)
+            a0.addProduct(w0h, vh); a1.addProduct(w1h, vh); a2.addProduct(w2h, vh)
             c += 16
         }
-        var sa = reduce3(a0 + b0, a1 + b1, a2 + b2)
+        var sa = reduce3(a0, a1, a2)
         if c < c1 { sa += tail3(f, p, xa, c, c1) }
         return sa
     }

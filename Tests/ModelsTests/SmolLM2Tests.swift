@@ -26,16 +26,16 @@ final class SmolLM2Tests: XCTestCase {
     }
 
     /// Logits at every greedy step of three chat prompts match transformers' (after the prompt:
-    /// 2e-3; decode steps: 3e-2) and the 32 greedy tokens are identical.
+    /// 1.5e-2; decode steps: 3e-2) and the 32 greedy tokens are identical.
     ///
     /// Tolerances: both sides compute with the same dequantized weights (a Q4_1 value d·q + m is
-    /// exact in fp32), so the weights' quantization error cancels. Single-token matrix products
-    /// (every decode step, and the LM head even after the prompt) go through the integer GEMV,
-    /// which rounds activations to int16 per 32-value block (llama.cpp rounds them to int8): the
-    /// step is max|x_block|/32767. After the prompt only the LM head does that, on normalised
-    /// activations without outliers: measured 4.7e-4 (the batched fp32 path alone gave 4e-5), so
-    /// 2e-3. In decode steps every layer does, and SmolLM2's outlier channels make the step
-    /// large for the small values sharing their block: measured 1.0e-2, so 3e-2 — still far
+    /// exact in fp32), so the weights' quantization error cancels. Every quantized matrix product
+    /// (prompt and decode alike, so that a token's result does not depend on its batch) goes
+    /// through the integer block dot, which rounds activations to int16 per 32-value block
+    /// (llama.cpp rounds them to int8): the step is max|x_block|/32767, and SmolLM2's outlier
+    /// channels make it large for the small values sharing their block. After the prompt:
+    /// measured 5.4e-3 (4.7e-4 when only the LM head rounded, before batch invariance; the fp32
+    /// path alone gave 4e-5), so 1.5e-2. Decode steps: measured 1.0e-2, so 3e-2 — still far
     /// below what one Q4_1 quantization step (1/15 of a block's range) does to logits, so a
     /// decoding bug cannot hide under it.
     func testLogitsAndGreedyTokensMatchTransformers() throws {
@@ -60,7 +60,7 @@ final class SmolLM2Tests: XCTestCase {
             XCTAssertEqual(produced, run.greedy, "greedy tokens for \(run.prompt.debugDescription)")
             XCTAssertEqual(produced.count, 32)
         }
-        XCTAssertLessThan(worstPrompt, 2e-3, "worst logit difference from transformers after the prompt")
+        XCTAssertLessThan(worstPrompt, 1.5e-2, "worst logit difference from transformers after the prompt")
         XCTAssertLessThan(worstDecode, 3e-2, "worst logit difference from transformers at decode steps")
         print("SmolLM2: worst top-10 logit difference from transformers: prompt \(worstPrompt), decode steps \(worstDecode)")
     }

@@ -34,6 +34,17 @@ void fs_gemv_q5_k(const uint8_t *w, size_t row_stride, int rows, int blocks,
 void fs_gemv_q6_k(const uint8_t *w, size_t row_stride, int rows, int blocks,
                   const int16_t *q, const float *scale, const float *sum, float *y, int accumulate);
 
+/// The GEMV for `n` tokens at once: token t's quantized activations at `q + t * blocks * 32`, its
+/// scales and sums at `scale + t * blocks`, `sum + t * blocks`, its outputs at `y + t * y_stride`.
+/// Each weight block is decoded once per tile of tokens; every output has exactly the bits the
+/// GEMV gives that token alone (batch invariance).
+void fs_gemm_q4_1(const uint8_t *w, size_t row_stride, int rows, int blocks, int n, const int16_t *q,
+                  const float *scale, const float *sum, float *y, size_t y_stride, int accumulate);
+void fs_gemm_q4_0(const uint8_t *w, size_t row_stride, int rows, int blocks, int n, const int16_t *q,
+                  const float *scale, const float *sum, float *y, size_t y_stride, int accumulate);
+void fs_gemm_q8_0(const uint8_t *w, size_t row_stride, int rows, int blocks, int n, const int16_t *q,
+                  const float *scale, const float *sum, float *y, size_t y_stride, int accumulate);
+
 #ifdef __cplusplus
 }
 #endif
