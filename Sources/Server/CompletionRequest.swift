@@ -16,6 +16,8 @@ struct CompletionRequest {
     var model: String?
     var input: Input
     var maxTokens: Int?
+    /// The field `maxTokens` came from (`max_completion_tokens` or `max_tokens`), for errors.
+    var maxTokensField = "max_tokens"
     var temperature: Float = 1
     var topP: Float = 1
     var topK = 0
@@ -73,10 +75,9 @@ struct CompletionRequest {
             }
         }
         // max_completion_tokens is the newer name (chat); max_tokens the older one.
-        if let n = try f.int("max_completion_tokens") ?? f.int("max_tokens") {
-            guard n >= 1 else {
-                throw APIError.invalid("'max_tokens' must be at least 1, got \(n)", param: o["max_completion_tokens"] != nil ? "max_completion_tokens" : "max_tokens")
-            }
+        if f.value("max_completion_tokens") != nil { maxTokensField = "max_completion_tokens" }
+        if let n = try f.int(maxTokensField) {
+            guard n >= 1 else { throw APIError.invalid("'\(maxTokensField)' must be at least 1, got \(n)", param: maxTokensField) }
             maxTokens = n
         }
         if let t = try f.number("temperature") {

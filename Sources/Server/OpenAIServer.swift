@@ -44,6 +44,9 @@ public struct ServerOptions: Sendable {
     public var maxBodyBytes = 4 << 20
     /// How long SIGTERM/SIGINT waits for running requests before cancelling them.
     public var drainTimeout: Double = 30
+    /// New tokens for a request that does not say (`max_tokens` absent); nil: as many as fit
+    /// in the context, as vLLM does.
+    public var defaultMaxTokens: Int?
     /// Seconds an idle keep-alive connection is kept.
     public var idleTimeout: Int64 = 60
     public init() {}
@@ -147,7 +150,12 @@ public final class OpenAIServer: Sendable {
         }
         let sampling = SamplingParameters(temperature: params.temperature, topK: params.topK, topP: params.topP,
                                           seed: params.seed ?? UInt64.random(in: 0 ... .max))
-        let generation = GenerationRequest(prompt: prompt, maxTokens: min(params.maxTokens ?? context, context - prompt.count),
+        let room = context - prompt.count
+        if let m = params.maxTokens, m > room {
+            throw APIError.invalid("max_tokens is \(m), but only \(room) tokens fit after the prompt's \(prompt.count) in this model's context of \(context)",
+                                   param: params.maxTokensField, code: "context_length_exceeded")
+        }
+        let generation = GenerationRequest(prompt: prompt, maxTokens: params.maxTokens ?? min(options.defaultMaxTokens ?? room, room),
                                            sampling: sampling, stopTokens: chat && !params.ignoreEOS ? model.chatStopTokens : [],
                                            ignoreEOS: params.ignoreEOS, topLogprobs: params.topLogprobs)
         let job = Job(chat: chat, params: params, generation: generation,

@@ -52,6 +52,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Largest request body in bytes (larger ones get 413).")
     var maxBodyBytes: Int = 4 << 20
 
+    @Option(name: .long, help: "New tokens for requests that give no max_tokens (default: as many as fit in the context).")
+    var defaultMaxTokens: Int?
+
     @Option(name: .long, help: "The model name clients send and /v1/models lists (default: the model file's name).")
     var servedModelName: String?
 
@@ -69,6 +72,7 @@ struct Serve: ParsableCommand {
         guard (0...4096).contains(prefixCache) else { throw ValidationError("--prefix-cache must be in 0...4096, got \(prefixCache)") }
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ValidationError("--drain-timeout must be a finite number of seconds >= 0") }
         guard (1024...(1 << 30)).contains(maxBodyBytes) else { throw ValidationError("--max-body-bytes must be in 1024...1073741824, got \(maxBodyBytes)") }
+        if let n = defaultMaxTokens, n < 1 { throw ValidationError("--default-max-tokens must be at least 1, got \(n)") }
         if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
     }
 
@@ -107,6 +111,7 @@ struct Serve: ParsableCommand {
             server.apiKey = apiKey ?? ProcessInfo.processInfo.environment["FARSIDE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
             server.drainTimeout = drainTimeout
             server.maxBodyBytes = maxBodyBytes
+            server.defaultMaxTokens = defaultMaxTokens
             let http = OpenAIServer(model: served, options: server, logger: logger)
             let host = self.host, nodes = localNodes, arch = m.architecture
             let done = DispatchSemaphore(value: 0)

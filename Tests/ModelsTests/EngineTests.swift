@@ -17,14 +17,15 @@ final class EngineTests: XCTestCase {
 
     /// Runs every request through one engine at once and returns each one's tokens and end.
     static func serve(_ model: DecoderModel, _ requests: [GenerationRequest], limits: Scheduler.Limits) throws
-        -> [(tokens: [Int], reason: FinishReason?, usage: Usage?)] {
+        -> [(tokens: [Int], reason: FinishReason?, usage: Usage?, logprobBits: [UInt32])] {
         var opts = Engine.Options()
         opts.limits = limits
         let engine = Engine(model: model, options: opts)
         engine.start()
         defer { engine.shutdown(drainTimeout: 0) }
         let lock = NSLock()
-        var results = [(tokens: [Int], reason: FinishReason?, usage: Usage?)](repeating: ([], nil, nil), count: requests.count)
+        var results = [(tokens: [Int], reason: FinishReason?, usage: Usage?, logprobBits: [UInt32])](
+            repeating: ([], nil, nil, []), count: requests.count)
         let done = DispatchGroup()
         for (i, r) in requests.enumerated() {
             done.enter()
@@ -32,7 +33,9 @@ final class EngineTests: XCTestCase {
                 lock.lock()
                 defer { lock.unlock() }
                 switch event {
-                case .token(let t): results[i].tokens.append(t.id)
+                case .token(let t):
+                    results[i].tokens.append(t.id)
+                    if let lp = t.logprob { results[i].logprobBits.append(lp.bitPattern) }
                 case let .finished(reason, usage):
                     results[i].reason = reason
                     results[i].usage = usage
@@ -45,19 +48,26 @@ final class EngineTests: XCTestCase {
         return results
     }
 
+    /// 16 requests at once (chunked prompts, mixed prefill and decode rows in every step) give
+    /// each request the tokens `Generator` gives it alone, and the same log-probability bits as
+    /// the request alone in the engine: the logits rows are bit-identical whatever shares the step.
     func testBatchedRequestsMatchEachAlone() throws {
-        for name in ["llama", "qwen3_moe", "deepseek_v3"] {
+        for name in ["llama", "qwen3_moe", "deepseek_v3", "kimi_k2"] {
             let model = try Fixtures.model(name)
             let prompts = Self.prompts(vocab: model.vocabSize, count: 16, seed: 7)
             let alone = try prompts.map {
                 try Generator(model: model).generate(prompt: $0, maxTokens: 12, ignoreEOS: true)
             }
+            let request = { (p: [Int]) in GenerationRequest(prompt: p, maxTokens: 12, ignoreEOS: true, topLogprobs: 0) }
+            let aloneBits = try prompts.map {
+                try Self.serve(model, [request($0)], limits: .init(maxBatchTokens: 512, maxSequences: 1))[0].logprobBits
+            }
             for limits in [Scheduler.Limits(maxBatchTokens: 16, maxSequences: 16),
                            Scheduler.Limits(maxBatchTokens: 512, maxSequences: 5)] {
-                let requests = prompts.map { GenerationRequest(prompt: $0, maxTokens: 12, ignoreEOS: true) }
-                let served = try Self.serve(model, requests, limits: limits)
+                let served = try Self.serve(model, prompts.map(request), limits: limits)
                 for (i, r) in served.enumerated() {
                     XCTAssertEqual(r.tokens, alone[i], "\(name) request \(i) (\(prompts[i].count) prompt tokens), \(limits)")
+                    XCTAssertEqual(r.logprobBits, aloneBits[i], "\(name) request \(i): logits differ in a crowd, \(limits)")
                     XCTAssertEqual(r.reason, .length)
                     XCTAssertEqual(r.usage?.promptTokens, prompts[i].count)
                     XCTAssertEqual(r.usage?.completionTokens, 12)

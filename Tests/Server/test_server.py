@@ -230,12 +230,13 @@ def test_bad_chat_requests_get_400_naming_the_field(server, body, param):
     assert e["param"] == param, e
 
 
-def test_huge_max_tokens_is_capped_by_the_context(server):
-    r = server.client().completions.create(model=server.model, prompt="Hello", max_tokens=10**15, temperature=0,
-                                           extra_body={"ignore_eos": True}, stream=True)
-    # Only the first chunks: the request is valid and starts; closing the stream cancels it.
-    next(iter(r))
-    r.close()
+def test_max_tokens_beyond_the_context_is_400(server):
+    for field in ("max_tokens", "max_completion_tokens"):
+        status, e, _ = error_of(server.request("POST", "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "hi"}], field: 10**15}))
+        assert status == 400 and e["code"] == "context_length_exceeded" and e["param"] == field, e
+    status, e, _ = error_of(server.request("POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 2**70}))
+    assert status == 400 and e["param"] == "max_tokens", e
 
 
 def test_prompt_longer_than_the_context_is_400(server):
@@ -354,14 +355,18 @@ def alone_tokens(model, prompt, n):
     return out["tokens"]
 
 
+def complete_ids(server, p, n):
+    """Greedy token ids and their log-probabilities (exact JSON text of the floats)."""
+    status, _, body = server.request("POST", "/v1/completions", {
+        "prompt": p, "max_tokens": n, "temperature": 0, "ignore_eos": True, "return_token_ids": True, "logprobs": 0})
+    assert status == 200, body
+    choice = json.loads(body, parse_float=str)["choices"][0]
+    return choice["token_ids"], choice["logprobs"]["token_logprobs"]
+
+
 def concurrent_tokens(server, prompts, n):
-    def one(p):
-        status, _, body = server.request("POST", "/v1/completions", {
-            "prompt": p, "max_tokens": n, "temperature": 0, "ignore_eos": True, "return_token_ids": True})
-        assert status == 200, body
-        return json.loads(body)["choices"][0]["token_ids"]
     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-        return list(pool.map(one, prompts))
+        return list(pool.map(lambda p: complete_ids(server, p, n), prompts))
 
 
 @pytest.mark.parametrize("nodes", [0, 2])
@@ -369,13 +374,17 @@ def test_16_concurrent_prompts_equal_each_alone(nodes):
     prompts = prompts16(TEXT)
     n = 12
     want = [alone_tokens(DEFAULT_MODEL, p, n) for p in prompts]
-    s = Server("--local-nodes", str(nodes), "--max-batch-tokens", "64")
+    s = Server("--local-nodes", str(nodes), "--max-batch-tokens", "64", "--prefix-cache", "0")
     try:
         got = concurrent_tokens(s, prompts, n)
+        # The same prompts one at a time: the logits' bits must not depend on the crowd.
+        single = [complete_ids(s, p, n) for p in prompts]
     finally:
         assert s.stop() == 0
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert g == w, f"prompt {i} ({len(prompts[i].split())} words) differs in a crowd"
+    for i, ((ids, lps), w, (ids1, lps1)) in enumerate(zip(got, want, single)):
+        assert ids == w, f"prompt {i} ({len(prompts[i].split())} words) differs in a crowd"
+        assert ids1 == w
+        assert lps == lps1, f"prompt {i}: log-probabilities differ between a crowd and alone"
 
 
 def test_killed_node_loses_no_request():
@@ -394,10 +403,7 @@ def test_killed_node_loses_no_request():
         assert len(node_pids) == 2, children.stdout
 
         def one(p):
-            status, _, body = s.request("POST", "/v1/completions", {
-                "prompt": p, "max_tokens": n, "temperature": 0, "ignore_eos": True, "return_token_ids": True})
-            assert status == 200, body
-            return json.loads(body)["choices"][0]["token_ids"]
+            return complete_ids(s, p, n)[0]
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(one, p) for p in ids]
             time.sleep(0.3)
@@ -446,5 +452,21 @@ def test_64_streaming_clients_for_60_seconds():
         assert r["server_peak_rss_mib"] < 1024, r
         m = s.metrics()
         assert m["farside_running_sequences"] == 0 and m["farside_waiting_requests"] == 0
+    finally:
+        assert s.stop() == 0
+
+
+def test_schemathesis_finds_no_server_error():
+    """A fuzz pass over the served OpenAPI document: no request schemathesis generates (valid or
+    not) gets a 5xx or breaks the connection."""
+    s = Server("--default-max-tokens", "4")
+    try:
+        out = subprocess.run([".venv/bin/schemathesis", "run", f"{s.url}/openapi.yaml", "--checks", "not_a_server_error",
+                              "-n", "20", "--request-timeout", "60", "--generation-deterministic"],
+                             capture_output=True, text=True, timeout=900, cwd=REPO)
+        summary = out.stdout[-3000:]
+        print(summary)
+        assert out.returncode == 0, summary
+        assert s.proc.poll() is None, "the server died under fuzzing"
     finally:
         assert s.stop() == 0
