@@ -52,6 +52,9 @@ public final class ExpertCluster: ExpertBackend {
 
     final class Node {
         let id: String
+        /// The routing id of the node's control connection: unique per node process, so two
+        /// processes claiming the same node id are told apart (and the second refused).
+        var route: Data
         var endpoint: String { didSet { onThisMachine = ExpertCluster.isLocal(endpoint: endpoint) } }
         /// Whether `endpoint` is on the coordinator's machine (asked once per MoE layer).
         private(set) var onThisMachine: Bool
@@ -62,8 +65,9 @@ public final class ExpertCluster: ExpertBackend {
         var acknowledgedEpoch: UInt64 = 0
         var ackError: String?
         var busySeconds = 0.0
-        init(id: String, endpoint: String, memoryBudget: UInt64) {
+        init(id: String, route: Data, endpoint: String, memoryBudget: UInt64) {
             self.id = id
+            self.route = route
             self.endpoint = endpoint
             onThisMachine = ExpertCluster.isLocal(endpoint: endpoint)
             self.memoryBudget = memoryBudget
@@ -156,7 +160,10 @@ public final class ExpertCluster: ExpertBackend {
         while let frames = try control.receive(timeout: wait) {
             wait = 0
             guard frames.count >= 2 else { continue }
-            let id = frames[0].string
+            let route = frames[0].data
+            // Control messages other than Register come from the node whose connection this is.
+            let node = nodes.first { $0.route == route }
+            let id = node?.id ?? frames[0].string
             let env: Farside_V1_Envelope
             do {
                 env = try WireCodec.decodeEnvelope(frames[1].data)
@@ -177,21 +184,25 @@ public final class ExpertCluster: ExpertBackend {
                     reply.accepted = false
                     reply.reason = "node serves a different model (fingerprint \(r.modelFingerprint), coordinator \(fingerprint))"
                     log("refused node \(id): \(reply.reason)")
-                } else if let refusal = register(id: id, endpoint: r.endpoint, memory: r.memoryBudgetBytes) {
+                } else if r.nodeID.isEmpty {
+                    reply.accepted = false
+                    reply.reason = "registration without a node id"
+                    log("refused a node: \(reply.reason)")
+                } else if let refusal = register(id: r.nodeID, route: route, endpoint: r.endpoint, memory: r.memoryBudgetBytes) {
                     reply.accepted = false
                     reply.reason = refusal
-                    log("refused node \(id): \(refusal)")
+                    log("refused node \(r.nodeID): \(refusal)")
                 } else {
                     reply.accepted = true
                 }
                 try? control.send([frames[0], try envelope(.registerReply(reply))], flags: .dontWait)
             case .assignmentAck(let a):
-                if let n = nodes.first(where: { $0.id == id }) {
+                if let n = node {
                     n.acknowledgedEpoch = a.epoch
                     n.ackError = a.error.isEmpty ? nil : a.error
                 }
             case .heartbeat(let h):
-                nodes.first { $0.id == id }?.busySeconds += h.busySeconds
+                node?.busySeconds += h.busySeconds
             default:
                 log("control: ignored a message from \(id)")
             }
@@ -202,7 +213,19 @@ public final class ExpertCluster: ExpertBackend {
     /// socket is connected first, so an endpoint libzmq cannot use (it comes from the node, i.e.
     /// from outside) refuses the registration and changes nothing: in particular it never ends
     /// the steps in flight, and a known node keeps its current state.
-    func register(id: String, endpoint: String, memory: UInt64) -> String? {
+    ///
+    /// Node ids are unique: a registration under the id of a live node from another process
+    /// (another control connection) at another endpoint is refused, and the node exits saying
+    /// so. The same process saying hello again (after a lost control connection) changes
+    /// nothing; a process at the same endpoint (the node restarted there: the old one cannot
+    /// hold the port any more) or under the id of a dead node is taken back, empty.
+    func register(id: String, route: Data, endpoint: String, memory: UInt64) -> String? {
+        if let n = nodes.first(where: { $0.id == id }), n.alive {
+            if n.route == route && n.endpoint == endpoint { return nil }
+            if n.route != route && n.endpoint != endpoint {
+                return "node id \"\(id)\" is already in use by a live node at \(n.endpoint); give every node its own --node-id"
+            }
+        }
         let socket: ZMQSocket
         do {
             socket = try dataSocket(endpoint)
@@ -212,6 +235,7 @@ public final class ExpertCluster: ExpertBackend {
         if let n = nodes.first(where: { $0.id == id }) {
             // A node that comes back (restarted, or reachable again) starts empty.
             n.data?.close()
+            n.route = route
             n.endpoint = endpoint
             n.memoryBudget = memory
             n.experts = []
@@ -220,7 +244,7 @@ public final class ExpertCluster: ExpertBackend {
             rebalancePending = !placement.isEmpty
             log("node \(id) re-registered at \(endpoint)")
         } else {
-            let n = Node(id: id, endpoint: endpoint, memoryBudget: memory)
+            let n = Node(id: id, route: route, endpoint: endpoint, memoryBudget: memory)
             n.data = socket
             nodes.append(n)
             rebalancePending = !placement.isEmpty
@@ -292,7 +316,7 @@ public final class ExpertCluster: ExpertBackend {
                 k.expert = UInt32(key.expert)
                 return k
             }
-            try control.send([.data(Data(nodes[i].id.utf8)), try envelope(.assignment(a))], flags: .dontWait)
+            try control.send([.data(nodes[i].route), try envelope(.assignment(a))], flags: .dontWait)
         }
         let deadline = Self.now() + max(options.nodeTimeout * 5, 10)
         while true {

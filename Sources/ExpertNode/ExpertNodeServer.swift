@@ -3,6 +3,27 @@ import Models
 import Protocol
 import Transport
 
+/// Why a node stopped serving on its own.
+public enum ExpertNodeError: Error, CustomStringConvertible {
+    /// No connection to the coordinator for `seconds` (`Options.coordinatorTimeout`).
+    case coordinatorUnreachable(endpoint: String, seconds: Double)
+    /// The process that started this node (`Options.parentPID`) has exited.
+    case parentGone(pid: Int32)
+    /// The coordinator refused the registration; `reason` is its answer.
+    case refused(reason: String)
+
+    public var description: String {
+        switch self {
+        case .coordinatorUnreachable(let endpoint, let seconds):
+            return "gave up: no connection to the coordinator at \(endpoint) for \(Int(seconds)) s (--coordinator-timeout); check that it runs and is reachable"
+        case .parentGone(let pid):
+            return "the process that started this node (pid \(pid)) has exited; stopping with it"
+        case .refused(let reason):
+            return "the coordinator refused this node: \(reason)"
+        }
+    }
+}
+
 /// An expert node: a separate process holding some routed experts of a model and computing them
 /// for batches of tokens sent by coordinators.
 ///
@@ -32,6 +53,20 @@ public final class ExpertNodeServer {
         /// with 0): median ratio to in process 0.81-0.90 (mean 0.84) against 0.76-0.85 (mean 0.81).
         /// The window runs from the last request, so an idle node blocks and keeps no core busy.
         public var pollYieldWindow = 0.003
+        /// Seconds without a connection to the coordinator after which `run` gives up and throws
+        /// `ExpertNodeError.coordinatorUnreachable`; 0 keeps trying for ever (warning every
+        /// `warningInterval` seconds). A connection counts from the ZMTP handshake to its loss:
+        /// the coordinator exiting, or no ZMTP heartbeat answered for `heartbeatTimeout`.
+        public var coordinatorTimeout = 0.0
+        /// Seconds between two warnings that the coordinator is unreachable.
+        public var warningInterval = 10.0
+        /// Seconds of silence on the control connection (ZMTP heartbeats answered by the
+        /// coordinator's I/O thread, so a busy coordinator still counts as present) after which
+        /// the connection is dropped as dead.
+        public var heartbeatTimeout = 5.0
+        /// The process that started this node (local nodes): when it is no longer this process's
+        /// parent, `run` throws `ExpertNodeError.parentGone`. Checked at every poll (≤ 100 ms).
+        public var parentPID: Int32?
         public init(listen: String, coordinator: String, nodeID: String, memoryBudget: Int,
                     power: (String, Double, Double) = ("cpu", 10, 60)) {
             self.listen = listen
@@ -52,15 +87,23 @@ public final class ExpertNodeServer {
     var loads: [Int: UInt64] = [:]   // layer << 20 | expert -> routed tokens since last heartbeat
     var running = true
     var log: (String) -> Void
+    /// Problems a person must see even when `log` is silenced (`--quiet`).
+    var warn: (String) -> Void
 
-    public init(model: DecoderModel, fingerprint: String, options: Options, log: @escaping (String) -> Void) {
+    /// `log` gets progress lines; `warn` (default: `log`) the problems a person must see even
+    /// when progress is not wanted (coordinator unreachable, giving up).
+    public init(model: DecoderModel, fingerprint: String, options: Options, log: @escaping (String) -> Void,
+                warn: ((String) -> Void)? = nil) {
         self.model = model
         self.fingerprint = fingerprint
         self.options = options
         self.log = log
+        self.warn = warn ?? log
     }
 
-    /// Serves until told to shut down. Throws only for set-up failures (bind, connect).
+    /// Serves until told to shut down (a `Shutdown` message). Throws for set-up failures (bind,
+    /// connect) and for the ends in `ExpertNodeError`: coordinator gone for longer than
+    /// `coordinatorTimeout`, parent process gone.
     public func run() throws {
         let data = try ZMQSocket(kind: .router)
         try data.setLinger(0)
@@ -68,12 +111,21 @@ public final class ExpertNodeServer {
         let endpoint = try data.bind(options.listen)
         let control = try ZMQSocket(kind: .dealer)
         try control.setLinger(0)
-        try control.setRoutingID(Data(options.nodeID.utf8))
+        // Unique per process (the node id names the node in the Register message): two
+        // processes under one node id are then two connections the coordinator can tell apart.
+        try control.setRoutingID(Data((String(options.nodeID.prefix(200)) + "#\(getpid())-\(UInt32.random(in: 1...UInt32.max))").utf8))
         try control.setMaxMessageSize(options.maxMessageBytes)
+        // The coordinator's I/O thread answers the PINGs, so only a coordinator that is gone
+        // (or cut off) goes silent.
+        let heartbeatMs = Int(max(0.1, options.heartbeatTimeout) * 1000)
+        try control.setHeartbeat(interval: max(100, heartbeatMs / 5), timeout: heartbeatMs)
+        // Connection events of the control socket: whether the coordinator is there.
+        let events = try control.monitor([.handshakeSucceeded, .disconnected])
         try control.connect(options.coordinator)
         defer {
             data.close()
             control.close()
+            events.close()
         }
         log("expert node \(options.nodeID) serving \(endpoint), coordinator \(options.coordinator)")
         var register = Farside_V1_Register()
@@ -86,16 +138,20 @@ public final class ExpertNodeServer {
         power.idleWatts = options.power.idleWatts
         power.activeWatts = options.power.activeWatts
         register.power = power
-        try send(control, [], .register(register))
+        // The Register goes out when the connection is up (the monitor's handshake event), and
+        // again after every reconnection: a coordinator that restarted knows nothing of us.
 
         var lastRequest = -Double.infinity
         var lastBeat = now()
         var lastRegister = now()
         var registered = false
+        var connected = false
+        var disconnectedSince = now()
+        var lastWarning = now()
         while running {
             // Yield-poll only within the window after the last request, so an idle node sleeps.
             let window = max(0, lastRequest + options.pollYieldWindow - now())
-            let ready = try ZMQSocket.poll([data, control], timeout: 100, yieldingFor: window)
+            let ready = try ZMQSocket.poll([data, control, events], timeout: 100, yieldingFor: window)
             if ready[1], let frames = try control.receive(timeout: 0) {
                 handleControl(frames, control: control, registered: &registered)
             }
@@ -103,10 +159,41 @@ public final class ExpertNodeServer {
                 handleData(frames, socket: data)
                 lastRequest = now()
             }
+            if ready[2] {
+                while let e = try events.readMonitorEvent() {
+                    if e.event == .handshakeSucceeded && !connected {
+                        connected = true
+                        if now() - disconnectedSince >= options.warningInterval { warn("connected to the coordinator at \(options.coordinator) again") }
+                        try? send(control, [], .register(register))
+                        lastRegister = now()
+                    } else if e.event == .disconnected && connected {
+                        connected = false
+                        registered = false
+                        disconnectedSince = now()
+                        lastWarning = disconnectedSince
+                        warn("lost the connection to the coordinator at \(options.coordinator); registering again when it is back")
+                    }
+                }
+            }
             let t = now()
-            if !registered && t - lastRegister > 1 {
-                // The coordinator may have started after us or restarted: say hello again.
-                try send(control, [], .register(register))
+            // These ends are thrown, and the command prints them as its error (also with --quiet).
+            if let parent = options.parentPID, getppid() != parent {
+                throw ExpertNodeError.parentGone(pid: parent)
+            }
+            if !connected {
+                let down = t - disconnectedSince
+                if options.coordinatorTimeout > 0 && down >= options.coordinatorTimeout {
+                    throw ExpertNodeError.coordinatorUnreachable(endpoint: options.coordinator, seconds: down)
+                }
+                if t - lastWarning >= options.warningInterval {
+                    warn("the coordinator at \(options.coordinator) has been unreachable for \(Int(down)) s; still trying")
+                    lastWarning = t
+                }
+            }
+            if connected && !registered && t - lastRegister > 1 {
+                // No answer yet (the coordinator reads its control socket only while it works):
+                // say hello again.
+                try? send(control, [], .register(register))
                 lastRegister = t
             }
             if registered && t - lastBeat >= options.heartbeatInterval {
@@ -128,8 +215,14 @@ public final class ExpertNodeServer {
                 lastBeat = t
             }
         }
+        if let refusal {
+            throw ExpertNodeError.refused(reason: refusal)
+        }
         log("expert node \(options.nodeID) stopped")
     }
+
+    /// The coordinator's reason when it refused this node (which then stops).
+    var refusal: String?
 
     func now() -> Double {
         var ts = timespec()
@@ -155,7 +248,7 @@ public final class ExpertNodeServer {
             if r.accepted {
                 registered = true
             } else {
-                log("coordinator refused registration: \(r.reason)")
+                refusal = r.reason
                 running = false
             }
         case .assignment(let a):

@@ -172,6 +172,75 @@ public final class ZMQSocket {
         }
     }
 
+    // MARK: Monitoring
+
+    /// Connection events of a socket, as `monitor(_:)` reports them (libzmq's ZMQ_EVENT_* bits).
+    public struct MonitorEvents: OptionSet, Sendable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// A connect completed at the TCP level (the ZMTP handshake follows).
+        public static let connected = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_CONNECTED))
+        /// A connect failed and will be retried after the reconnect interval.
+        public static let connectRetried = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_CONNECT_RETRIED))
+        /// The ZMTP handshake with a peer succeeded: messages flow from now on.
+        public static let handshakeSucceeded = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_HANDSHAKE_SUCCEEDED))
+        /// An established connection ended (the peer closed it or exited, a heartbeat timed
+        /// out, or the network failed).
+        public static let disconnected = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_DISCONNECTED))
+    }
+
+    /// One event read from a monitor socket.
+    public struct MonitorEvent: Sendable, Equatable {
+        /// Exactly one of `MonitorEvents`' bits (or another ZMQ_EVENT_* bit).
+        public var event: MonitorEvents
+        /// The event's value (a file descriptor, an errno or an interval, depending on the event).
+        public var value: UInt32
+        /// The endpoint the event is about.
+        public var endpoint: String
+    }
+
+    /// Starts reporting `events` of this socket and returns the PAIR socket that receives them,
+    /// to be polled like any other and read with `readMonitorEvent`. Close the returned socket
+    /// when done (closing this one ends the reports). Uses an inproc endpoint of this socket's
+    /// context, named uniquely per call.
+    public func monitor(_ events: MonitorEvents) throws -> ZMQSocket {
+        let h = try open()
+        let address = "inproc://farside-monitor-\(ZMQSocket.nextMonitorNumber())"
+        guard zmq_socket_monitor(h, address, Int32(events.rawValue)) == 0 else {
+            throw transportError(lastZMQErrno(), "zmq_socket_monitor \(address)")
+        }
+        let pair = try ZMQSocket(context: context, kind: .pair)
+        try pair.connect(address)
+        return pair
+    }
+
+    /// Whether a message can be received now (ZMQ_EVENTS has POLLIN): one getsockopt, no
+    /// allocation, so it is cheap enough to ask on every layer step.
+    public var isReadable: Bool {
+        get throws { try getInt32(ZMQ_EVENTS, "ZMQ_EVENTS") & Int32(ZMQ_POLLIN) != 0 }
+    }
+
+    /// The next event queued on a socket returned by `monitor`, or nil when none is queued (or
+    /// the message is not an event: two frames, the first 6 bytes of event and value).
+    public func readMonitorEvent() throws -> MonitorEvent? {
+        guard let frames = try receive(timeout: 0) else { return nil }
+        guard frames.count >= 2, frames[0].count == 6 else { return nil }
+        return frames[0].withUnsafeBytes { raw in
+            MonitorEvent(event: MonitorEvents(rawValue: UInt16(littleEndian: raw.loadUnaligned(as: UInt16.self))),
+                         value: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 2, as: UInt32.self)),
+                         endpoint: frames[1].string)
+        }
+    }
+
+    private static let monitorLock = NSLock()
+    nonisolated(unsafe) private static var monitorCount = 0
+    private static func nextMonitorNumber() -> Int {
+        monitorLock.lock()
+        defer { monitorLock.unlock() }
+        monitorCount += 1
+        return monitorCount
+    }
+
     // MARK: Subscriptions (SUB)
 
     /// Receives published messages whose first frame starts with `prefix` (empty: all).

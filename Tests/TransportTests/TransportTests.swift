@@ -239,6 +239,26 @@ final class TransportTests: XCTestCase {
         }
     }
 
+    /// A monitor reports a connection's handshake and its loss when the peer closes.
+    func testMonitorReportsHandshakeAndDisconnect() throws {
+        let server = try ZMQSocket(kind: .router)
+        let endpoint = try server.bind("tcp://127.0.0.1:*")
+        let client = try ZMQSocket(kind: .dealer)
+        let events = try client.monitor([.handshakeSucceeded, .disconnected])
+        try client.connect(endpoint)
+        func next() throws -> ZMQSocket.MonitorEvent? {
+            guard try ZMQSocket.poll([events], timeout: 5000)[0] else { return nil }
+            return try events.readMonitorEvent()
+        }
+        XCTAssertEqual(try next()?.event, .handshakeSucceeded)
+        server.close()
+        let lost = try XCTUnwrap(try next())
+        XCTAssertEqual(lost.event, .disconnected)
+        XCTAssertEqual(lost.endpoint, endpoint)
+        client.close()
+        events.close()
+    }
+
     func testPollReportsWhichSocketIsReadable() throws {
         let (a1, b1) = try inprocPair()
         let (a2, b2) = try inprocPair()
