@@ -41,6 +41,21 @@ public final class ExpertNodeServer {
         public var heartbeatInterval: Double = 0.5
         /// Inbound messages larger than this are refused by libzmq (the peer is disconnected).
         public var maxMessageBytes: Int64 = 1 << 30
+        /// Limits on one data-plane request, checked before anything is allocated for it; a
+        /// request over one gets an error reply (TOO_LARGE). Rows per request, and header bytes
+        /// (a header of `rows` rows × top-k routes takes about 6 bytes a route). Routes per row
+        /// are bounded by the layer's top-k, and each group's rows must be distinct
+        /// (`WireCodec.validateRequest`).
+        public var maxRows = 1 << 16
+        public var maxHeaderBytes = 16 << 20
+        /// Reply bytes a peer may leave unread (handed to libzmq, not yet written to its
+        /// connection) before its further requests are refused with an error reply; one reply
+        /// of any size is always allowed, so the bound is max(this, the largest reply).
+        public var maxUnreadReplyBytes = 256 << 20
+        /// Messages libzmq queues per peer in each direction (ZMQ_SNDHWM/RCVHWM on the data
+        /// socket): past it, inbound reading pauses (TCP back-pressure) and outbound replies to
+        /// that peer are dropped. A coordinator has at most two steps in flight per node.
+        public var queueLimit = 64
         /// See `LocalExperts.splitsRows`; false for nodes that share their cores with other
         /// busy processes (local nodes on the coordinator's machine).
         public var splitExpertRows = true
@@ -86,6 +101,10 @@ public final class ExpertNodeServer {
     var requests: UInt64 = 0
     var loads: [Int: UInt64] = [:]   // layer << 20 | expert -> routed tokens since last heartbeat
     var running = true
+    /// Expert count and top-k of each routed layer, for checking requests before computing.
+    let layerLimits: [Int: (experts: Int, topK: Int)]
+    /// Reply bytes not yet written to each peer (see `Options.maxUnreadReplyBytes`).
+    let unread = UnreadReplies()
     var log: (String) -> Void
     /// Problems a person must see even when `log` is silenced (`--quiet`).
     var warn: (String) -> Void
@@ -99,6 +118,8 @@ public final class ExpertNodeServer {
         self.options = options
         self.log = log
         self.warn = warn ?? log
+        layerLimits = Dictionary(model.sparseLayers.map { ($0.layer, (experts: $0.experts, topK: $0.router.topK)) },
+                                 uniquingKeysWith: { a, _ in a })
     }
 
     /// Serves until told to shut down (a `Shutdown` message). Throws for set-up failures (bind,
@@ -108,6 +129,8 @@ public final class ExpertNodeServer {
         let data = try ZMQSocket(kind: .router)
         try data.setLinger(0)
         try data.setMaxMessageSize(options.maxMessageBytes)
+        try data.setSendHighWaterMark(options.queueLimit)
+        try data.setReceiveHighWaterMark(options.queueLimit)
         let endpoint = try data.bind(options.listen)
         let control = try ZMQSocket(kind: .dealer)
         try control.setLinger(0)
@@ -302,8 +325,11 @@ public final class ExpertNodeServer {
             try? send(socket, [peer], .error(e))
         }
         let env: Farside_V1_Envelope
+        guard frames[1].count <= options.maxHeaderBytes else {
+            return fail(.tooLarge, "header: \(frames[1].count) bytes, limit \(options.maxHeaderBytes)")
+        }
         do {
-            env = try WireCodec.decodeEnvelope(frames[1].data)
+            env = try WireCodec.decodeEnvelope(frames[1].data, maxBytes: options.maxHeaderBytes)
         } catch let e as WireError {
             return fail(e.code, "\(e)")
         } catch {
@@ -315,21 +341,37 @@ public final class ExpertNodeServer {
         requestID = req.requestID
         guard frames.count == 3 else { return fail(.malformed, "expected 1 payload frame, got \(frames.count - 2)") }
         let payload = frames[2]
+        // Everything about the request is checked before anything is allocated for it, so a
+        // refused request leaves nothing behind.
+        guard let limits = layerLimits[Int(req.layer)] else {
+            return fail(.unknownLayer, "layer \(req.layer) has no routed experts")
+        }
         do {
-            try WireCodec.validateRequest(req, payloadByteCount: payload.count, maxRows: 1 << 16, maxHidden: 1 << 16)
+            try WireCodec.validateRequest(req, payloadByteCount: payload.count, maxRows: options.maxRows, maxHidden: 1 << 16,
+                                          maxRoutesPerRow: limits.topK)
         } catch let e as WireError {
             return fail(e.code, "\(e)")
         } catch {
             return fail(.malformed, "\(error)")
         }
+        for g in req.groups where Int(g.expert) >= limits.experts {
+            return fail(.unknownExpert, "layer \(req.layer) has \(limits.experts) experts, no expert \(g.expert)")
+        }
         guard let experts else { return fail(.unknownExpert, "no experts assigned to this node yet") }
         guard Int(req.hidden) == model.hidden else {
             return fail(.malformed, "hidden \(req.hidden) does not match the model's \(model.hidden)")
         }
-        let t0 = now()
         let n = Int(req.rows), d = Int(req.hidden)
-        // A fresh reply buffer per request: libzmq owns it until the zero-copy send completes.
-        let out = DoubleBuffer(count: n * d)
+        let replyBytes = n * d * 8  // n ≤ maxRows, d = model.hidden: no overflow
+        let peerID = peer.data
+        let waiting = unread.bytes(for: peerID)
+        if waiting > 0 && waiting + replyBytes > options.maxUnreadReplyBytes {
+            return fail(.tooLarge, "this client has not read \(waiting) bytes of replies yet (limit \(options.maxUnreadReplyBytes)); read replies before sending more requests")
+        }
+        let t0 = now()
+        // A fresh reply buffer per request: libzmq owns it until the zero-copy send completes,
+        // and it counts as unread for this peer until then.
+        let out = DoubleBuffer(count: n * d, unread: unread, peer: peerID)
         do {
             // One copy of the input rows: libzmq's buffers carry no alignment guarantee, and
             // bf16/f16 payloads need widening anyway.
@@ -371,9 +413,44 @@ public final class ExpertNodeServer {
     }
 }
 
-/// Heap storage for one reply's fp64 rows, kept alive by libzmq until sent (zero-copy).
+/// Heap storage for one reply's fp64 rows, kept alive by libzmq until sent (zero-copy); its
+/// bytes count in `unread` for `peer` until then.
 final class DoubleBuffer {
     let pointer: UnsafeMutablePointer<Double>
-    init(count: Int) { pointer = .allocate(capacity: max(count, 1)) }
-    deinit { pointer.deallocate() }
+    let bytes: Int
+    let unread: UnreadReplies
+    let peer: Data
+    init(count: Int, unread: UnreadReplies, peer: Data) {
+        pointer = .allocate(capacity: max(count, 1))
+        bytes = count * 8
+        self.unread = unread
+        self.peer = peer
+        unread.add(bytes, for: peer)
+    }
+    // Runs on whichever thread libzmq frees the message on (its I/O thread, after the write).
+    deinit {
+        unread.add(-bytes, for: peer)
+        pointer.deallocate()
+    }
+}
+
+/// Reply bytes handed to libzmq and not yet written to each peer's connection, by routing id.
+/// Locked: libzmq releases replies on its I/O thread. Peers without unread bytes are dropped,
+/// so the table holds only peers with replies in flight.
+final class UnreadReplies: @unchecked Sendable {
+    private let lock = NSLock()
+    private var table: [Data: Int] = [:]
+
+    func add(_ bytes: Int, for peer: Data) {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = table[peer, default: 0] + bytes
+        table[peer] = now > 0 ? now : nil
+    }
+
+    func bytes(for peer: Data) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return table[peer] ?? 0
+    }
 }

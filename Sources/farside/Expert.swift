@@ -35,6 +35,9 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "Largest inbound message part in bytes; larger ones drop the sender's connection.")
     var maxMessageBytes: Int64 = 1 << 30
 
+    @Option(name: .long, help: "Reply bytes one client may leave unread before its further requests are refused with an error reply, e.g. 256MiB (one reply of any size is always sent).")
+    var maxUnreadReplyBytes: String = "256MiB"
+
     @Option(name: .long, help: "Dense FFNs cut into E neuron slices (must match the coordinator's --split-dense).")
     var splitDense: Int?
 
@@ -65,6 +68,9 @@ struct Expert: ParsableCommand {
         }
         if let p = parentPid, p <= 1 { throw ValidationError("--parent-pid must be a process id above 1, got \(p)") }
         guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
+        guard let unread = parseBytes(maxUnreadReplyBytes), unread >= 1 else {
+            throw ValidationError("--max-unread-reply-bytes '\(maxUnreadReplyBytes)' is not a size of at least 1 byte (e.g. 256MiB)")
+        }
         guard parseBytes(memoryBudget) != nil else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
         }
@@ -84,6 +90,7 @@ struct Expert: ParsableCommand {
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
             options.pollYieldWindow = Double(pollYieldUs) * 1e-6
+            options.maxUnreadReplyBytes = parseBytes(maxUnreadReplyBytes)!
             options.coordinatorTimeout = coordinatorTimeout
             options.parentPID = parentPid
             let server = ExpertNodeServer(
