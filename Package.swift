@@ -44,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "farside",
             dependencies: [
-                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate",
+                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Transport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -108,7 +108,7 @@ public final class ZMQSocket {
     @discardableResult
     public func bind(_ endpoint: String) throws -> String {
         let h = try open()
-        try checkSyntax(endpoint)
+        try Self.checkEndpoint(endpoint, binding: true)
         guard zmq_bind(h, endpoint) == 0 else {
             throw endpointError(lastZMQErrno(), "bind", endpoint)
         }
@@ -119,7 +119,7 @@ public final class ZMQSocket {
     /// success here does not mean a peer is listening.
     public func connect(_ endpoint: String) throws {
         let h = try open()
-        try checkSyntax(endpoint)
+        try Self.checkEndpoint(endpoint, binding: false)
         guard zmq_connect(h, endpoint) == 0 else {
             throw endpointError(lastZMQErrno(), "connect", endpoint)
         }
@@ -153,13 +153,36 @@ public final class ZMQSocket {
         return text.isEmpty ? nil : text
     }
 
-    /// Rejects strings that cannot be endpoints before libzmq sees them; libzmq's own verdict on
-    /// the rest is mapped by `endpointError`.
-    private func checkSyntax(_ endpoint: String) throws {
+    /// Rejects strings that cannot be endpoints before libzmq sees them, for `bind` (`binding`)
+    /// or `connect`; libzmq's own verdict on the rest is mapped by `endpointError`. Throws
+    /// `.invalidEndpoint` for a string without `transport://address`, and `.invalidPort` for a
+    /// tcp port that is a number outside 0...65535 (libzmq would silently keep its low 16 bits)
+    /// or `*`/0 given to `connect`. `*` (and 0) ask `bind` for an ephemeral port. Public so that
+    /// command-line flags can be checked before anything is started.
+    public static func checkEndpoint(_ endpoint: String, binding: Bool) throws {
         guard let range = endpoint.range(of: "://"),
               !endpoint[..<range.lowerBound].isEmpty,
               !endpoint[range.upperBound...].isEmpty else {
             throw TransportError.invalidEndpoint(endpoint)
+        }
+        guard endpoint[..<range.lowerBound] == "tcp" else { return }
+        // tcp://[source;]host:port: check every port named (the source's too).
+        let addresses = endpoint[range.upperBound...].split(separator: ";", omittingEmptySubsequences: false)
+        for (i, address) in addresses.enumerated() {
+            // A source address (before `;`) is bound locally: any port is fine there.
+            let binding = binding || i < addresses.count - 1
+            guard let colon = address.lastIndex(of: ":") else { continue }  // no port: libzmq refuses it
+            let port = address[address.index(after: colon)...]
+            if port == "*" {
+                if !binding { throw TransportError.invalidPort(endpoint: endpoint, reason: "port * (any free port) can only be bound, not connected to") }
+            } else if !port.isEmpty, port.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                guard port.count <= 5, let value = Int(port), value <= 65535 else {
+                    throw TransportError.invalidPort(endpoint: endpoint, reason: "port \(port) is not in 0...65535")
+                }
+                if value == 0 && !binding {
+                    throw TransportError.invalidPort(endpoint: endpoint, reason: "port 0 (any free port) can only be bound, not connected to")
+                }
+            }
         }
     }
 

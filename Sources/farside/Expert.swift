@@ -2,6 +2,7 @@ import ArgumentParser
 import ExpertNode
 import Foundation
 import Models
+import Transport
 
 /// Parses sizes such as 8GiB, 512MiB, 2GB, 1000000 into bytes.
 func parseBytes(_ s: String) -> Int? {
@@ -74,8 +75,15 @@ struct Expert: ParsableCommand {
         guard parseBytes(memoryBudget) != nil else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
         }
-        for (flag, v) in [("--listen", listen), ("--coordinator", coordinator)] where !(v.hasPrefix("tcp://") || v.hasPrefix("ipc://") || v.hasPrefix("inproc://")) {
-            throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT)")
+        for (flag, v, binding) in [("--listen", listen, true), ("--coordinator", coordinator, false)] {
+            guard v.hasPrefix("tcp://") || v.hasPrefix("ipc://") else {
+                throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+            }
+            do {
+                try ZMQSocket.checkEndpoint(v, binding: binding)
+            } catch {
+                throw ValidationError("\(flag): \(error)")
+            }
         }
     }
 
