@@ -123,4 +123,39 @@ final class NodeLifetimeTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("gave up"), r.stderr)
         XCTAssertTrue(r.stderr.contains("tcp://127.0.0.1:\(port)"), r.stderr)
     }
+
+    /// Every node SIGKILLed in the middle of a generation: the command fails naming the cause
+    /// within about --node-timeout (2 s), not 12 s later (the step's 2 s timeout for one node,
+    /// then the placement's 10 s wait for the other's acknowledgement).
+    func testLosingEveryNodeFailsTheRequestWithinTheNodeTimeout() throws {
+        let (dir, model) = try uniqueModel()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let p = Process()
+        p.executableURL = try CLI.binary
+        p.arguments = ["generate", "--model", model, "--prompt", "Tell me a long story", "--max-tokens", "400",
+                       "--ignore-eos", "--local-nodes", "2"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let stderr = CLI.drain(err)
+        XCTAssertFalse(out.fileHandleForReading.availableData.isEmpty, "generation should have started")
+        let victims = nodes(serving: model)
+        XCTAssertEqual(victims.count, 2)
+        // One node, then the other a moment later: the second has answered the step in flight
+        // by then, so only the first is missed by that step, and the second is found gone while
+        // the experts are placed anew (which waited 10 s for its acknowledgement before).
+        let killed = Date()
+        kill(victims[0], SIGKILL)
+        usleep(300_000)
+        kill(victims[1], SIGKILL)
+        _ = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let elapsed = Date().timeIntervalSince(killed)
+        let text = String(decoding: stderr(), as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 1, text)
+        XCTAssertTrue(text.contains("no live expert node"), text)
+        XCTAssertLessThan(elapsed, 6, "losing every node took \(elapsed) s")
+    }
 }
