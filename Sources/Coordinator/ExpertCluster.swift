@@ -52,18 +52,26 @@ public final class ExpertCluster: ExpertBackend {
 
     final class Node {
         let id: String
+        /// The routing id of the node's control connection: unique per node process, so two
+        /// processes claiming the same node id are told apart (and the second refused).
+        var route: Data
         var endpoint: String { didSet { onThisMachine = ExpertCluster.isLocal(endpoint: endpoint) } }
         /// Whether `endpoint` is on the coordinator's machine (asked once per MoE layer).
         private(set) var onThisMachine: Bool
         var memoryBudget: UInt64
         var data: ZMQSocket?
+        /// Connection events of `data` (`ZMQSocket.monitor`): a dropped connection means the
+        /// node process ended (or the network failed), noticed at once instead of after
+        /// `nodeTimeout`, also between steps and while placing experts.
+        var events: ZMQSocket?
         var alive = true
         var experts: [(layer: Int, expert: Int)] = []
         var acknowledgedEpoch: UInt64 = 0
         var ackError: String?
         var busySeconds = 0.0
-        init(id: String, endpoint: String, memoryBudget: UInt64) {
+        init(id: String, route: Data, endpoint: String, memoryBudget: UInt64) {
             self.id = id
+            self.route = route
             self.endpoint = endpoint
             onThisMachine = ExpertCluster.isLocal(endpoint: endpoint)
             self.memoryBudget = memoryBudget
@@ -102,7 +110,10 @@ public final class ExpertCluster: ExpertBackend {
     }
 
     deinit {
-        for n in nodes { n.data?.close() }
+        for n in nodes {
+            n.data?.close()
+            n.events?.close()
+        }
         control.close()
     }
 
@@ -152,11 +163,16 @@ public final class ExpertCluster: ExpertBackend {
 
     /// Handles control messages already queued (or waits up to `timeout` seconds for one).
     func pumpControl(timeout: Double) throws {
+        // Deaths first: a node that restarted must not be taken for a duplicate of itself.
+        pumpEvents()
         var wait = Int(timeout * 1000)
         while let frames = try control.receive(timeout: wait) {
             wait = 0
             guard frames.count >= 2 else { continue }
-            let id = frames[0].string
+            let route = frames[0].data
+            // Control messages other than Register come from the node whose connection this is.
+            let node = nodes.first { $0.route == route }
+            let id = node?.id ?? frames[0].string
             let env: Farside_V1_Envelope
             do {
                 env = try WireCodec.decodeEnvelope(frames[1].data)
@@ -177,21 +193,25 @@ public final class ExpertCluster: ExpertBackend {
                     reply.accepted = false
                     reply.reason = "node serves a different model (fingerprint \(r.modelFingerprint), coordinator \(fingerprint))"
                     log("refused node \(id): \(reply.reason)")
-                } else if let refusal = register(id: id, endpoint: r.endpoint, memory: r.memoryBudgetBytes) {
+                } else if r.nodeID.isEmpty {
+                    reply.accepted = false
+                    reply.reason = "registration without a node id"
+                    log("refused a node: \(reply.reason)")
+                } else if let refusal = register(id: r.nodeID, route: route, endpoint: r.endpoint, memory: r.memoryBudgetBytes) {
                     reply.accepted = false
                     reply.reason = refusal
-                    log("refused node \(id): \(refusal)")
+                    log("refused node \(r.nodeID): \(refusal)")
                 } else {
                     reply.accepted = true
                 }
                 try? control.send([frames[0], try envelope(.registerReply(reply))], flags: .dontWait)
             case .assignmentAck(let a):
-                if let n = nodes.first(where: { $0.id == id }) {
+                if let n = node {
                     n.acknowledgedEpoch = a.epoch
                     n.ackError = a.error.isEmpty ? nil : a.error
                 }
             case .heartbeat(let h):
-                nodes.first { $0.id == id }?.busySeconds += h.busySeconds
+                node?.busySeconds += h.busySeconds
             default:
                 log("control: ignored a message from \(id)")
             }
@@ -202,16 +222,31 @@ public final class ExpertCluster: ExpertBackend {
     /// socket is connected first, so an endpoint libzmq cannot use (it comes from the node, i.e.
     /// from outside) refuses the registration and changes nothing: in particular it never ends
     /// the steps in flight, and a known node keeps its current state.
-    func register(id: String, endpoint: String, memory: UInt64) -> String? {
-        let socket: ZMQSocket
+    ///
+    /// Node ids are unique: a registration under the id of a live node from another process
+    /// (another control connection) at another endpoint is refused, and the node exits saying
+    /// so. The same process saying hello again (after a lost control connection) changes
+    /// nothing; a process at the same endpoint (the node restarted there: the old one cannot
+    /// hold the port any more) or under the id of a dead node is taken back, empty.
+    func register(id: String, route: Data, endpoint: String, memory: UInt64) -> String? {
+        if let n = nodes.first(where: { $0.id == id }), n.alive {
+            if n.route == route && n.endpoint == endpoint { return nil }
+            if n.route != route && n.endpoint != endpoint {
+                return "node id \"\(id)\" is already in use by a live node at \(n.endpoint); give every node its own --node-id"
+            }
+        }
+        let socket: ZMQSocket, events: ZMQSocket
         do {
-            socket = try dataSocket(endpoint)
+            (socket, events) = try dataSocket(endpoint)
         } catch {
             return "cannot connect to its data endpoint \"\(endpoint)\": \(error)"
         }
         if let n = nodes.first(where: { $0.id == id }) {
             // A node that comes back (restarted, or reachable again) starts empty.
             n.data?.close()
+            n.events?.close()
+            n.events = events
+            n.route = route
             n.endpoint = endpoint
             n.memoryBudget = memory
             n.experts = []
@@ -220,8 +255,9 @@ public final class ExpertCluster: ExpertBackend {
             rebalancePending = !placement.isEmpty
             log("node \(id) re-registered at \(endpoint)")
         } else {
-            let n = Node(id: id, endpoint: endpoint, memoryBudget: memory)
+            let n = Node(id: id, route: route, endpoint: endpoint, memoryBudget: memory)
             n.data = socket
+            n.events = events
             nodes.append(n)
             rebalancePending = !placement.isEmpty
             log("node \(id) registered at \(endpoint)")
@@ -229,12 +265,33 @@ public final class ExpertCluster: ExpertBackend {
         return nil
     }
 
-    func dataSocket(_ endpoint: String) throws -> ZMQSocket {
+    /// A DEALER connected to a node's data endpoint, and the monitor of its connection.
+    func dataSocket(_ endpoint: String) throws -> (ZMQSocket, events: ZMQSocket) {
         let s = try ZMQSocket(kind: .dealer)
         try s.setLinger(0)
         try s.setMaxMessageSize(options.maxMessageBytes)
-        try s.connect(endpoint)
-        return s
+        let events = try s.monitor(.disconnected)
+        do {
+            try s.connect(endpoint)
+        } catch {
+            events.close()
+            throw error
+        }
+        return (s, events)
+    }
+
+    /// Declares dead every live node whose data connection dropped since the last look. Asked
+    /// every layer step: without events it costs a getsockopt per node and allocates nothing.
+    func pumpEvents() {
+        for (i, n) in nodes.enumerated() where n.alive {
+            guard let events = n.events, (try? events.isReadable) == true else { continue }
+            while let e = try? events.readMonitorEvent() {
+                if e.event == .disconnected {
+                    markDead(i, "its connection dropped (the process ended, or the network failed)")
+                    break
+                }
+            }
+        }
     }
 
     /// Waits until `count` nodes have registered, then places every routed expert and waits for
@@ -292,10 +349,12 @@ public final class ExpertCluster: ExpertBackend {
                 k.expert = UInt32(key.expert)
                 return k
             }
-            try control.send([.data(Data(nodes[i].id.utf8)), try envelope(.assignment(a))], flags: .dontWait)
+            try control.send([.data(nodes[i].route), try envelope(.assignment(a))], flags: .dontWait)
         }
         let deadline = Self.now() + max(options.nodeTimeout * 5, 10)
         while true {
+            // A node that died meanwhile holds part of this placement: place again without it.
+            if live.contains(where: { !nodes[$0].alive }) { return try place() }
             let pending = live.filter { nodes[$0].alive && nodes[$0].acknowledgedEpoch < epoch }
             if let bad = live.first(where: { nodes[$0].ackError != nil }) {
                 throw ClusterError.nodeRefused(node: nodes[bad].id, reason: nodes[bad].ackError!)
@@ -315,6 +374,8 @@ public final class ExpertCluster: ExpertBackend {
         nodes[i].alive = false
         nodes[i].data?.close()
         nodes[i].data = nil
+        nodes[i].events?.close()
+        nodes[i].events = nil
         log("node \(nodes[i].id) declared dead: \(why)")
     }
 
@@ -400,6 +461,8 @@ public final class ExpertCluster: ExpertBackend {
         for e in batch.experts where e < 0 || Int(e) >= row.count {
             throw ExpertBackendError.unknownExpert(layer: layer, expert: Int(e))
         }
+        // Send nothing to a node known to be gone (its dropped connection is news here first).
+        pumpEvents()
         // A rebalance moves experts off nodes; only safe when no step still needs them there.
         if rebalancePending && steps.isEmpty {
             rebalancePending = false
@@ -568,17 +631,21 @@ public final class ExpertCluster: ExpertBackend {
             // Node and socket side by side, so `ready[i]` always belongs to `waiting[i]`.
             let waiting = waitingSet.sorted().compactMap { i in nodes[i].data.map { (node: i, socket: $0) } }
             let sockets = waiting.map(\.socket)
+            // The nodes' connection monitors are polled too: a node that dies is noticed when
+            // its connection drops, not `nodeTimeout` later.
+            let monitors = waitingSet.sorted().compactMap { nodes[$0].events }
             // Nodes on this machine need the cores while this thread waits for them.
             if left > 0 { ThreadPool.shared.park() }
-            let ready = try ZMQSocket.poll(sockets + [control], timeout: left > 0 ? max(1, Int(left * 1000)) : 0,
+            let ready = try ZMQSocket.poll(sockets + monitors + [control], timeout: left > 0 ? max(1, Int(left * 1000)) : 0,
                                            yieldingFor: options.yieldWindow)
             if ready.last == true { try pumpControl(timeout: 0) }
-            if left <= 0 && !ready.dropLast().contains(true) {
+            if ready[sockets.count..<(sockets.count + monitors.count)].contains(true) { pumpEvents() }
+            if left <= 0 && !ready[..<sockets.count].contains(true) {
                 for node in Set(step.pending.values.map(\.node)) { markDead(node, "no reply within \(options.nodeTimeout) s") }
                 step.lost = true
                 return
             }
-            for (i, (node, socket)) in waiting.enumerated() where ready[i] {
+            for (i, (node, socket)) in waiting.enumerated() where ready[i] && nodes[node].alive {
                 guard let frames = try socket.receive(timeout: 0) else { continue }
                 bytesReceived += frames.reduce(0) { $0 + $1.count }
                 guard let first = frames.first, let env = try? WireCodec.decodeEnvelope(first.data) else {

@@ -3,6 +3,27 @@ import Models
 import Protocol
 import Transport
 
+/// Why a node stopped serving on its own.
+public enum ExpertNodeError: Error, CustomStringConvertible {
+    /// No connection to the coordinator for `seconds` (`Options.coordinatorTimeout`).
+    case coordinatorUnreachable(endpoint: String, seconds: Double)
+    /// The process that started this node (`Options.parentPID`) has exited.
+    case parentGone(pid: Int32)
+    /// The coordinator refused the registration; `reason` is its answer.
+    case refused(reason: String)
+
+    public var description: String {
+        switch self {
+        case .coordinatorUnreachable(let endpoint, let seconds):
+            return "gave up: no connection to the coordinator at \(endpoint) for \(Int(seconds)) s (--coordinator-timeout); check that it runs and is reachable"
+        case .parentGone(let pid):
+            return "the process that started this node (pid \(pid)) has exited; stopping with it"
+        case .refused(let reason):
+            return "the coordinator refused this node: \(reason)"
+        }
+    }
+}
+
 /// An expert node: a separate process holding some routed experts of a model and computing them
 /// for batches of tokens sent by coordinators.
 ///
@@ -20,6 +41,21 @@ public final class ExpertNodeServer {
         public var heartbeatInterval: Double = 0.5
         /// Inbound messages larger than this are refused by libzmq (the peer is disconnected).
         public var maxMessageBytes: Int64 = 1 << 30
+        /// Limits on one data-plane request, checked before anything is allocated for it; a
+        /// request over one gets an error reply (TOO_LARGE). Rows per request, and header bytes
+        /// (a header of `rows` rows × top-k routes takes about 6 bytes a route). Routes per row
+        /// are bounded by the layer's top-k, and each group's rows must be distinct
+        /// (`WireCodec.validateRequest`).
+        public var maxRows = 1 << 16
+        public var maxHeaderBytes = 16 << 20
+        /// Reply bytes a peer may leave unread (handed to libzmq, not yet written to its
+        /// connection) before its further requests are refused with an error reply; one reply
+        /// of any size is always allowed, so the bound is max(this, the largest reply).
+        public var maxUnreadReplyBytes = 256 << 20
+        /// Messages libzmq queues per peer in each direction (ZMQ_SNDHWM/RCVHWM on the data
+        /// socket): past it, inbound reading pauses (TCP back-pressure) and outbound replies to
+        /// that peer are dropped. A coordinator has at most two steps in flight per node.
+        public var queueLimit = 64
         /// See `LocalExperts.splitsRows`; false for nodes that share their cores with other
         /// busy processes (local nodes on the coordinator's machine).
         public var splitExpertRows = true
@@ -32,6 +68,20 @@ public final class ExpertNodeServer {
         /// with 0): median ratio to in process 0.81-0.90 (mean 0.84) against 0.76-0.85 (mean 0.81).
         /// The window runs from the last request, so an idle node blocks and keeps no core busy.
         public var pollYieldWindow = 0.003
+        /// Seconds without a connection to the coordinator after which `run` gives up and throws
+        /// `ExpertNodeError.coordinatorUnreachable`; 0 keeps trying for ever (warning every
+        /// `warningInterval` seconds). A connection counts from the ZMTP handshake to its loss:
+        /// the coordinator exiting, or no ZMTP heartbeat answered for `heartbeatTimeout`.
+        public var coordinatorTimeout = 0.0
+        /// Seconds between two warnings that the coordinator is unreachable.
+        public var warningInterval = 10.0
+        /// Seconds of silence on the control connection (ZMTP heartbeats answered by the
+        /// coordinator's I/O thread, so a busy coordinator still counts as present) after which
+        /// the connection is dropped as dead.
+        public var heartbeatTimeout = 5.0
+        /// The process that started this node (local nodes): when it is no longer this process's
+        /// parent, `run` throws `ExpertNodeError.parentGone`. Checked at every poll (≤ 100 ms).
+        public var parentPID: Int32?
         public init(listen: String, coordinator: String, nodeID: String, memoryBudget: Int,
                     power: (String, Double, Double) = ("cpu", 10, 60)) {
             self.listen = listen
@@ -51,29 +101,54 @@ public final class ExpertNodeServer {
     var requests: UInt64 = 0
     var loads: [Int: UInt64] = [:]   // layer << 20 | expert -> routed tokens since last heartbeat
     var running = true
+    /// Expert count and top-k of each routed layer, for checking requests before computing.
+    let layerLimits: [Int: (experts: Int, topK: Int)]
+    /// Reply bytes not yet written to each peer (see `Options.maxUnreadReplyBytes`).
+    let unread = UnreadReplies()
     var log: (String) -> Void
+    /// Problems a person must see even when `log` is silenced (`--quiet`).
+    var warn: (String) -> Void
 
-    public init(model: DecoderModel, fingerprint: String, options: Options, log: @escaping (String) -> Void) {
+    /// `log` gets progress lines; `warn` (default: `log`) the problems a person must see even
+    /// when progress is not wanted (coordinator unreachable, giving up).
+    public init(model: DecoderModel, fingerprint: String, options: Options, log: @escaping (String) -> Void,
+                warn: ((String) -> Void)? = nil) {
         self.model = model
         self.fingerprint = fingerprint
         self.options = options
         self.log = log
+        self.warn = warn ?? log
+        layerLimits = Dictionary(model.sparseLayers.map { ($0.layer, (experts: $0.experts, topK: $0.router.topK)) },
+                                 uniquingKeysWith: { a, _ in a })
     }
 
-    /// Serves until told to shut down. Throws only for set-up failures (bind, connect).
+    /// Serves until told to shut down (a `Shutdown` message). Throws for set-up failures (bind,
+    /// connect) and for the ends in `ExpertNodeError`: coordinator gone for longer than
+    /// `coordinatorTimeout`, parent process gone.
     public func run() throws {
         let data = try ZMQSocket(kind: .router)
         try data.setLinger(0)
         try data.setMaxMessageSize(options.maxMessageBytes)
+        try data.setSendHighWaterMark(options.queueLimit)
+        try data.setReceiveHighWaterMark(options.queueLimit)
         let endpoint = try data.bind(options.listen)
         let control = try ZMQSocket(kind: .dealer)
         try control.setLinger(0)
-        try control.setRoutingID(Data(options.nodeID.utf8))
+        // Unique per process (the node id names the node in the Register message): two
+        // processes under one node id are then two connections the coordinator can tell apart.
+        try control.setRoutingID(Data((String(options.nodeID.prefix(200)) + "#\(getpid())-\(UInt32.random(in: 1...UInt32.max))").utf8))
         try control.setMaxMessageSize(options.maxMessageBytes)
+        // The coordinator's I/O thread answers the PINGs, so only a coordinator that is gone
+        // (or cut off) goes silent.
+        let heartbeatMs = Int(max(0.1, options.heartbeatTimeout) * 1000)
+        try control.setHeartbeat(interval: max(100, heartbeatMs / 5), timeout: heartbeatMs)
+        // Connection events of the control socket: whether the coordinator is there.
+        let events = try control.monitor([.handshakeSucceeded, .disconnected])
         try control.connect(options.coordinator)
         defer {
             data.close()
             control.close()
+            events.close()
         }
         log("expert node \(options.nodeID) serving \(endpoint), coordinator \(options.coordinator)")
         var register = Farside_V1_Register()
@@ -86,16 +161,20 @@ public final class ExpertNodeServer {
         power.idleWatts = options.power.idleWatts
         power.activeWatts = options.power.activeWatts
         register.power = power
-        try send(control, [], .register(register))
+        // The Register goes out when the connection is up (the monitor's handshake event), and
+        // again after every reconnection: a coordinator that restarted knows nothing of us.
 
         var lastRequest = -Double.infinity
         var lastBeat = now()
         var lastRegister = now()
         var registered = false
+        var connected = false
+        var disconnectedSince = now()
+        var lastWarning = now()
         while running {
             // Yield-poll only within the window after the last request, so an idle node sleeps.
             let window = max(0, lastRequest + options.pollYieldWindow - now())
-            let ready = try ZMQSocket.poll([data, control], timeout: 100, yieldingFor: window)
+            let ready = try ZMQSocket.poll([data, control, events], timeout: 100, yieldingFor: window)
             if ready[1], let frames = try control.receive(timeout: 0) {
                 handleControl(frames, control: control, registered: &registered)
             }
@@ -103,10 +182,41 @@ public final class ExpertNodeServer {
                 handleData(frames, socket: data)
                 lastRequest = now()
             }
+            if ready[2] {
+                while let e = try events.readMonitorEvent() {
+                    if e.event == .handshakeSucceeded && !connected {
+                        connected = true
+                        if now() - disconnectedSince >= options.warningInterval { warn("connected to the coordinator at \(options.coordinator) again") }
+                        try? send(control, [], .register(register))
+                        lastRegister = now()
+                    } else if e.event == .disconnected && connected {
+                        connected = false
+                        registered = false
+                        disconnectedSince = now()
+                        lastWarning = disconnectedSince
+                        warn("lost the connection to the coordinator at \(options.coordinator); registering again when it is back")
+                    }
+                }
+            }
             let t = now()
-            if !registered && t - lastRegister > 1 {
-                // The coordinator may have started after us or restarted: say hello again.
-                try send(control, [], .register(register))
+            // These ends are thrown, and the command prints them as its error (also with --quiet).
+            if let parent = options.parentPID, getppid() != parent {
+                throw ExpertNodeError.parentGone(pid: parent)
+            }
+            if !connected {
+                let down = t - disconnectedSince
+                if options.coordinatorTimeout > 0 && down >= options.coordinatorTimeout {
+                    throw ExpertNodeError.coordinatorUnreachable(endpoint: options.coordinator, seconds: down)
+                }
+                if t - lastWarning >= options.warningInterval {
+                    warn("the coordinator at \(options.coordinator) has been unreachable for \(Int(down)) s; still trying")
+                    lastWarning = t
+                }
+            }
+            if connected && !registered && t - lastRegister > 1 {
+                // No answer yet (the coordinator reads its control socket only while it works):
+                // say hello again.
+                try? send(control, [], .register(register))
                 lastRegister = t
             }
             if registered && t - lastBeat >= options.heartbeatInterval {
@@ -128,8 +238,14 @@ public final class ExpertNodeServer {
                 lastBeat = t
             }
         }
+        if let refusal {
+            throw ExpertNodeError.refused(reason: refusal)
+        }
         log("expert node \(options.nodeID) stopped")
     }
+
+    /// The coordinator's reason when it refused this node (which then stops).
+    var refusal: String?
 
     func now() -> Double {
         var ts = timespec()
@@ -155,7 +271,7 @@ public final class ExpertNodeServer {
             if r.accepted {
                 registered = true
             } else {
-                log("coordinator refused registration: \(r.reason)")
+                refusal = r.reason
                 running = false
             }
         case .assignment(let a):
@@ -209,8 +325,11 @@ public final class ExpertNodeServer {
             try? send(socket, [peer], .error(e))
         }
         let env: Farside_V1_Envelope
+        guard frames[1].count <= options.maxHeaderBytes else {
+            return fail(.tooLarge, "header: \(frames[1].count) bytes, limit \(options.maxHeaderBytes)")
+        }
         do {
-            env = try WireCodec.decodeEnvelope(frames[1].data)
+            env = try WireCodec.decodeEnvelope(frames[1].data, maxBytes: options.maxHeaderBytes)
         } catch let e as WireError {
             return fail(e.code, "\(e)")
         } catch {
@@ -222,21 +341,37 @@ public final class ExpertNodeServer {
         requestID = req.requestID
         guard frames.count == 3 else { return fail(.malformed, "expected 1 payload frame, got \(frames.count - 2)") }
         let payload = frames[2]
+        // Everything about the request is checked before anything is allocated for it, so a
+        // refused request leaves nothing behind.
+        guard let limits = layerLimits[Int(req.layer)] else {
+            return fail(.unknownLayer, "layer \(req.layer) has no routed experts")
+        }
         do {
-            try WireCodec.validateRequest(req, payloadByteCount: payload.count, maxRows: 1 << 16, maxHidden: 1 << 16)
+            try WireCodec.validateRequest(req, payloadByteCount: payload.count, maxRows: options.maxRows, maxHidden: 1 << 16,
+                                          maxRoutesPerRow: limits.topK)
         } catch let e as WireError {
             return fail(e.code, "\(e)")
         } catch {
             return fail(.malformed, "\(error)")
         }
+        for g in req.groups where Int(g.expert) >= limits.experts {
+            return fail(.unknownExpert, "layer \(req.layer) has \(limits.experts) experts, no expert \(g.expert)")
+        }
         guard let experts else { return fail(.unknownExpert, "no experts assigned to this node yet") }
         guard Int(req.hidden) == model.hidden else {
             return fail(.malformed, "hidden \(req.hidden) does not match the model's \(model.hidden)")
         }
-        let t0 = now()
         let n = Int(req.rows), d = Int(req.hidden)
-        // A fresh reply buffer per request: libzmq owns it until the zero-copy send completes.
-        let out = DoubleBuffer(count: n * d)
+        let replyBytes = n * d * 8  // n ≤ maxRows, d = model.hidden: no overflow
+        let peerID = peer.data
+        let waiting = unread.bytes(for: peerID)
+        if waiting > 0 && waiting + replyBytes > options.maxUnreadReplyBytes {
+            return fail(.tooLarge, "this client has not read \(waiting) bytes of replies yet (limit \(options.maxUnreadReplyBytes)); read replies before sending more requests")
+        }
+        let t0 = now()
+        // A fresh reply buffer per request: libzmq owns it until the zero-copy send completes,
+        // and it counts as unread for this peer until then.
+        let out = DoubleBuffer(count: n * d, unread: unread, peer: peerID)
         do {
             // One copy of the input rows: libzmq's buffers carry no alignment guarantee, and
             // bf16/f16 payloads need widening anyway.
@@ -278,9 +413,44 @@ public final class ExpertNodeServer {
     }
 }
 
-/// Heap storage for one reply's fp64 rows, kept alive by libzmq until sent (zero-copy).
+/// Heap storage for one reply's fp64 rows, kept alive by libzmq until sent (zero-copy); its
+/// bytes count in `unread` for `peer` until then.
 final class DoubleBuffer {
     let pointer: UnsafeMutablePointer<Double>
-    init(count: Int) { pointer = .allocate(capacity: max(count, 1)) }
-    deinit { pointer.deallocate() }
+    let bytes: Int
+    let unread: UnreadReplies
+    let peer: Data
+    init(count: Int, unread: UnreadReplies, peer: Data) {
+        pointer = .allocate(capacity: max(count, 1))
+        bytes = count * 8
+        self.unread = unread
+        self.peer = peer
+        unread.add(bytes, for: peer)
+    }
+    // Runs on whichever thread libzmq frees the message on (its I/O thread, after the write).
+    deinit {
+        unread.add(-bytes, for: peer)
+        pointer.deallocate()
+    }
+}
+
+/// Reply bytes handed to libzmq and not yet written to each peer's connection, by routing id.
+/// Locked: libzmq releases replies on its I/O thread. Peers without unread bytes are dropped,
+/// so the table holds only peers with replies in flight.
+final class UnreadReplies: @unchecked Sendable {
+    private let lock = NSLock()
+    private var table: [Data: Int] = [:]
+
+    func add(_ bytes: Int, for peer: Data) {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = table[peer, default: 0] + bytes
+        table[peer] = now > 0 ? now : nil
+    }
+
+    func bytes(for peer: Data) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return table[peer] ?? 0
+    }
 }

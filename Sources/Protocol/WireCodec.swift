@@ -302,11 +302,16 @@ public enum WireCodec {
     ///   (`.tooLarge`);
     /// - `rows * hidden * elementSize` does not overflow (`.tooLarge`) and equals
     ///   `payloadByteCount` (`.malformed`);
-    /// - per group: `rows.count == weights.count`, every row index `< rows`, every weight finite,
-    ///   and no expert appears in two groups (all `.malformed`).
+    /// - per group: `rows.count == weights.count`, row indices strictly increasing (so distinct:
+    ///   an expert computes a row once) and `< rows`, every weight finite, and no expert appears
+    ///   in two groups (all `.malformed`);
+    /// - at most `maxRoutesPerRow` routes per row on average: the groups' rows together are at
+    ///   most `rows * maxRoutesPerRow` (`.tooLarge`; a node passes its model's top-k, which bounds
+    ///   the work and the scratch memory one request can ask for).
+    /// Runs in time linear in the header and allocates only a set of the group count.
     /// Does not check that `hidden` is the model's or that the layer/experts are held here.
     public static func validateRequest(_ req: Farside_V1_ExpertRequest, payloadByteCount: Int,
-                                       maxRows: Int, maxHidden: Int) throws {
+                                       maxRows: Int, maxHidden: Int, maxRoutesPerRow: Int = .max) throws {
         switch req.dtype {
         case .f32, .f16, .bf16: break
         case .f64: throw WireError.malformed("dtype: F64 input rows are not accepted (F32, F16 or BF16)")
@@ -330,12 +335,26 @@ public enum WireCodec {
             guard g.rows.count == g.weights.count else {
                 throw WireError.malformed("groups[\(i)]: \(g.rows.count) rows but \(g.weights.count) weights (expert \(g.expert))")
             }
-            for (j, r) in g.rows.enumerated() where r >= req.rows {
-                throw WireError.malformed("groups[\(i)].rows[\(j)]: row \(r) out of range (request has \(rows) rows)")
+            var previous: UInt32? = nil
+            for (j, r) in g.rows.enumerated() {
+                guard r < req.rows else {
+                    throw WireError.malformed("groups[\(i)].rows[\(j)]: row \(r) out of range (request has \(rows) rows)")
+                }
+                if let previous, r <= previous {
+                    throw WireError.malformed("groups[\(i)].rows[\(j)]: row \(r) after row \(previous) (rows must be strictly increasing: each row once per expert)")
+                }
+                previous = r
             }
             for (j, w) in g.weights.enumerated() where !w.isFinite {
                 throw WireError.malformed("groups[\(i)].weights[\(j)]: \(w) is not finite (expert \(g.expert))")
             }
+        }
+        // Each group's rows are distinct and fewer than 2^32, and the header is in memory: the
+        // sum cannot overflow.
+        let routes = req.groups.reduce(0) { $0 + $1.rows.count }
+        let (routeLimit, overflow) = rows.multipliedReportingOverflow(by: max(0, maxRoutesPerRow))
+        if !overflow && routes > routeLimit {
+            throw WireError.tooLarge("groups: \(routes) routes for \(rows) rows, over the limit of \(maxRoutesPerRow) experts per row")
         }
     }
 

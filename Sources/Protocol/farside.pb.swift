@@ -84,6 +84,8 @@ public nonisolated enum Farside_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIter
   case malformed // = 2
   case unknownLayer // = 3
   case unknownExpert // = 4
+
+  /// over a node's limit: rows, header bytes, routes per row, unread replies
   case tooLarge // = 5
   case `internal` // = 6
   case UNRECOGNIZED(Int)
@@ -425,6 +427,7 @@ public nonisolated struct Farside_V1_ExpertRows: Sendable {
 
   public var expert: UInt32 = 0
 
+  /// strictly increasing (each row once); a node refuses others
   public var rows: [UInt32] = []
 
   public var weights: [Float] = []

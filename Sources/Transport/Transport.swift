@@ -39,6 +39,10 @@ public enum TransportError: Error, CustomStringConvertible, Equatable {
     /// The endpoint string is not one libzmq can bind or connect to (malformed address, unknown
     /// or unsupported transport, transport not compatible with the socket kind).
     case invalidEndpoint(String)
+    /// A tcp endpoint whose port libzmq would not refuse but cannot mean what was asked: a number
+    /// outside 0...65535 (libzmq keeps only its low 16 bits and would use another port), or `*`
+    /// (any port) given to `connect`. `reason` says which.
+    case invalidPort(endpoint: String, reason: String)
 
     /// The libzmq errno behind this error, if it came from libzmq.
     public var errno: Int32? {
@@ -59,6 +63,8 @@ public enum TransportError: Error, CustomStringConvertible, Equatable {
             return "message part too large for the transport"
         case .invalidEndpoint(let endpoint):
             return "invalid endpoint \"\(endpoint)\" (expected e.g. tcp://127.0.0.1:5555, tcp://127.0.0.1:*, inproc://name)"
+        case .invalidPort(let endpoint, let reason):
+            return "invalid endpoint \"\(endpoint)\": \(reason)"
         }
     }
 }

@@ -108,7 +108,7 @@ public final class ZMQSocket {
     @discardableResult
     public func bind(_ endpoint: String) throws -> String {
         let h = try open()
-        try checkSyntax(endpoint)
+        try Self.checkEndpoint(endpoint, binding: true)
         guard zmq_bind(h, endpoint) == 0 else {
             throw endpointError(lastZMQErrno(), "bind", endpoint)
         }
@@ -119,7 +119,7 @@ public final class ZMQSocket {
     /// success here does not mean a peer is listening.
     public func connect(_ endpoint: String) throws {
         let h = try open()
-        try checkSyntax(endpoint)
+        try Self.checkEndpoint(endpoint, binding: false)
         guard zmq_connect(h, endpoint) == 0 else {
             throw endpointError(lastZMQErrno(), "connect", endpoint)
         }
@@ -153,13 +153,36 @@ public final class ZMQSocket {
         return text.isEmpty ? nil : text
     }
 
-    /// Rejects strings that cannot be endpoints before libzmq sees them; libzmq's own verdict on
-    /// the rest is mapped by `endpointError`.
-    private func checkSyntax(_ endpoint: String) throws {
+    /// Rejects strings that cannot be endpoints before libzmq sees them, for `bind` (`binding`)
+    /// or `connect`; libzmq's own verdict on the rest is mapped by `endpointError`. Throws
+    /// `.invalidEndpoint` for a string without `transport://address`, and `.invalidPort` for a
+    /// tcp port that is a number outside 0...65535 (libzmq would silently keep its low 16 bits)
+    /// or `*`/0 given to `connect`. `*` (and 0) ask `bind` for an ephemeral port. Public so that
+    /// command-line flags can be checked before anything is started.
+    public static func checkEndpoint(_ endpoint: String, binding: Bool) throws {
         guard let range = endpoint.range(of: "://"),
               !endpoint[..<range.lowerBound].isEmpty,
               !endpoint[range.upperBound...].isEmpty else {
             throw TransportError.invalidEndpoint(endpoint)
+        }
+        guard endpoint[..<range.lowerBound] == "tcp" else { return }
+        // tcp://[source;]host:port: check every port named (the source's too).
+        let addresses = endpoint[range.upperBound...].split(separator: ";", omittingEmptySubsequences: false)
+        for (i, address) in addresses.enumerated() {
+            // A source address (before `;`) is bound locally: any port is fine there.
+            let binding = binding || i < addresses.count - 1
+            guard let colon = address.lastIndex(of: ":") else { continue }  // no port: libzmq refuses it
+            let port = address[address.index(after: colon)...]
+            if port == "*" {
+                if !binding { throw TransportError.invalidPort(endpoint: endpoint, reason: "port * (any free port) can only be bound, not connected to") }
+            } else if !port.isEmpty, port.allSatisfy({ $0.isASCII && $0.isNumber }) {
+                guard port.count <= 5, let value = Int(port), value <= 65535 else {
+                    throw TransportError.invalidPort(endpoint: endpoint, reason: "port \(port) is not in 0...65535")
+                }
+                if value == 0 && !binding {
+                    throw TransportError.invalidPort(endpoint: endpoint, reason: "port 0 (any free port) can only be bound, not connected to")
+                }
+            }
         }
     }
 
@@ -170,6 +193,75 @@ public final class ZMQSocket {
         default:
             return transportError(code, "\(verb) \(endpoint)")
         }
+    }
+
+    // MARK: Monitoring
+
+    /// Connection events of a socket, as `monitor(_:)` reports them (libzmq's ZMQ_EVENT_* bits).
+    public struct MonitorEvents: OptionSet, Sendable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// A connect completed at the TCP level (the ZMTP handshake follows).
+        public static let connected = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_CONNECTED))
+        /// A connect failed and will be retried after the reconnect interval.
+        public static let connectRetried = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_CONNECT_RETRIED))
+        /// The ZMTP handshake with a peer succeeded: messages flow from now on.
+        public static let handshakeSucceeded = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_HANDSHAKE_SUCCEEDED))
+        /// An established connection ended (the peer closed it or exited, a heartbeat timed
+        /// out, or the network failed).
+        public static let disconnected = MonitorEvents(rawValue: UInt16(ZMQ_EVENT_DISCONNECTED))
+    }
+
+    /// One event read from a monitor socket.
+    public struct MonitorEvent: Sendable, Equatable {
+        /// Exactly one of `MonitorEvents`' bits (or another ZMQ_EVENT_* bit).
+        public var event: MonitorEvents
+        /// The event's value (a file descriptor, an errno or an interval, depending on the event).
+        public var value: UInt32
+        /// The endpoint the event is about.
+        public var endpoint: String
+    }
+
+    /// Starts reporting `events` of this socket and returns the PAIR socket that receives them,
+    /// to be polled like any other and read with `readMonitorEvent`. Close the returned socket
+    /// when done (closing this one ends the reports). Uses an inproc endpoint of this socket's
+    /// context, named uniquely per call.
+    public func monitor(_ events: MonitorEvents) throws -> ZMQSocket {
+        let h = try open()
+        let address = "inproc://farside-monitor-\(ZMQSocket.nextMonitorNumber())"
+        guard zmq_socket_monitor(h, address, Int32(events.rawValue)) == 0 else {
+            throw transportError(lastZMQErrno(), "zmq_socket_monitor \(address)")
+        }
+        let pair = try ZMQSocket(context: context, kind: .pair)
+        try pair.connect(address)
+        return pair
+    }
+
+    /// Whether a message can be received now (ZMQ_EVENTS has POLLIN): one getsockopt, no
+    /// allocation, so it is cheap enough to ask on every layer step.
+    public var isReadable: Bool {
+        get throws { try getInt32(ZMQ_EVENTS, "ZMQ_EVENTS") & Int32(ZMQ_POLLIN) != 0 }
+    }
+
+    /// The next event queued on a socket returned by `monitor`, or nil when none is queued (or
+    /// the message is not an event: two frames, the first 6 bytes of event and value).
+    public func readMonitorEvent() throws -> MonitorEvent? {
+        guard let frames = try receive(timeout: 0) else { return nil }
+        guard frames.count >= 2, frames[0].count == 6 else { return nil }
+        return frames[0].withUnsafeBytes { raw in
+            MonitorEvent(event: MonitorEvents(rawValue: UInt16(littleEndian: raw.loadUnaligned(as: UInt16.self))),
+                         value: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 2, as: UInt32.self)),
+                         endpoint: frames[1].string)
+        }
+    }
+
+    private static let monitorLock = NSLock()
+    nonisolated(unsafe) private static var monitorCount = 0
+    private static func nextMonitorNumber() -> Int {
+        monitorLock.lock()
+        defer { monitorLock.unlock() }
+        monitorCount += 1
+        return monitorCount
     }
 
     // MARK: Subscriptions (SUB)

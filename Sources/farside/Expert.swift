@@ -2,6 +2,7 @@ import ArgumentParser
 import ExpertNode
 import Foundation
 import Models
+import Transport
 
 /// Parses sizes such as 8GiB, 512MiB, 2GB, 1000000 into bytes.
 func parseBytes(_ s: String) -> Int? {
@@ -35,6 +36,9 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "Largest inbound message part in bytes; larger ones drop the sender's connection.")
     var maxMessageBytes: Int64 = 1 << 30
 
+    @Option(name: .long, help: "Reply bytes one client may leave unread before its further requests are refused with an error reply, e.g. 256MiB (one reply of any size is always sent).")
+    var maxUnreadReplyBytes: String = "256MiB"
+
     @Option(name: .long, help: "Dense FFNs cut into E neuron slices (must match the coordinator's --split-dense).")
     var splitDense: Int?
 
@@ -44,23 +48,49 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "Microseconds to keep polling for the next request with sched_yield() before blocking (0: block at once). Saves the wake-up of a blocked thread at every request while requests come often (decode), at the price of a busy core for that long after each.")
     var pollYieldUs: Int = 3000
 
-    @Flag(name: .long, help: "Log nothing but errors.")
+    @Option(name: .long, help: "Give up and exit (status 1) after this many seconds without a connection to the coordinator (0: keep trying, warning every 10 s).")
+    var coordinatorTimeout: Double = 0
+
+    @Option(name: .long, help: ArgumentHelp("Die with this process: the pid of the process that started this node.",
+                                            discussion: "The node asks the kernel to kill it when its parent exits (PR_SET_PDEATHSIG), and exits at once if PID is no longer its parent. Local nodes (--local-nodes, cluster up) get it."))
+    var parentPid: Int32?
+
+    @Flag(name: .long, help: "Log nothing but errors and warnings.")
     var quiet = false
 
     func validate() throws {
         if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
         guard (0...1_000_000).contains(pollYieldUs) else { throw ValidationError("--poll-yield-us must be in 0...1000000, got \(pollYieldUs)") }
+        if let id = nodeId, id.isEmpty || id.utf8.count > 200 || id.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            throw ValidationError("--node-id must be 1 to 200 bytes of printable text, got '\(id)'")
+        }
+        guard coordinatorTimeout >= 0 && coordinatorTimeout.isFinite else {
+            throw ValidationError("--coordinator-timeout must be a number of seconds >= 0, got \(coordinatorTimeout)")
+        }
+        if let p = parentPid, p <= 1 { throw ValidationError("--parent-pid must be a process id above 1, got \(p)") }
         guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
+        guard let unread = parseBytes(maxUnreadReplyBytes), unread >= 1 else {
+            throw ValidationError("--max-unread-reply-bytes '\(maxUnreadReplyBytes)' is not a size of at least 1 byte (e.g. 256MiB)")
+        }
         guard parseBytes(memoryBudget) != nil else {
             throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
         }
-        for (flag, v) in [("--listen", listen), ("--coordinator", coordinator)] where !(v.hasPrefix("tcp://") || v.hasPrefix("ipc://") || v.hasPrefix("inproc://")) {
-            throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT)")
+        for (flag, v, binding) in [("--listen", listen, true), ("--coordinator", coordinator, false)] {
+            guard v.hasPrefix("tcp://") || v.hasPrefix("ipc://") else {
+                throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+            }
+            do {
+                try ZMQSocket.checkEndpoint(v, binding: binding)
+            } catch {
+                throw ValidationError("\(flag): \(error)")
+            }
         }
     }
 
     func run() throws {
         try runReportingErrors {
+            // First, before the model loads: a parent killed meanwhile must not leave us behind.
+            if let parentPid { try dieWithParent(parentPid) }
             let (m, fingerprint) = try openModel(path: try model ?? DefaultModel.path(), denseSlices: splitDense)
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
@@ -68,12 +98,36 @@ struct Expert: ParsableCommand {
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
             options.pollYieldWindow = Double(pollYieldUs) * 1e-6
+            options.maxUnreadReplyBytes = parseBytes(maxUnreadReplyBytes)!
+            options.coordinatorTimeout = coordinatorTimeout
+            options.parentPID = parentPid
             let server = ExpertNodeServer(
                 model: m, fingerprint: fingerprint, options: options,
-                log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } })
+                log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } },
+                warn: { msg in FileHandle.standardError.write(Data("expert[\(id)]: warning: \(msg)\n".utf8)) })
             try server.run()
         }
     }
+}
+
+/// Asks Linux to SIGKILL this process when its parent exits (`prctl(PR_SET_PDEATHSIG)`), then
+/// checks that `parent` still is the parent: if it died before the request, the kernel will not
+/// send the signal and this process has been re-parented already. prctl is variadic in C, which
+/// Swift cannot call directly; it is reached through dlsym with its five register arguments
+/// (what glibc's wrapper passes to the system call on x86-64 and arm64). Where prctl is
+/// missing, the server's check of its parent at every poll still ends the node within 100 ms.
+func dieWithParent(_ parent: Int32) throws {
+    #if os(Linux)
+    typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
+    let PR_SET_PDEATHSIG: Int32 = 1
+    if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "prctl") {
+        let prctl = unsafeBitCast(symbol, to: Prctl.self)
+        if prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0) != 0 {
+            FileHandle.standardError.write(Data("warning: prctl(PR_SET_PDEATHSIG) failed (errno \(errno)); relying on polling the parent\n".utf8))
+        }
+    }
+    #endif
+    guard getppid() == parent else { throw ExpertNodeError.parentGone(pid: parent) }
 }
 
 struct Cluster: ParsableCommand {

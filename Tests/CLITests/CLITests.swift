@@ -43,18 +43,28 @@ enum CLI {
             try inp.fileHandleForWriting.close()
         }
         // stderr drains on its own thread so a chatty child never blocks on a full pipe.
-        final class Box: @unchecked Sendable { var data = Data() }  // written before signal, read after wait
-        let e = Box()
-        let drained = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            e.data = err.fileHandleForReading.readDataToEndOfFile()
-            drained.signal()
-        }
+        let e = drain(err)
         let o = out.fileHandleForReading.readDataToEndOfFile()
-        drained.wait()
         p.waitUntilExit()
         return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
-                      stderr: String(decoding: e.data, as: UTF8.self))
+                      stderr: String(decoding: e(), as: UTF8.self))
+    }
+
+    /// Reads `pipe` to its end on another thread; the function returned waits for the end and
+    /// gives everything read.
+    static func drain(_ pipe: Pipe) -> () -> Data {
+        final class Box: @unchecked Sendable { var data = Data() }  // written before signal, read after wait
+        let box = Box()
+        let drained = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            box.data = pipe.fileHandleForReading.readDataToEndOfFile()
+            drained.signal()
+        }
+        return {
+            drained.wait()
+            drained.signal()  // a second call returns at once too
+            return box.data
+        }
     }
 
     /// A scratch copy of a fixture directory to damage.

@@ -82,6 +82,24 @@ enum Harness {
         return (model, cluster, nodes)
     }
 
+    /// The mixtral fixture with its experts on one node process started with `extra` flags,
+    /// and that model's logits (every position) for a reference case computed through it.
+    static func oneNodeMixtral(extra: [String]) throws -> (model: DecoderModel, cluster: ExpertCluster, nodes: [Process], tokens: [Int], logits: [Float]) {
+        let dir = fixtures.appendingPathComponent("mixtral")
+        let (model, _) = try ModelRegistry.load(directory: dir)
+        let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir))
+        let nodes = try startNodes(1, model: dir.path, cluster: cluster, extra: extra)
+        do {
+            try cluster.start(expecting: 1, timeout: 30)
+        } catch {
+            stop(nodes)
+            throw error
+        }
+        model.experts = cluster
+        let tokens = try reference("mixtral").cases[1].tokens
+        return (model, cluster, nodes, tokens, try model.forward(tokens, cache: model.makeCache(), logits: .all))
+    }
+
     static func stop(_ ps: [Process]) {
         for p in ps where p.isRunning { kill(p.processIdentifier, SIGKILL) }
         for p in ps { p.waitUntilExit() }
@@ -296,15 +314,8 @@ final class ClusterTests: XCTestCase {
     /// Thousands of random and mutated messages to a live node's data socket: each gets an error
     /// reply or is dropped, and the node keeps serving well-formed requests.
     func testNodeSurvivesFuzzedMessages() throws {
-        let dir = Harness.fixtures.appendingPathComponent("mixtral")
-        let (model, _) = try ModelRegistry.load(directory: dir)
-        let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir))
-        let nodes = try Harness.startNodes(1, model: dir.path, cluster: cluster, extra: ["--max-message-bytes", "65536"])
+        let (model, cluster, nodes, tokens, before) = try Harness.oneNodeMixtral(extra: ["--max-message-bytes", "65536"])
         defer { Harness.stop(nodes) }
-        try cluster.start(expecting: 1, timeout: 30)
-        model.experts = cluster
-        let tokens = try Harness.reference("mixtral").cases[1].tokens
-        let before = try model.forward(tokens, cache: model.makeCache(), logits: .all)
 
         // A valid request to mutate.
         var req = Farside_V1_ExpertRequest()

@@ -399,6 +399,24 @@ final class WireCodecTests: XCTestCase {
         }
     }
 
+    /// An expert computes a row once: repeated or descending rows in a group are refused, and
+    /// so are more routes than rows × the receiver's top-k.
+    func testDuplicateRowsAndRoutesOverTopK() {
+        for rows: [UInt32] in [[1, 1], [2, 1], [0, 3, 3]] {
+            let req = request(groups: [ExpertGroup(expert: 3, rows: rows, weights: rows.map { _ in 0.5 })])
+            expectWireError(.malformed, mentioning: "strictly increasing") {
+                try WireCodec.validateRequest(req, payloadByteCount: 4 * 8 * 4, maxRows: 64, maxHidden: 64)
+            }
+        }
+        let many = request(rows: 4, groups: [ExpertGroup(expert: 3, rows: [0, 1, 2, 3], weights: [1, 1, 1, 1]),
+                                             ExpertGroup(expert: 7, rows: [0, 1, 2, 3], weights: [1, 1, 1, 1]),
+                                             ExpertGroup(expert: 9, rows: [0], weights: [1])])
+        expectWireError(.tooLarge, mentioning: "9 routes for 4 rows") {
+            try WireCodec.validateRequest(many, payloadByteCount: 4 * 8 * 4, maxRows: 64, maxHidden: 64, maxRoutesPerRow: 2)
+        }
+        XCTAssertNoThrow(try WireCodec.validateRequest(many, payloadByteCount: 4 * 8 * 4, maxRows: 64, maxHidden: 64, maxRoutesPerRow: 3))
+    }
+
     func testRowIndexOutOfRange() {
         let req = request(groups: [ExpertGroup(expert: 3, rows: [0, 4], weights: [0.5, 0.5])])
         expectWireError(.malformed, mentioning: "groups[0].rows[1]") {

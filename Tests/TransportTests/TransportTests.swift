@@ -239,6 +239,51 @@ final class TransportTests: XCTestCase {
         }
     }
 
+    /// Ports libzmq would not refuse but would not honour either: a number over 65535 (libzmq
+    /// keeps its low 16 bits: 99999 would bind 34463) and "any port" given to connect.
+    func testOutOfRangePortsAreRefusedNotWrapped() throws {
+        let socket = try ZMQSocket(kind: .router)
+        for endpoint in ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:65536", "tcp://*:100000", "tcp://127.0.0.1:999999999999999999999"] {
+            XCTAssertThrowsError(try socket.bind(endpoint), endpoint) { error in
+                guard case .invalidPort(let e, let reason)? = error as? TransportError else { return XCTFail("\(error)") }
+                XCTAssertEqual(e, endpoint)
+                XCTAssertTrue(reason.contains("0...65535"), reason)
+            }
+            XCTAssertThrowsError(try socket.connect(endpoint), endpoint)
+        }
+        for endpoint in ["tcp://127.0.0.1:*", "tcp://127.0.0.1:0"] {
+            XCTAssertThrowsError(try socket.connect(endpoint), endpoint) { error in
+                guard case .invalidPort(_, let reason)? = error as? TransportError else { return XCTFail("\(error)") }
+                XCTAssertTrue(reason.contains("only be bound"), reason)
+            }
+        }
+        // Still fine: ephemeral binds, the top port, a source address with any port.
+        XCTAssertTrue(try socket.bind("tcp://127.0.0.1:*").hasPrefix("tcp://127.0.0.1:"))
+        XCTAssertTrue(try socket.bind("tcp://127.0.0.1:0").hasPrefix("tcp://127.0.0.1:"))
+        XCTAssertNoThrow(try socket.connect("tcp://127.0.0.1:65535"))
+        XCTAssertNoThrow(try socket.connect("tcp://127.0.0.1:0;127.0.0.1:65535"))
+    }
+
+    /// A monitor reports a connection's handshake and its loss when the peer closes.
+    func testMonitorReportsHandshakeAndDisconnect() throws {
+        let server = try ZMQSocket(kind: .router)
+        let endpoint = try server.bind("tcp://127.0.0.1:*")
+        let client = try ZMQSocket(kind: .dealer)
+        let events = try client.monitor([.handshakeSucceeded, .disconnected])
+        try client.connect(endpoint)
+        func next() throws -> ZMQSocket.MonitorEvent? {
+            guard try ZMQSocket.poll([events], timeout: 5000)[0] else { return nil }
+            return try events.readMonitorEvent()
+        }
+        XCTAssertEqual(try next()?.event, .handshakeSucceeded)
+        server.close()
+        let lost = try XCTUnwrap(try next())
+        XCTAssertEqual(lost.event, .disconnected)
+        XCTAssertEqual(lost.endpoint, endpoint)
+        client.close()
+        events.close()
+    }
+
     func testPollReportsWhichSocketIsReadable() throws {
         let (a1, b1) = try inprocPair()
         let (a2, b2) = try inprocPair()
