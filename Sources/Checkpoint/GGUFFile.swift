@@ -207,8 +207,7 @@ public final class GGUFFile: @unchecked Sendable {
                 let d = try r.u64("a dimension of tensor \(name)")
                 guard d >= 1, d <= UInt64(Int32.max) else { throw GGUFError.malformed(url, reason: "tensor \(name) has dimension \(d)") }
                 dims.append(Int(d))
-                let (m, o) = count.multipliedReportingOverflow(by: Int(d))
-                guard !o, m <= 1 << 48 else { throw GGUFError.malformed(url, reason: "tensor \(name) has too many elements") }
+                guard let m = try? CheckedSize.product([count, Int(d)], "elements"), m <= 1 << 48 else { throw GGUFError.malformed(url, reason: "tensor \(name) has too many elements") }
                 count = m
             }
             let type = try r.u32("the type of tensor \(name)")

@@ -80,13 +80,6 @@ public struct TensorInfo: @unchecked Sendable {
 
 /// Product of `dims` times `elementSize`, or nil when a dimension is negative or the product overflows.
 func checkedByteCount(_ dims: [Int], elementSize: Int) -> (elements: Int, bytes: Int)? {
-    var n = 1
-    for d in dims {
-        guard d >= 0 else { return nil }
-        let (p, o) = n.multipliedReportingOverflow(by: d)
-        if o { return nil }
-        n = p
-    }
-    let (b, o) = n.multipliedReportingOverflow(by: elementSize)
-    return o ? nil : (n, b)
+    guard let n = try? CheckedSize.product(dims, "elements"), let b = try? CheckedSize.product([n, elementSize], "bytes") else { return nil }
+    return (n, b)
 }

@@ -54,12 +54,16 @@ public struct Sampler {
         let p = parameters
         if p.temperature == 0 { return Self.argmax(logits) }
         candidates.removeAll(keepingCapacity: true)
-        for (i, v) in logits.enumerated() where v.isFinite { candidates.append((i, v / p.temperature)) }
-        guard !candidates.isEmpty else { return Self.argmax(logits) }
+        var top = -Float.infinity
+        for v in logits where v.isFinite && v > top { top = v }
+        guard top.isFinite else { return Self.argmax(logits) }
+        // The maximum is subtracted before dividing: (v - top) / T is <= 0, so a tiny temperature
+        // gives 0 for the best token and -inf (probability 0) for the rest instead of inf - inf =
+        // NaN; a huge one gives values near 0 (uniform). Both stay finite or -inf, never NaN.
+        for (i, v) in logits.enumerated() where v.isFinite { candidates.append((i, (v - top) / p.temperature)) }
         candidates.sort { $0.logit > $1.logit || ($0.logit == $1.logit && $0.id < $1.id) }
         if p.topK > 0 && candidates.count > p.topK { candidates.removeLast(candidates.count - p.topK) }
-        let maxLogit = candidates[0].logit
-        var probs = candidates.map { expf($0.logit - maxLogit) }
+        var probs = candidates.map { expf($0.logit) }
         let total = probs.reduce(0, +)
         for i in probs.indices { probs[i] /= total }
         var keep = probs.count

@@ -61,6 +61,12 @@ enum DecoderBuilder {
 
     static func assemble(_ c: DecoderConfig, _ w: WeightSource, architecture: String, layers: [DecoderLayer],
                          rope: RotaryEmbedding, expertLoader: @escaping ExpertLoader) throws -> DecoderModel {
+        // A cache holding the whole context must have a size: every later cache is capped by it.
+        let widths = try CheckedSize.sum(layers.map { try CheckedSize.sum([$0.attention.cacheWidths.0, $0.attention.cacheWidths.1], "KV cache width") },
+                                         "KV cache width")
+        do { _ = try CheckedSize.product([widths, c.maxPositions, 4], "the KV cache for max_position_embeddings (\(c.maxPositions)) positions") } catch {
+            throw ModelError.invalidConfig("\(error)")
+        }
         let embed = try w.matrix(SharedNames.embed, rows: c.vocabSize, cols: c.hidden)
         let head = c.tieEmbeddings
             ? embed : try w.matrix(SharedNames.lmHead, rows: c.vocabSize, cols: c.hidden)

@@ -35,22 +35,30 @@ public struct DecoderConfig: Sendable {
         } else {
             eosTokenIds = (try c.optionalInt("eos_token_id")).map { [$0] } ?? []
         }
-        rope = try RopeParameters(config: c)
+        do { rope = try RopeParameters(config: c) } catch ModelError.invalidConfig(let m) { throw ModelError.invalidConfig("\(c.source): \(m)") }
         hiddenAct = try c.optionalString("hidden_act") ?? "silu"
-        try validate()
+        do { try validate() } catch ModelError.invalidConfig(let m) { throw ModelError.invalidConfig("\(c.source): \(m)") }
+    }
+
+    /// Upper bounds on sizes, far above any published model, so that a corrupt or hostile config
+    /// is refused before anything is allocated from it (and products of them cannot overflow).
+    public enum Limits {
+        public static let vocab = 1 << 24, hidden = 1 << 18, layers = 1 << 12, heads = 1 << 12
+        public static let headDim = 1 << 12, intermediate = 1 << 20, positions = 1 << 24, experts = 1 << 16
     }
 
     func validate() throws {
-        func positive(_ v: Int, _ key: String) throws {
-            guard v > 0 else { throw ModelError.invalidConfig("\(key) must be positive, found \(v)") }
+        try Self.requireSize(vocabSize, "vocab_size", limit: Limits.vocab)
+        try Self.requireSize(hidden, "hidden_size", limit: Limits.hidden)
+        try Self.requireSize(layers, "num_hidden_layers", limit: Limits.layers)
+        try Self.requireSize(heads, "num_attention_heads", limit: Limits.heads)
+        try Self.requireSize(kvHeads, "num_key_value_heads", limit: Limits.heads)
+        try Self.requireSize(headDim, "head_dim", limit: Limits.headDim)
+        try Self.requireSize(maxPositions, "max_position_embeddings", limit: Limits.positions)
+        if intermediate != 0 { try Self.requireSize(intermediate, "intermediate_size", limit: Limits.intermediate) }
+        guard normEps.isFinite, normEps > 0 else {
+            throw ModelError.invalidConfig("rms_norm_eps must be a finite number > 0 (as a 32-bit float), found \(normEps)")
         }
-        try positive(vocabSize, "vocab_size")
-        try positive(hidden, "hidden_size")
-        try positive(layers, "num_hidden_layers")
-        try positive(heads, "num_attention_heads")
-        try positive(kvHeads, "num_key_value_heads")
-        try positive(headDim, "head_dim")
-        try positive(maxPositions, "max_position_embeddings")
         guard heads % kvHeads == 0 else {
             throw ModelError.invalidConfig("num_attention_heads (\(heads)) must be a multiple of num_key_value_heads (\(kvHeads))")
         }
@@ -66,5 +74,18 @@ public struct DecoderConfig: Sendable {
     /// Checks a model_type-specific positive integer.
     static func requirePositive(_ v: Int, _ key: String) throws {
         guard v > 0 else { throw ModelError.invalidConfig("\(key) must be positive, found \(v)") }
+    }
+
+    /// Checks a size or count read from a config: in `1...limit`, so that products of a few of
+    /// them fit `Int` and nothing absurd is allocated.
+    static func requireSize(_ v: Int, _ key: String, limit: Int) throws {
+        do { try CheckedSize.count(v, in: 1...limit, key) } catch { throw ModelError.invalidConfig("\(error)") }
+    }
+
+    /// Checks a real-valued hyperparameter: finite, and `> 0` when `positive` (else `>= 0`).
+    static func requireFinite(_ v: Double, _ key: String, positive: Bool = true) throws {
+        guard v.isFinite, positive ? v > 0 : v >= 0 else {
+            throw ModelError.invalidConfig("\(key) must be a finite number \(positive ? "> 0" : ">= 0"), found \(v)")
+        }
     }
 }

@@ -135,9 +135,11 @@ public final class DecoderModel {
         return total
     }
 
-    /// A fresh, empty KV cache shaped for this model.
+    /// A fresh, empty KV cache shaped for this model, with room for `capacity` positions to start
+    /// with; neither that nor its growth goes beyond the model's context (`maxPositions`, whose
+    /// cache size in bytes the loaders check fits), so any requested capacity is safe.
     public func makeCache(capacity: Int = 256) -> KVCache {
-        KVCache(widths: layers.map { $0.attention.cacheWidths }, capacity: capacity)
+        KVCache(widths: layers.map { $0.attention.cacheWidths }, capacity: min(capacity, maxPositions), limit: maxPositions)
     }
 
     /// Runs `tokens` at positions `cache.length ..< cache.length + tokens.count`, appends them to

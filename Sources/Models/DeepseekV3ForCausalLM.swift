@@ -50,9 +50,13 @@ public enum DeepseekV3ForCausalLM {
             }
             for (v, k) in [(kvLoraRank, "kv_lora_rank"), (qkNopeHeadDim, "qk_nope_head_dim"), (qkRopeHeadDim, "qk_rope_head_dim"),
                            (vHeadDim, "v_head_dim"), (groups, "n_group"), (topKGroups, "topk_group")] {
-                try DecoderConfig.requirePositive(v, k)
+                try DecoderConfig.requireSize(v, k, limit: DecoderConfig.Limits.hidden)
             }
-            if let q = qLoraRank { try DecoderConfig.requirePositive(q, "q_lora_rank") }
+            if let q = qLoraRank { try DecoderConfig.requireSize(q, "q_lora_rank", limit: DecoderConfig.Limits.hidden) }
+            if routedExperts != 0 { try DecoderConfig.requireSize(routedExperts, "n_routed_experts", limit: DecoderConfig.Limits.experts) }
+            try DecoderConfig.requireSize(moeIntermediate, "moe_intermediate_size", limit: DecoderConfig.Limits.intermediate)
+            try DecoderConfig.requireSize(sharedExperts + 1, "n_shared_experts + 1", limit: DecoderConfig.Limits.experts)
+            try DecoderConfig.requireFinite(Double(routedScaling), "routed_scaling_factor")
             guard qkRopeHeadDim % 2 == 0 else { throw ModelError.invalidConfig("qk_rope_head_dim must be even") }
             if routedExperts > 0 {
                 guard routedExperts % groups == 0 else {

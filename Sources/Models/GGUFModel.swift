@@ -21,7 +21,8 @@ public enum GGUFModel {
 
     /// The config.json a GGUF file's metadata describes, and the name table for its tensors.
     static func configuration(_ f: GGUFFile, architecture arch: String) throws -> (ConfigJSON, GGUFNameTable) {
-        let src = f.url.path
+        // Errors about the derived config name the file and say the keys are translated.
+        let src = f.url.path + " (GGUF metadata read as config.json keys)"
         switch arch {
         case "llama":
             // llama.cpp stores Mixtral as `llama` with experts.

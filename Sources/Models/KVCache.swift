@@ -14,10 +14,14 @@ public final class KVCache {
         public private(set) var a: UnsafeMutablePointer<Float>
         public private(set) var b: UnsafeMutablePointer<Float>
 
-        init(widthA: Int, widthB: Int, capacity: Int) {
+        /// Most positions it will ever hold: growth stops there.
+        let limit: Int
+
+        init(widthA: Int, widthB: Int, capacity: Int, limit: Int) {
+            self.limit = max(limit, 1)
             self.widthA = widthA
             self.widthB = widthB
-            self.capacity = max(capacity, 1)
+            self.capacity = max(min(capacity, self.limit), 1)
             a = .allocate(capacity: max(widthA * self.capacity, 1))
             b = .allocate(capacity: max(widthB * self.capacity, 1))
         }
@@ -30,7 +34,9 @@ public final class KVCache {
         func reserve(_ positions: Int) {
             guard positions > capacity else { return }
             var c = capacity
-            while c < positions { c *= 2 }
+            // Doubling stops at the limit (or the request, if a caller asks past it), so it can
+            // neither overshoot the context nor wrap around.
+            while c < positions { c = c > max(limit, positions) / 2 ? max(limit, positions) : c * 2 }
             let na = UnsafeMutablePointer<Float>.allocate(capacity: max(widthA * c, 1))
             let nb = UnsafeMutablePointer<Float>.allocate(capacity: max(widthB * c, 1))
             na.update(from: a, count: widthA * capacity)
@@ -47,9 +53,10 @@ public final class KVCache {
     /// Positions already stored (the next token's position).
     public private(set) var length: Int = 0
 
-    /// `widths[l]` gives layer `l`'s `(widthA, widthB)`.
-    public init(widths: [(Int, Int)], capacity: Int = 256) {
-        layers = widths.map { Layer(widthA: $0.0, widthB: $0.1, capacity: capacity) }
+    /// `widths[l]` gives layer `l`'s `(widthA, widthB)`. `limit` is the most positions it will hold
+    /// (the model's context): the initial `capacity` and later growth never go beyond it.
+    public init(widths: [(Int, Int)], capacity: Int = 256, limit: Int = Int.max) {
+        layers = widths.map { Layer(widthA: $0.0, widthB: $0.1, capacity: capacity, limit: limit) }
     }
 
     /// Makes room for `count` more positions in every layer.

@@ -13,7 +13,7 @@ public enum MixtralForCausalLM {
             experts = try c.int("num_local_experts", default: 8)
             topK = try c.int("num_experts_per_tok", default: 2)
             try DecoderConfig.requirePositive(base.intermediate, "intermediate_size")
-            try DecoderConfig.requirePositive(experts, "num_local_experts")
+            try DecoderConfig.requireSize(experts, "num_local_experts", limit: DecoderConfig.Limits.experts)
             guard topK > 0 && topK <= experts else {
                 throw ModelError.invalidConfig("num_experts_per_tok (\(topK)) must be in 1...num_local_experts (\(experts))")
             }

@@ -24,26 +24,56 @@ public enum ModelRegistry {
         guard let loader = loaders[type] else {
             throw ModelError.unknownModelType(type, known: loaders.keys.sorted())
         }
+        try checkLayerCount(config, weights)
         return try loader(config, weights)
+    }
+
+    /// Refuses a `num_hidden_layers` (GGUF `block_count`) that the weights do not back, before a
+    /// loader sizes anything by it: its last layer's input norm must be present.
+    static func checkLayerCount(_ config: ConfigJSON, _ weights: WeightSource) throws {
+        guard let n = try config.optionalInt("num_hidden_layers") else { return }  // the loader names the missing key
+        try DecoderConfig.requireSize(n, "\(config.source): num_hidden_layers", limit: DecoderConfig.Limits.layers)
+        let last = SharedNames.layer(n - 1) + SharedNames.inputNorm
+        guard weights.contains(last) else {
+            throw ModelError.invalidConfig(
+                "\(config.source): num_hidden_layers is \(n) but the weights have no \(last), so they hold fewer layers")
+        }
+    }
+
+    /// What a model path holds: a GGUF file or a directory (to be read as a Hugging Face
+    /// checkpoint). Anything else is refused saying what it is: a missing path, a device, a file
+    /// without the GGUF magic (a README, a safetensors file given alone).
+    public enum PathKind { case gguf, directory }
+
+    public static func kind(of url: URL) throws -> PathKind {
+        var st = stat()
+        guard stat(url.path, &st) == 0 else { throw ModelError.modelNotFound(path: url.path) }
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR: return .directory
+        case S_IFREG: break
+        case S_IFCHR, S_IFBLK: throw ModelError.notAModel(path: url.path, what: "it is a device, not a regular file")
+        default: throw ModelError.notAModel(path: url.path, what: "it is not a regular file or a directory")
+        }
+        guard let h = FileHandle(forReadingAtPath: url.path) else {
+            throw ModelError.notAModel(path: url.path, what: "it cannot be opened for reading (\(String(cString: strerror(errno))))")
+        }
+        defer { try? h.close() }
+        let head = (try? h.read(upToCount: 4)) ?? Data()
+        guard head == Data("GGUF".utf8) else {
+            let shown = String(decoding: head.map { $0 >= 32 && $0 < 127 ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
+            throw ModelError.notAModel(path: url.path, what: "it is a file but not a GGUF file (it starts with \"\(shown)\", not \"GGUF\")")
+        }
+        return .gguf
     }
 
     /// Opens a model: a Hugging Face checkpoint directory or a GGUF file.
     public static func load(path: URL) throws -> (model: DecoderModel, fingerprint: String) {
-        if path.pathExtension.lowercased() == "gguf" || isGGUF(path) {
+        if try kind(of: path) == .gguf {
             let (m, w) = try GGUFModel.load(url: path)
             return (m, GGUFModel.fingerprint(w.file))
         }
         let (m, _) = try load(directory: path)
         return (m, try fingerprint(directory: path))
-    }
-
-    /// Whether `url` is a regular file that starts with the GGUF magic.
-    static func isGGUF(_ url: URL) -> Bool {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), !isDir.boolValue,
-              let h = FileHandle(forReadingAtPath: url.path) else { return false }
-        defer { try? h.close() }
-        return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
     }
 
     /// Opens a Hugging Face checkpoint directory and builds its model.

@@ -25,7 +25,8 @@ public enum Qwen3MoeForCausalLM {
             mlpOnlyLayers = try c.intArray("mlp_only_layers", default: [])
             attentionBias = try c.bool("attention_bias", default: false)
             try DecoderConfig.requirePositive(sparseStep, "decoder_sparse_step")
-            try DecoderConfig.requirePositive(moeIntermediate, "moe_intermediate_size")
+            try DecoderConfig.requireSize(moeIntermediate, "moe_intermediate_size", limit: DecoderConfig.Limits.intermediate)
+            if experts != 0 { try DecoderConfig.requireSize(experts, "num_experts", limit: DecoderConfig.Limits.experts) }
             guard topK > 0 && topK <= max(experts, 1) else {
                 throw ModelError.invalidConfig("num_experts_per_tok (\(topK)) must be in 1...num_experts (\(experts))")
             }

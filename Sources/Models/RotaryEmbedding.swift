@@ -56,10 +56,16 @@ public struct RopeParameters: Sendable, Equatable {
         if let ff = frequencyFactors, !ff.allSatisfy({ $0 > 0 && $0.isFinite }) {
             throw ModelError.invalidConfig("rope frequency factors must be finite and > 0")
         }
-        if kind != .default && !(factor > 0) {
-            throw ModelError.invalidConfig("rope scaling factor must be > 0, found \(factor)")
+        try DecoderConfig.requireFinite(theta, "rope_theta")
+        try DecoderConfig.requireFinite(factor, "rope_scaling.factor")
+        try DecoderConfig.requireFinite(lowFreqFactor, "rope_scaling.low_freq_factor")
+        try DecoderConfig.requireFinite(highFreqFactor, "rope_scaling.high_freq_factor")
+        try DecoderConfig.requireFinite(betaFast, "rope_scaling.beta_fast")
+        try DecoderConfig.requireFinite(betaSlow, "rope_scaling.beta_slow")
+        for (v, key) in [(mscale, "mscale"), (mscaleAllDim, "mscale_all_dim"), (attentionFactor, "attention_factor")] {
+            if let v { try DecoderConfig.requireFinite(v, "rope_scaling." + key, positive: false) }
         }
-        if !(theta > 0) { throw ModelError.invalidConfig("rope_theta must be > 0, found \(theta)") }
+        try DecoderConfig.requireSize(originalMaxPositions, "original_max_position_embeddings", limit: DecoderConfig.Limits.positions)
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Checkpoint
 import Coordinator
 import ExpertNode
 import Protocol
@@ -25,6 +26,8 @@ struct Bench: ParsableCommand {
 
     @Option(name: .long, help: "Runs; the median is reported.")
     var runs: Int = 5
+
+    @OptionGroup var threadOptions: ThreadOptions
 
     @Option(name: .long, help: "Run routed experts on N expert-node processes on loopback; also measures the per-layer round trip.")
     var localNodes: Int = 0
@@ -125,6 +128,10 @@ struct Bench: ParsableCommand {
         try runReportingErrors {
             let (m, cluster) = try loadModel(path: try model ?? DefaultModel.path(), localNodes: localNodes)
             if microBatches == 2 { m.pingPongMinTokens = 32 }
+            // Checked before the prompt is allocated: both counts come from flags.
+            guard CheckedSize.saturatingSum(promptTokens, decodeTokens) <= m.maxPositions else {
+                throw ValidationError("--prompt-tokens + --decode-tokens (\(promptTokens) + \(decodeTokens)) exceed the model's context of \(m.maxPositions) positions")
+            }
             var rng = SplitMix64(seed: 42)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(m.vocabSize)) }
             // Warm-up: page the mapped weights in.

@@ -88,9 +88,39 @@ struct Chat: ParsableCommand {
 
     @OptionGroup var samplingOptions: SamplingOptions
 
+    @OptionGroup var threadOptions: ThreadOptions
+
     func validate() throws {
         guard (0...64).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
         guard maxTokens > 0 else { throw ValidationError("--max-tokens must be > 0, got \(maxTokens)") }
+    }
+
+    /// The conversation's prompt, made to fit the model's context with room for a reply (up to
+    /// --max-tokens, at most half the context): the oldest turns after the opening system
+    /// message are dropped, saying so on stderr. A message too long even alone is dropped with
+    /// an error on stderr (nil), and the chat goes on.
+    func fitToContext(_ history: inout [ChatMessage], keeping opening: Int, format: ChatFormat, context: Int) throws -> [Int]? {
+        let budget = context - min(maxTokens, context / 2)
+        var prompt = try format.tokens(history)
+        var dropped = 0
+        while prompt.count > budget && history.count > opening + 1 {
+            // One exchange: the oldest user message and the reply after it (if any).
+            let n = history.count > opening + 2 && history[opening + 1].role == "assistant" ? 2 : 1
+            history.removeSubrange(opening ..< opening + n)
+            dropped += 1
+            prompt = try format.tokens(history)
+        }
+        if dropped > 0 {
+            FileHandle.standardError.write(Data(
+                "note: the conversation outgrew the model's context (\(context) positions); dropped the \(dropped) oldest turn\(dropped == 1 ? "" : "s")\n".utf8))
+        }
+        guard prompt.count <= budget else {
+            history.removeLast()
+            FileHandle.standardError.write(Data(
+                "error: this message is \(prompt.count) tokens with the chat template; the model's context (\(context) positions) leaves room for \(budget) before the reply. Not sent; send a shorter one\n".utf8))
+            return nil
+        }
+        return prompt
     }
 
     func run() throws {
@@ -114,13 +144,15 @@ struct Chat: ParsableCommand {
                     continue
                 }
                 history.append(ChatMessage(role: "user", content: line))
-                let prompt = try format.tokens(history)
+                guard let prompt = try fitToContext(&history, keeping: opening.count, format: format, context: model.maxPositions) else {
+                    continue
+                }
                 var stream = StreamingDetokenizer(format.tokenizer, skipSpecial: true)
                 let reply = try session.respond(prompt: prompt, maxTokens: maxTokens, sampling: sampling,
                                                 stopTokens: format.stopTokens) { tok in
                     FileHandle.standardOutput.write(Data(stream.push(tok).utf8))
                     return true
-                }
+                }.tokens
                 FileHandle.standardOutput.write(Data((stream.finish() + "\n").utf8))
                 history.append(ChatMessage(role: "assistant", content: format.tokenizer.decode(reply, skipSpecial: true)))
             }

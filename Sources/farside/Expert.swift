@@ -1,17 +1,23 @@
 import ArgumentParser
+import Checkpoint
 import ExpertNode
 import Foundation
 import Models
 import Transport
 
-/// Parses sizes such as 8GiB, 512MiB, 2GB, 1000000 into bytes.
-func parseBytes(_ s: String) -> Int? {
+/// Parses sizes such as 8GiB, 512MiB, 2GB, 1.5GiB, 1000000 into bytes. Rejects, with a message
+/// naming the text, anything that is not a finite non-negative size fitting 64 bits
+/// (1e30GiB, NaN, -1GiB, inf).
+func parseBytes(_ s: String, flag: String = "--memory-budget") throws -> Int {
     let units: [(String, Double)] = [("GiB", 1_073_741_824), ("MiB", 1_048_576), ("KiB", 1024), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)]
-    for (u, f) in units where s.hasSuffix(u) {
-        guard let v = Double(s.dropLast(u.count)), v >= 0, v.isFinite else { return nil }
-        return Int(v * f)
+    let (number, factor) = units.first { s.hasSuffix($0.0) }.map { (String(s.dropLast($0.0.count)), $0.1) } ?? (s, 1)
+    if let exact = Int(number) {
+        do { return try CheckedSize.product([exact, Int(factor)], "\(flag) '\(s)'") } catch { throw ValidationError("\(error)") }
     }
-    return Int(s).flatMap { $0 >= 0 ? $0 : nil }
+    guard let v = Double(number) else {
+        throw ValidationError("\(flag) '\(s)' is not a size (e.g. 8GiB, 512MiB, 1.5GB, 1000000)")
+    }
+    do { return try CheckedSize.int(v * factor, "\(flag) '\(s)'") } catch { throw ValidationError("\(error)") }
 }
 
 struct Expert: ParsableCommand {
@@ -58,6 +64,8 @@ struct Expert: ParsableCommand {
     @Flag(name: .long, help: "Log nothing but errors and warnings.")
     var quiet = false
 
+    @OptionGroup var threadOptions: ThreadOptions
+
     func validate() throws {
         if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
         guard (0...1_000_000).contains(pollYieldUs) else { throw ValidationError("--poll-yield-us must be in 0...1000000, got \(pollYieldUs)") }
@@ -69,12 +77,10 @@ struct Expert: ParsableCommand {
         }
         if let p = parentPid, p <= 1 { throw ValidationError("--parent-pid must be a process id above 1, got \(p)") }
         guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
-        guard let unread = parseBytes(maxUnreadReplyBytes), unread >= 1 else {
-            throw ValidationError("--max-unread-reply-bytes '\(maxUnreadReplyBytes)' is not a size of at least 1 byte (e.g. 256MiB)")
+        guard try parseBytes(maxUnreadReplyBytes, flag: "--max-unread-reply-bytes") >= 1 else {
+            throw ValidationError("--max-unread-reply-bytes '\(maxUnreadReplyBytes)' must be at least 1 byte (e.g. 256MiB)")
         }
-        guard parseBytes(memoryBudget) != nil else {
-            throw ValidationError("--memory-budget '\(memoryBudget)' is not a size (e.g. 8GiB, 512MiB, 1000000)")
-        }
+        _ = try parseBytes(memoryBudget)
         for (flag, v, binding) in [("--listen", listen, true), ("--coordinator", coordinator, false)] {
             guard v.hasPrefix("tcp://") || v.hasPrefix("ipc://") else {
                 throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
@@ -94,11 +100,11 @@ struct Expert: ParsableCommand {
             let (m, fingerprint) = try openModel(path: try model ?? DefaultModel.path(), denseSlices: splitDense)
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
-                                                   memoryBudget: parseBytes(memoryBudget)!)
+                                                   memoryBudget: try parseBytes(memoryBudget))
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
             options.pollYieldWindow = Double(pollYieldUs) * 1e-6
-            options.maxUnreadReplyBytes = parseBytes(maxUnreadReplyBytes)!
+            options.maxUnreadReplyBytes = try parseBytes(maxUnreadReplyBytes, flag: "--max-unread-reply-bytes")
             options.coordinatorTimeout = coordinatorTimeout
             options.parentPID = parentPid
             let server = ExpertNodeServer(

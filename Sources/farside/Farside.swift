@@ -8,10 +8,52 @@ import ChatTemplate
 
 @main
 struct Farside: ParsableCommand {
+    /// The release this build belongs to (`farside --version`).
+    static let version = "0.1.0"
+
     static let configuration = CommandConfiguration(
         commandName: "farside",
         abstract: "Distributed expert-parallel inference for Mixture-of-Experts language models.",
+        discussion: """
+            Text that starts with '-' is passed as --prompt=-text (or --text=-text), or from a file or stdin with --prompt-file. \
+            Environment: FARSIDE_MODEL (default model path), FARSIDE_THREADS (worker threads, as --threads), FARSIDE_LOG=1 (coordinator and node logs), \
+            FARSIDE_SPIN and FARSIDE_YIELD_US (how long idle workers spin and yield before sleeping).
+            """,
+        version: version,
         subcommands: [Generate.self, Chat.self, Serve.self, Tokenize.self, Logits.self, Route.self, Synth.self, Bench.self, Expert.self, Cluster.self])
+
+    /// As ArgumentParser's `main`, except that an error a subcommand's `run()` reports as a
+    /// `ValidationError` (a bad flag value found only once the model is known) is followed by that
+    /// subcommand's usage, not the top-level one.
+    static func main() {
+        var command: ParsableCommand
+        do { command = try parseAsRoot() } catch { exit(withError: error) }
+        do {
+            try command.run()
+        } catch let e as ValidationError {
+            let usage = usageString(for: type(of: command))
+            // "farside cluster up [--model <model>] ..." → "farside cluster up".
+            let name = usage.split(separator: " ").prefix { !"[<-".contains($0.first!) }.joined(separator: " ")
+            FileHandle.standardError.write(Data("Error: \(e.message)\nUsage: \(usage)\n  See '\(name) --help' for more information.\n".utf8))
+            Foundation.exit(ExitCode.validationFailure.rawValue)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// `--threads N`: worker threads of this process's pool (and of the expert nodes it starts),
+/// the flag form of `FARSIDE_THREADS`. Set before the pool's first use, which reads it.
+struct ThreadOptions: ParsableArguments {
+    @Option(name: .long, help: "Worker threads for compute (default: one per core, or $FARSIDE_THREADS); local expert nodes inherit it.")
+    var threads: Int?
+
+    func validate() throws {
+        guard let threads else { return }
+        guard (1...256).contains(threads) else { throw ValidationError("--threads must be in 1...256, got \(threads)") }
+        // The environment carries it to ThreadPool.shared and to child node processes alike.
+        setenv("FARSIDE_THREADS", String(threads), 1)
+    }
 }
 
 /// Options shared by the commands that run a model.
@@ -22,8 +64,13 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Comma-separated input token ids, e.g. 5,17,3.")
     var tokens: String?
 
-    @Option(name: .long, help: "Input text, tokenized with the model's tokenizer (instead of --tokens).")
+    @Option(name: .long, help: "Input text, tokenized with the model's tokenizer (instead of --tokens). Text starting with '-': --prompt=-text.")
     var prompt: String?
+
+    @Option(name: .long, help: "Read the input text from a file ('-': standard input) instead of --prompt.")
+    var promptFile: String?
+
+    @OptionGroup var threadOptions: ThreadOptions
 
     @Option(name: .long, help: "Run routed experts on N expert-node processes on loopback (0: in this process).")
     var localNodes: Int = 0
@@ -51,9 +98,30 @@ struct ModelOptions: ParsableArguments {
     /// `--model`, or the default model's path.
     func modelPath() throws -> String { try model ?? DefaultModel.path() }
 
-    /// The input: `--tokens`, or `--prompt` tokenized (with BOS if the tokenizer asks for it).
+    /// Whether the input is text (`--prompt` or `--prompt-file`) rather than token ids.
+    var hasText: Bool { prompt != nil || promptFile != nil }
+
+    /// The input text: `--prompt`, or the contents of `--prompt-file` (`-` reads stdin to its end).
+    func promptText() throws -> String? {
+        guard let promptFile else { return prompt }
+        guard prompt == nil else { throw ValidationError("give --prompt or --prompt-file, not both") }
+        let data: Data
+        if promptFile == "-" {
+            data = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            do { data = try Data(contentsOf: URL(fileURLWithPath: promptFile)) } catch {
+                throw ValidationError("--prompt-file: cannot read '\(promptFile)': \(error.localizedDescription)")
+            }
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ValidationError("--prompt-file: '\(promptFile)' is not UTF-8 text")
+        }
+        return text
+    }
+
+    /// The input: `--tokens`, or `--prompt` / `--prompt-file` tokenized (with BOS if the tokenizer asks for it).
     func tokenIDs() throws -> [Int] {
-        if let prompt {
+        if let prompt = try promptText() {
             guard tokens == nil else { throw ValidationError("give --tokens or --prompt, not both") }
             let ids = try openTokenizer(path: try modelPath()).encode(prompt)
             guard !ids.isEmpty else { throw ValidationError("--prompt: the text has no tokens") }
@@ -159,29 +227,57 @@ struct Logits: ParsableCommand {
 
     @OptionGroup var options: ModelOptions
 
-    @Flag(name: .long, help: "Print one row per input position instead of the last only.")
+    @Flag(name: .long, help: "Print one row per input position instead of the last only (streamed as computed).")
     var allPositions = false
+
+    /// Positions computed per forward pass with --all-positions: bounds the logits held at once
+    /// (`chunk × vocab` floats) however long the input.
+    static let chunk = 128
 
     func run() throws {
         try runReportingErrors {
             let ids = try options.tokenIDs()
             let model = try options.load()
-            let logits = try model.forward(ids, cache: model.makeCache(capacity: ids.count), logits: allPositions ? .all : .last)
             let v = model.vocabSize
-            var s = "{\"logits\": ["
-            s.reserveCapacity(logits.count * 12)
-            for r in 0..<(logits.count / v) {
-                if r > 0 { s += ", " }
-                s += "["
-                for i in 0..<v {
-                    if i > 0 { s += ", " }
-                    s += jsonNumber(logits[r * v + i])
+            // Checked before the first row is printed, so an error never follows partial output.
+            guard ids.count <= model.maxPositions else { throw ModelError.contextOverflow(needed: ids.count, limit: model.maxPositions) }
+            for t in ids where t < 0 || t >= v { throw ModelError.tokenOutOfRange(token: t, vocab: v) }
+            let cache = model.makeCache(capacity: ids.count)
+            var out = StreamedOutput()
+            out.append("{\"logits\": [")
+            var rowsWritten = 0
+            let parts = allPositions ? stride(from: 0, to: ids.count, by: Self.chunk).map { $0 ..< min($0 + Self.chunk, ids.count) } : [0 ..< ids.count]
+            for range in parts {
+                let logits = try model.forward(Array(ids[range]), cache: cache, logits: allPositions ? .all : .last)
+                for r in 0 ..< logits.count / v {
+                    out.append(rowsWritten > 0 ? ", [" : "[")
+                    for i in 0 ..< v {
+                        if i > 0 { out.append(", ") }
+                        out.append(jsonNumber(logits[r * v + i]))
+                    }
+                    out.append("]")
+                    rowsWritten += 1
                 }
-                s += "]"
             }
-            s += "]}"
-            printJSON(s)
+            out.append("]}\n")
+            out.flush()
         }
+    }
+}
+
+/// Standard output written in pieces of about a megabyte, so long JSON is never held whole.
+struct StreamedOutput {
+    private var buffer = ""
+    private static let flushBytes = 1 << 20
+
+    mutating func append(_ s: String) {
+        buffer += s
+        if buffer.utf8.count >= Self.flushBytes { flush() }
+    }
+
+    mutating func flush() {
+        FileHandle.standardOutput.write(Data(buffer.utf8))
+        buffer.removeAll(keepingCapacity: true)
     }
 }
 
@@ -211,7 +307,7 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var options: ModelOptions
 
-    @Option(name: .long, help: "Maximum number of new tokens.")
+    @Option(name: .long, help: "Maximum number of new tokens (generation also stops where prompt and output fill the model's context; json then says finish_reason \"length\").")
     var maxTokens: Int = 16
 
     @OptionGroup var sampling: SamplingOptions
@@ -233,7 +329,7 @@ struct Generate: ParsableCommand {
 
     func validate() throws {
         guard format == "json" || format == "text" else { throw ValidationError("--format must be json or text, got '\(format)'") }
-        if chat && options.prompt == nil { throw ValidationError("--chat needs the user's message as --prompt TEXT") }
+        if chat && !options.hasText { throw ValidationError("--chat needs the user's message as --prompt TEXT or --prompt-file PATH") }
         if !chat && (system != nil || chatTemplate != nil) { throw ValidationError("--system and --chat-template apply only with --chat") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
     }
@@ -241,7 +337,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let ids: [Int]
-            if chat, let prompt = options.prompt {
+            if chat, let prompt = try options.promptText() {
                 let format = try ChatFormat(modelPath: try options.modelPath(), override: chatTemplate)
                 ids = try format.tokens((system.map { [ChatMessage(role: "system", content: $0)] } ?? [])
                     + [ChatMessage(role: "user", content: prompt)])
@@ -250,20 +346,25 @@ struct Generate: ParsableCommand {
             }
             let model = try options.load()
             // Text in, text out: with --prompt the new tokens are streamed as text.
-            let tokenizer = options.prompt != nil ? try openTokenizer(path: try options.modelPath()) : nil
+            let tokenizer = options.hasText ? try openTokenizer(path: try options.modelPath()) : nil
             var stream = tokenizer.map { StreamingDetokenizer($0, skipSpecial: true) }
             let gen = Generator(model: model)
-            let out = try gen.generate(prompt: ids, maxTokens: maxTokens, sampling: sampling.parameters, ignoreEOS: ignoreEos) { tok in
+            let result = try gen.run(prompt: ids, maxTokens: maxTokens, sampling: sampling.parameters, ignoreEOS: ignoreEos) { tok in
                 if format == "text" {
                     let piece = stream != nil ? stream!.push(tok) : "\(tok) "
                     FileHandle.standardOutput.write(Data(piece.utf8))
                 }
                 return true
             }
+            let out = result.tokens
+            if result.finishReason == .length && out.count < maxTokens {
+                FileHandle.standardError.write(Data(
+                    "note: stopped after \(out.count) tokens: prompt and output fill the model's context of \(model.maxPositions) positions\n".utf8))
+            }
             if format == "json" {
                 var s = "{\"tokens\": [\(out.map(String.init).joined(separator: ", "))]"
                 if let tokenizer { s += ", \"text\": \(jsonString(tokenizer.decode(out, skipSpecial: true)))" }
-                printJSON(s + "}")
+                printJSON(s + ", \"finish_reason\": \"\(result.finishReason.rawValue)\"}")
             } else {
                 printJSON(stream?.finish() ?? "")
             }

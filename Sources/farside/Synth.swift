@@ -22,8 +22,11 @@ struct Synth: ParsableCommand {
     @Option(name: .long, help: "Random seed.")
     var seed: UInt64 = 0
 
-    @Option(name: .long, help: "Output directory (created).")
+    @Option(name: .long, help: "Output directory (created; must be empty or absent unless --force).")
     var out: String
+
+    @Flag(name: .long, help: "Write into a non-empty --out, first removing the checkpoint files there (config.json, *.safetensors, the index, tokenizer and generation files).")
+    var force = false
 
     func validate() throws {
         guard (preset == nil) != (config == nil) else { throw ValidationError("give exactly one of --preset or --config") }
@@ -47,9 +50,34 @@ struct Synth: ParsableCommand {
                 cfg = try ConfigJSON(data: data, source: url.path).object
                 cfg["model_type"] = arch
             }
+            try prepareOutput(URL(fileURLWithPath: out))
             let t: TensorDType = dtype == "f32" ? .f32 : dtype == "f16" ? .f16 : .bf16
             let params = try SyntheticModel.write(config: cfg, dtype: t, seed: seed, to: URL(fileURLWithPath: out))
             printJSON("{\"out\": \"\(out)\", \"parameters\": \(params), \"bytes\": \(params * (t == .f32 ? 4 : 2))}")
+        }
+    }
+
+    /// Files of a Hugging Face checkpoint that `--force` clears from `--out` so nothing stale (an
+    /// old shard index, another model's tokenizer) is read together with the new weights.
+    static func isCheckpointFile(_ name: String) -> Bool {
+        name.hasSuffix(".safetensors") || ["config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                                           "chat_template.jinja", "generation_config.json", "special_tokens_map.json"].contains(name)
+    }
+
+    /// Refuses an existing non-empty `dir` (a checkpoint would be overwritten and mixed with
+    /// stale files) unless `--force`, which removes its checkpoint files first.
+    func prepareOutput(_ dir: URL) throws {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDir) else { return }
+        guard isDir.boolValue else { throw ValidationError("--out \(dir.path) exists and is not a directory") }
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+        guard !names.isEmpty else { return }
+        guard force else {
+            throw ValidationError("--out \(dir.path) is not empty (\(names.sorted().prefix(3).joined(separator: ", "))\(names.count > 3 ? ", ..." : "")); "
+                + "choose an empty or new directory, or pass --force to replace the checkpoint in it")
+        }
+        for n in names where Self.isCheckpointFile(n) {
+            try FileManager.default.removeItem(at: dir.appendingPathComponent(n))
         }
     }
 }

@@ -1,19 +1,30 @@
 import ArgumentParser
 import Checkpoint
 import Foundation
+import Models
 import Tokenizer
 
 /// Opens the tokenizer of a model: a GGUF file's metadata, or `tokenizer.json` in a Hugging Face directory.
 func openTokenizer(path: String) throws -> BPETokenizer {
     let url = URL(fileURLWithPath: path)
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-        throw TokenizerError.malformed("no such file or directory", source: path)
+    switch try ModelRegistry.kind(of: url) {
+    case .directory:
+        let json = url.appendingPathComponent("tokenizer.json")
+        guard FileManager.default.fileExists(atPath: json.path) else { throw TokenizerMissing(model: path) }
+        return try BPETokenizer(tokenizerJSON: json)
+    case .gguf:
+        let file = try GGUFFile(url: url)
+        guard file.metadata["tokenizer.ggml.tokens"] != nil else { throw TokenizerMissing(model: path) }
+        return try BPETokenizer(gguf: file)
     }
-    if isDir.boolValue {
-        return try BPETokenizer(tokenizerJSON: url.appendingPathComponent("tokenizer.json"))
+}
+
+/// A model without a tokenizer (e.g. one `farside synth` wrote) asked to read or write text.
+struct TokenizerMissing: Error, CustomStringConvertible {
+    let model: String
+    var description: String {
+        "\(model) has no tokenizer (no tokenizer.json or GGUF tokenizer metadata), so it cannot read text; give the input as token ids with --tokens 5,17,3"
     }
-    return try BPETokenizer(gguf: try GGUFFile(url: url))
 }
 
 struct Tokenize: ParsableCommand {

@@ -189,7 +189,7 @@ final class CLITests: XCTestCase {
     }
 
     func testMissingModelDirectory() throws {
-        try assertFails(["logits", "--model", "/nonexistent/farside-model", "--tokens", "1"], mentioning: ["config.json"])
+        try assertFails(["logits", "--model", "/nonexistent/farside-model", "--tokens", "1"], mentioning: ["/nonexistent/farside-model", "no such file or directory"])
     }
 
     func testTruncatedSafetensors() throws {
