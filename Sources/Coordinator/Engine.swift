@@ -1,9 +1,11 @@
 import Foundation
 import Models
 
-/// Why a request's generation ended, in OpenAI's words where they exist.
+/// Why a generation ended, in OpenAI's words where they exist (`Generator` ends with `stop`
+/// or `length` only).
 public enum FinishReason: String, Sendable {
-    /// An end-of-sequence or stop token (or, decided by the caller, a stop string).
+    /// An end-of-sequence or stop token (included in the output), a stop string, or the caller
+    /// asked to stop.
     case stop
     /// `maxTokens` generated, or the model's context is full.
     case length

@@ -17,13 +17,6 @@ public enum GenerationError: Error, CustomStringConvertible {
 }
 
 /// Why a generation ended, as OpenAI-style servers report it.
-public enum FinishReason: String, Sendable {
-    /// An end-of-sequence or stop token (included in the output), or the caller asked to stop.
-    case stop
-    /// The token limit was reached: the requested maximum, or the model's context.
-    case length
-}
-
 /// What a generation produced and why it ended.
 public struct Generation: Sendable {
     public let tokens: [Int]

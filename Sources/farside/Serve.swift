@@ -16,6 +16,8 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "A GGUF file or a Hugging Face checkpoint directory (default: the default model).")
     var model: String?
 
+    @OptionGroup var threads: ThreadOptions
+
     @Option(name: .long, help: "Address to listen on.")
     var host: String = "127.0.0.1"
 
@@ -80,6 +82,13 @@ struct Serve: ParsableCommand {
         try runReportingErrors {
             var logger = Logger(label: "farside") { StreamLogHandler.standardError(label: $0) }
             logger.logLevel = .info
+            // SIGTERM/SIGINT drain the server (ServiceLifecycle handles them once it runs, and the
+            // local nodes stop after the drain), so the node-killing handlers LocalNodes installs
+            // where a signal has its default action must not take them; a client or stdout that
+            // goes away must not end the server either.
+            signal(SIGTERM, SIG_IGN)
+            signal(SIGINT, SIG_IGN)
+            signal(SIGPIPE) { _ in }
             let path = try model ?? DefaultModel.path()
             let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense)
             let tokenizer = try? openTokenizer(path: path)
