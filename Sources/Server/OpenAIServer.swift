@@ -74,10 +74,15 @@ public final class OpenAIServer: Sendable {
             router: buildRouter(),
             server: .http1(configuration: .init(idleTimeout: .seconds(options.idleTimeout))),
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "farside"),
-            services: [EngineService(engine: model.engine, drainTimeout: options.drainTimeout)],
             onServerRunning: { channel in onListening(channel.localAddress?.port ?? 0) },
             logger: logger)
-        try await app.runService()
+        // A service group shuts its services down last first: the engine drains (running
+        // requests finish within drainTimeout, new ones get 503) before the HTTP server stops,
+        // whose own shutdown waits for the connections those requests hold.
+        let group = ServiceGroup(configuration: .init(
+            services: [app, EngineService(engine: model.engine, drainTimeout: options.drainTimeout)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
     }
 
     func buildRouter() -> Hummingbird.Router<BasicRequestContext> {

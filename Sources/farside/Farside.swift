@@ -171,19 +171,25 @@ private func sliced(_ model: DecoderModel, fingerprint: String, denseSlices: Int
 /// that the nodes have work; a MoE model keeps its dense layers beside attention (the
 /// coordinator's job in attention-FFN disaggregation, and the only way its logits stay bit-identical
 /// to the in-process engine) unless `--split-dense` asks otherwise.
-func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDense: Int? = nil) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
+///
+/// `remoteNodes` more nodes, started elsewhere with `farside expert --coordinator` pointed at
+/// `controlEndpoint` (default: an ephemeral loopback port), are waited for as well.
+func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDense: Int? = nil,
+               remoteNodes: Int = 0, controlEndpoint: String? = nil) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
     let (whole, wholeFingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
+    let nodeCount = localNodes + remoteNodes
     var slices = splitDense
-    if slices == nil, localNodes > 0, whole.sparseLayers.isEmpty { slices = localNodes }
+    if slices == nil, nodeCount > 0, whole.sparseLayers.isEmpty { slices = nodeCount }
     let (m, fingerprint) = try sliced(whole, fingerprint: wholeFingerprint, denseSlices: slices)
     guard !m.sparseLayers.isEmpty else { return (m, nil) }
-    if localNodes == 0 {
+    if nodeCount == 0 {
         m.experts = try LocalExperts(model: m)
         return (m, nil)
     }
     let verbose = ProcessInfo.processInfo.environment["FARSIDE_LOG"] != nil
     var opts = ExpertCluster.Options()
     opts.nodeTimeout = nodeTimeout
+    if let controlEndpoint { opts.controlEndpoint = controlEndpoint }
     let cluster = try ExpertCluster(model: m, fingerprint: fingerprint, options: opts) {
         if verbose { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
     }
@@ -191,7 +197,11 @@ func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDens
     LocalRun.nodes = nodes
     try nodes.start(count: localNodes, model: path, coordinator: cluster.controlEndpoint, quiet: !verbose,
                     extraArguments: slices.map { ["--split-dense", "\($0)"] } ?? [])
-    try cluster.start(expecting: localNodes)
+    if remoteNodes > 0 {
+        FileHandle.standardError.write(Data(("waiting for \(remoteNodes) expert node(s) to register at \(cluster.controlEndpoint)"
+            + (slices.map { " (start them with --split-dense \($0))" } ?? "") + "\n").utf8))
+    }
+    try cluster.start(expecting: nodeCount, timeout: remoteNodes > 0 ? 600 : 60)
     m.experts = cluster
     return (m, cluster)
 }

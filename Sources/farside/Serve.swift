@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Models
 import Server
+import Transport
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,6 +27,12 @@ struct Serve: ParsableCommand {
 
     @Option(name: .long, help: "Expert-node processes to start on this machine (0: experts in this process).")
     var localNodes: Int = 0
+
+    @Option(name: .long, help: "Expert nodes started elsewhere (farside expert --coordinator ENDPOINT) to wait for before serving.")
+    var nodes: Int = 0
+
+    @Option(name: .long, help: "The control endpoint expert nodes register at, e.g. tcp://0.0.0.0:5500 (default: an ephemeral loopback port).")
+    var nodeListen: String?
 
     @Option(name: .long, help: "Seconds without a reply before an expert node is declared dead.")
     var nodeTimeout: Double = 2
@@ -66,6 +73,14 @@ struct Serve: ParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
         guard (0...64).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
+        guard (0...64).contains(nodes) else { throw ValidationError("--nodes must be in 0...64, got \(nodes)") }
+        if nodes > 0 && nodeListen == nil { throw ValidationError("--nodes needs --node-listen ENDPOINT for the nodes to register at") }
+        if let e = nodeListen {
+            guard e.hasPrefix("tcp://") || e.hasPrefix("ipc://") else {
+                throw ValidationError("--node-listen '\(e)' is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+            }
+            do { try ZMQSocket.checkEndpoint(e, binding: true) } catch { throw ValidationError("--node-listen: \(error)") }
+        }
         guard nodeTimeout > 0 && nodeTimeout.isFinite else { throw ValidationError("--node-timeout must be a positive number of seconds") }
         if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
         guard (1...65536).contains(maxBatchTokens) else { throw ValidationError("--max-batch-tokens must be in 1...65536, got \(maxBatchTokens)") }
@@ -90,7 +105,8 @@ struct Serve: ParsableCommand {
             signal(SIGINT, SIG_IGN)
             signal(SIGPIPE) { _ in }
             let path = try model ?? DefaultModel.path()
-            let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense)
+            let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense,
+                                             remoteNodes: nodes, controlEndpoint: nodeListen)
             let tokenizer = try? openTokenizer(path: path)
             let format = try? ChatFormat(modelPath: path, override: chatTemplate)
             if chatTemplate != nil && format == nil {
@@ -122,14 +138,14 @@ struct Serve: ParsableCommand {
             server.maxBodyBytes = maxBodyBytes
             server.defaultMaxTokens = defaultMaxTokens
             let http = OpenAIServer(model: served, options: server, logger: logger)
-            let host = self.host, nodes = localNodes, arch = m.architecture
+            let host = self.host, nodeCount = localNodes + nodes, arch = m.architecture
             let done = DispatchSemaphore(value: 0)
             nonisolated(unsafe) var failure: Error?
             Task {
                 do {
                     try await http.run { port in
                         // One line on stdout that scripts and tests wait for.
-                        print("farside serve: \(arch) as '\(name)' on http://\(host):\(port) (\(nodes) local expert nodes)")
+                        print("farside serve: \(arch) as '\(name)' on http://\(host):\(port) (\(nodeCount) expert nodes)")
                         fflush(stdout)
                     }
                 } catch {

@@ -304,6 +304,24 @@ def test_cancelled_stream_frees_its_sequence(server):
     assert m["farside_requests_cancelled_total"] > before
 
 
+def test_sigterm_cancels_what_outlasts_the_drain_timeout():
+    """A request that would run for minutes does not hold the shutdown past --drain-timeout."""
+    s = Server("--drain-timeout", "2")
+    result = {}
+
+    def run():
+        result["r"] = s.request("POST", "/v1/completions", {"prompt": "Count:", "max_tokens": 4000, "ignore_eos": True})
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.0)
+    start = time.time()
+    assert s.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.time() - start < 20
+    t.join(30)
+    status, _, body = result["r"]
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] < 4000
+
+
 def test_api_key():
     s = Server("--api-key", "sekret")
     try:
@@ -470,3 +488,28 @@ def test_schemathesis_finds_no_server_error():
         assert s.proc.poll() is None, "the server died under fuzzing"
     finally:
         assert s.stop() == 0
+
+
+def test_node_started_elsewhere_serves_the_experts():
+    """`--nodes 1 --node-listen ENDPOINT`: an expert node started by hand registers, gets every
+    routed expert, and the server's tokens equal farside generate in process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    model = FIXTURES / "qwen3_moe"
+    prompt = [5, 17, 3, 42, 8]
+    want = json.loads(farside("generate", "--model", str(model), "--tokens", ",".join(map(str, prompt)),
+                              "--max-tokens", "10", "--ignore-eos", "--format", "json"))["tokens"]
+    node = subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", f"tcp://127.0.0.1:{port}",
+                             "--model", str(model), "--node-id", "by-hand", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        s = Server("--nodes", "1", "--node-listen", f"tcp://127.0.0.1:{port}", model=model)
+        try:
+            assert complete_ids(s, prompt, 10)[0] == want
+            assert s.metrics()["farside_expert_nodes_alive"] == 1
+        finally:
+            assert s.stop() == 0
+    finally:
+        node.kill()
+        node.wait()
