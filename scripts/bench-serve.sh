@@ -20,7 +20,7 @@ peer_bin=$(scripts/build-llama-cpp.sh llama-server)
 port=18431
 wait_ready() {
   for _ in $(seq 1 600); do
-    .venv/bin/python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null && return 0
+    .venv/bin/python -c "import http.client; c = http.client.HTTPConnection('127.0.0.1', $port, timeout=1); c.request('GET', '/health'); assert c.getresponse().status == 200" 2>/dev/null && return 0
     sleep 0.5
   done
   echo "server on $port did not become ready" >&2; return 1

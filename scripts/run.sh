@@ -17,16 +17,17 @@ port=${FARSIDE_PORT:-8000}
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; exit 0' INT TERM
 .venv/bin/python - "$port" "$question" <<'PY'
-import json, sys, time, urllib.request
+import http.client, json, sys, time
 import openai
 port, question = sys.argv[1], sys.argv[2]
 base = f"http://127.0.0.1:{port}"
 deadline = time.time() + 300
 while True:
     try:
-        with urllib.request.urlopen(base + "/health", timeout=2) as r:
-            if json.load(r).get("status") == "ok":
-                break
+        conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=2)
+        conn.request("GET", "/health")
+        if json.loads(conn.getresponse().read()).get("status") == "ok":
+            break
     except Exception:
         pass
     if time.time() > deadline:

@@ -12,7 +12,7 @@ FARSIDE_BIN="$PWD/.build/release/farside" swift test -c release -Xswiftc -enable
 status=${PIPESTATUS[0]}
 set -e
 # XCTest's own count ("Executed N tests, with F failures").
-summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1)
+summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1 || true)
 total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
 failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
 if [ -z "$summary" ]; then total=0; failed=0; [ "$status" -eq 0 ] && status=1; fi
@@ -22,10 +22,10 @@ FARSIDE_BIN="$PWD/.build/release/farside" .venv/bin/python -m pytest -q -p no:ca
 py_status=${PIPESTATUS[0]}
 set -e
 # pytest's last line: "N failed, M passed, K errors in T s".
-py_line=$(grep -E "^=*.* in [0-9.]+s" "$log" | tail -1)
-py_passed=$(echo "$py_line" | grep -Eo "[0-9]+ passed" | cut -d' ' -f1)
-py_failed=$(echo "$py_line" | grep -Eo "[0-9]+ (failed|errors?)" | awk '{s += $1} END {print s + 0}')
+py_line=$(grep -E "^=*.* in [0-9.]+s" "$log" | tail -1 || true)
+py_passed=$(echo "$py_line" | grep -Eo "[0-9]+ passed" | cut -d' ' -f1 || true)
+py_failed=$(echo "$py_line" | { grep -Eo "[0-9]+ (failed|errors?)" || true; } | awk '{s += $1} END {print s + 0}')
 rm -f "$log"
-[ "$py_status" -ne 0 ] && status=$py_status
+if [ "$py_status" -ne 0 ]; then status=$py_status; fi
 echo "tests: $((total - failed + ${py_passed:-0})) passed, $((failed + py_failed)) failed"
 exit "$status"
