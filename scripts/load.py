@@ -46,10 +46,16 @@ def peak_rss_kib(pid):
     return None
 
 
+def token_prompts(vocab):
+    """Prompts as token ids (for a model without a tokenizer), as long as the text ones."""
+    return [[(i * 31 + k * 17) % (vocab - 10) + 5 for k in range(14 + 2 * i)] for i in range(len(PROMPTS))]
+
+
 def stream_one(host, port, prompt, max_tokens, model):
-    """One streaming request; returns (ttft, token_times, tokens) or raises."""
+    """One streaming request; returns (ttft, token_times) or raises. A chunk with text or a
+    token id is a token (return_token_ids: Farside sends every token, even one without text)."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0,
-            "ignore_eos": True}
+            "ignore_eos": True, "return_token_ids": True}
     if model:
         body["model"] = model
     conn = http.client.HTTPConnection(host, port, timeout=300)
@@ -75,7 +81,7 @@ def stream_one(host, port, prompt, max_tokens, model):
         if "error" in obj:
             raise RuntimeError(f"stream error: {obj['error']}")
         for c in obj.get("choices") or []:
-            if c.get("text"):
+            if c.get("text") or c.get("token_ids"):
                 times.append(time.perf_counter())
     conn.close()
     if not done:
@@ -95,6 +101,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--model", default=None)
     ap.add_argument("--pid", type=int, default=None, help="the server's pid, for its peak RSS")
+    ap.add_argument("--token-prompts", type=int, default=0, metavar="VOCAB",
+                    help="send prompts as token ids below VOCAB (a model without a tokenizer)")
     a = ap.parse_args()
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("load.py sends traffic to loopback only")
@@ -105,11 +113,12 @@ def main():
     tokens = [0]
     first_start, last_end = [None], [None]
     stop_at = time.perf_counter() + a.duration if a.duration > 0 else None
+    prompts = token_prompts(a.token_prompts) if a.token_prompts > 10 else PROMPTS
 
     def client(i):
         n = 0
         while (a.requests == 0 or n < a.requests) and (stop_at is None or time.perf_counter() < stop_at):
-            prompt = PROMPTS[(i + n) % len(PROMPTS)]
+            prompt = prompts[(i + n) % len(prompts)]
             try:
                 ttft, times = stream_one(a.host, a.port, prompt, a.max_tokens, a.model)
                 with lock:

@@ -266,8 +266,7 @@ public final class OpenAIServer: Sendable {
                     try await emit("", t)
                     continue
                 }
-                var piece = detok?.push(t.id) ?? ""
-                if detok == nil { piece = "" }
+                let piece = detok?.push(t.id) ?? ""
                 let (text, matched) = stops.push(piece)
                 out.text += text
                 try await emit(text, t)
@@ -281,7 +280,8 @@ public final class OpenAIServer: Sendable {
             case let .finished(reason, usage):
                 out.usage = usage
                 if !stopped {
-                    out.finish = reason == .length ? "length" : "stop"
+                    // vLLM's name for a request ended by the server (here: a drain that ran out of time).
+                    out.finish = reason == .length ? "length" : reason == .cancelled ? "abort" : "stop"
                     var tail = detok?.finish() ?? ""
                     tail = stops.push(tail).text + stops.flush()
                     if !tail.isEmpty {
@@ -353,14 +353,20 @@ public final class OpenAIServer: Sendable {
                 }
                 let out = try await drive(job, run) { text, t in
                     let wantsLogprobs = job.params.topLogprobs != nil && t != nil && !(t!.isStop)
-                    guard !text.isEmpty || wantsLogprobs else { return }
+                    // With return_token_ids every generated token gets its chunk, text or not
+                    // (as vLLM streams them; a model without a tokenizer has no text at all).
+                    let wantsIDs = job.params.returnTokenIDs && t != nil
+                    guard !text.isEmpty || wantsLogprobs || wantsIDs else { return }
+                    var choice: [String: Any]
                     if job.chat {
                         let lp: Any = wantsLogprobs ? ["content": [logprobEntry(t!)]] : NSNull()
-                        try await send(chunk(["index": 0, "delta": ["content": text], "logprobs": lp, "finish_reason": NSNull()]))
+                        choice = ["index": 0, "delta": ["content": text], "logprobs": lp, "finish_reason": NSNull()]
                     } else {
                         let lp: Any = wantsLogprobs ? completionLogprobs([t!]) : NSNull()
-                        try await send(chunk(["index": 0, "text": text, "logprobs": lp, "finish_reason": NSNull()]))
+                        choice = ["index": 0, "text": text, "logprobs": lp, "finish_reason": NSNull()]
                     }
+                    if wantsIDs { choice["token_ids"] = [t!.id] }
+                    try await send(chunk(choice))
                 }
                 record(job, run, out, status: out.failure == nil ? 200 : 500)
                 if let why = out.failure {
@@ -436,8 +442,6 @@ struct OpenAIErrors: RouterMiddleware {
         } catch let e as HTTPError {
             metrics.requests(status: Int(e.status.code)).increment()
             return APIError(status: e.status, message: e.body ?? "\(e.status.reasonPhrase)", type: "invalid_request_error").response()
-        } catch is NIOTooManyBytesError {
-            return APIError.tooLarge(limit: 0).response()
         }
     }
 }

@@ -138,11 +138,11 @@ func dieWithParent(_ parent: Int32) throws {
 
 struct Cluster: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage a local cluster.", subcommands: [Up.self])
+        abstract: "Kept for old scripts: `cluster up` is `farside serve --local-nodes N` now.", subcommands: [Up.self])
 
     struct Up: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Start a coordinator and N expert nodes on loopback; stop them all on Ctrl-C or SIGTERM.")
+            abstract: "The same as `farside serve --local-nodes N`: the model served over HTTP with N local expert nodes until Ctrl-C or SIGTERM.")
 
         @Option(name: .long, help: "A GGUF file or a Hugging Face checkpoint directory (default: the default model).")
         var model: String?
@@ -150,29 +150,21 @@ struct Cluster: ParsableCommand {
         @Option(name: .long, help: "Number of expert-node processes.")
         var nodes: Int = 2
 
+        @Option(name: .long, help: "Address to listen on.")
+        var host: String = "127.0.0.1"
+
+        @Option(name: .long, help: "Port to listen on (0: any free port; the chosen one is printed).")
+        var port: Int = 8000
+
         func validate() throws {
             guard nodes >= 1 && nodes <= 64 else { throw ValidationError("--nodes must be in 1...64, got \(nodes)") }
         }
 
         func run() throws {
-            try runReportingErrors {
-                signal(SIGINT, SIG_IGN)
-                signal(SIGTERM, SIG_IGN)
-                let stop = DispatchSemaphore(value: 0)
-                var sources: [DispatchSourceSignal] = []
-                for sig in [SIGINT, SIGTERM] {
-                    let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                    s.setEventHandler { stop.signal() }
-                    s.resume()
-                    sources.append(s)
-                }
-                let opts = try ModelOptions.parse(["--model", try model ?? DefaultModel.path(), "--tokens", "0", "--local-nodes", "\(nodes)"])
-                let m = try opts.load()
-                FileHandle.standardError.write(Data("cluster up: \(m.architecture) with \(nodes) expert nodes; Ctrl-C stops it\n".utf8))
-                stop.wait()
-                FileHandle.standardError.write(Data("cluster: stopping\n".utf8))
-                _ = sources
-            }
+            var args = ["--local-nodes", "\(nodes)", "--host", host, "--port", "\(port)"]
+            if let model { args += ["--model", model] }
+            FileHandle.standardError.write(Data("cluster up: running `farside serve \(args.joined(separator: " "))`\n".utf8))
+            try Serve.parse(args).run()
         }
     }
 }

@@ -61,7 +61,7 @@ final class NodeLifetimeTests: XCTestCase {
     /// SIGKILL of `cluster up`: afterwards none of its nodes is alive.
     func testNodesDieWithTheirParentOnEverySignal() throws {
         for (args, sig) in [(["chat", "--local-nodes", "2"], SIGTERM), (["chat", "--local-nodes", "2"], SIGINT),
-                            (["chat", "--local-nodes", "2"], SIGKILL), (["cluster", "up", "--nodes", "2"], SIGKILL)] {
+                            (["chat", "--local-nodes", "2"], SIGKILL), (["cluster", "up", "--nodes", "2", "--port", "0"], SIGKILL)] {
             let (dir, model) = try uniqueModel()
             defer { try? FileManager.default.removeItem(at: dir) }
             let (p, input) = try start(args + ["--model", model], model: model, expected: 2)

@@ -409,7 +409,7 @@ final class ClusterTests: XCTestCase {
         }
         let p = Process()
         p.executableURL = try Harness.binary
-        p.arguments = ["cluster", "up", "--model", dir.path, "--nodes", "2"]
+        p.arguments = ["cluster", "up", "--model", dir.path, "--nodes", "2", "--port", "0"]
         let err = Pipe()
         p.standardError = err
         try p.run()

@@ -158,6 +158,19 @@ def test_text_completion_from_text_and_token_ids(server):
     assert streamed == r.choices[0].text
 
 
+def test_streamed_token_ids_equal_the_whole_answer(server):
+    """return_token_ids while streaming: one chunk per generated token, carrying its id."""
+    body = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
+    status, _, whole = server.request("POST", "/v1/completions", body)
+    assert status == 200
+    want = json.loads(whole)["choices"][0]["token_ids"]
+    status, _, raw = server.request("POST", "/v1/completions", {**body, "stream": True})
+    assert status == 200
+    chunks = [json.loads(line[5:]) for line in raw.decode().split("\n\n") if line.startswith("data: {")]
+    ids = [i for ch in chunks for c in ch["choices"] for i in c.get("token_ids", [])]
+    assert len(want) == 12 and ids == want
+
+
 def test_stop_strings_cut_the_text(server):
     c = server.client()
     full = c.completions.create(model=server.model, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0).choices[0].text
@@ -319,7 +332,10 @@ def test_sigterm_cancels_what_outlasts_the_drain_timeout():
     assert time.time() - start < 20
     t.join(30)
     status, _, body = result["r"]
-    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] < 4000
+    answer = json.loads(body)
+    assert status == 200 and answer["usage"]["completion_tokens"] < 4000
+    # Cut short by the server, not ended by the model: vLLM's "abort".
+    assert answer["choices"][0]["finish_reason"] == "abort"
 
 
 def test_api_key():
