@@ -125,6 +125,10 @@ public final class Engine: @unchecked Sendable {
         /// to read the expert backend's state, which only that thread may touch: expert nodes
         /// alive and known.
         public var nodeProbe: (@Sendable () -> (alive: Int, known: Int))?
+        /// Called on the engine thread while it has nothing to run, about five times a second:
+        /// lets the expert backend take in nodes that register with a running server
+        /// (`ExpertCluster.tend`), which it otherwise only hears from during steps.
+        public var idleWork: (@Sendable () -> Void)?
         public init() {}
     }
 
@@ -266,8 +270,9 @@ public final class Engine: @unchecked Sendable {
         while true {
             lock.lock()
             while inbox.isEmpty && cancelled.isEmpty && scheduler.isIdle && !stopping {
-                if !lock.wait(until: Date().addingTimeInterval(1)) {
+                if !lock.wait(until: Date().addingTimeInterval(0.2)) {
                     lock.unlock()
+                    options.idleWork?()
                     publishStats()
                     lock.lock()
                 }

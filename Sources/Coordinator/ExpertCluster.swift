@@ -306,6 +306,24 @@ public final class ExpertCluster: ExpertBackend {
         try place()
     }
 
+    /// Takes in what happened while no step ran: control messages (a node registering with a
+    /// running server, heartbeats) and dropped connections; a node that joined gets its share
+    /// of the experts (a rebalance over every live node) before this returns. Only between
+    /// steps: with a step in flight the rebalance waits for the next `beginExperts`. Failures
+    /// are logged, not thrown: serving goes on with the nodes it had.
+    public func tend() {
+        pumpEvents()
+        do {
+            try pumpControl(timeout: 0)
+            if rebalancePending && steps.isEmpty {
+                rebalancePending = false
+                try place(rebalance: true)
+            }
+        } catch {
+            log("could not take in a joining node: \(error)")
+        }
+    }
+
     /// Spreads every routed expert over the live nodes in proportion to their memory budgets
     /// (equal shares when budgets are unset), keeping experts where they already are when their
     /// node is alive, then sends each node its complete assignment and waits for the loads.

@@ -174,8 +174,11 @@ private func sliced(_ model: DecoderModel, fingerprint: String, denseSlices: Int
 ///
 /// `remoteNodes` more nodes, started elsewhere with `farside expert --coordinator` pointed at
 /// `controlEndpoint` (default: an ephemeral loopback port), are waited for as well.
+/// `logNodeEvents` prints the coordinator's node events (registrations, deaths, placements) on
+/// stderr without FARSIDE_LOG, as a long-running server should.
 func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDense: Int? = nil,
-               remoteNodes: Int = 0, controlEndpoint: String? = nil) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
+               remoteNodes: Int = 0, controlEndpoint: String? = nil,
+               logNodeEvents: Bool = false) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
     let (whole, wholeFingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
     let nodeCount = localNodes + remoteNodes
     var slices = splitDense
@@ -191,7 +194,7 @@ func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDens
     opts.nodeTimeout = nodeTimeout
     if let controlEndpoint { opts.controlEndpoint = controlEndpoint }
     let cluster = try ExpertCluster(model: m, fingerprint: fingerprint, options: opts) {
-        if verbose { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
+        if verbose || logNodeEvents { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
     }
     let nodes = LocalNodes()
     LocalRun.nodes = nodes

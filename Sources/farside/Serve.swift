@@ -106,7 +106,7 @@ struct Serve: ParsableCommand {
             signal(SIGPIPE) { _ in }
             let path = try model ?? DefaultModel.path()
             let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense,
-                                             remoteNodes: nodes, controlEndpoint: nodeListen)
+                                             remoteNodes: nodes, controlEndpoint: nodeListen, logNodeEvents: true)
             let tokenizer = try? openTokenizer(path: path)
             let format = try? ChatFormat(modelPath: path, override: chatTemplate)
             if chatTemplate != nil && format == nil {
@@ -121,6 +121,8 @@ struct Serve: ParsableCommand {
                     let states = cluster.nodeStates
                     return (states.filter(\.alive).count, states.count)
                 }
+                // Nodes started elsewhere may register at --node-listen while the server runs.
+                opts.idleWork = { [cluster] in cluster.tend() }
             }
             let engine = Engine(model: m, options: opts)
             engine.start()

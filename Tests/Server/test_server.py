@@ -508,7 +508,9 @@ def test_schemathesis_finds_no_server_error():
 
 def test_node_started_elsewhere_serves_the_experts():
     """`--nodes 1 --node-listen ENDPOINT`: an expert node started by hand registers, gets every
-    routed expert, and the server's tokens equal farside generate in process."""
+    routed expert, and the server's tokens equal farside generate in process. A second node
+    started while the server runs registers with it, gets a share of the experts, and the
+    tokens stay the same."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -516,16 +518,32 @@ def test_node_started_elsewhere_serves_the_experts():
     prompt = [5, 17, 3, 42, 8]
     want = json.loads(farside("generate", "--model", str(model), "--tokens", ",".join(map(str, prompt)),
                               "--max-tokens", "10", "--ignore-eos", "--format", "json"))["tokens"]
-    node = subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", f"tcp://127.0.0.1:{port}",
-                             "--model", str(model), "--node-id", "by-hand", "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start_node(name):
+        return subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", f"tcp://127.0.0.1:{port}",
+                                 "--model", str(model), "--node-id", name, "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes = [start_node("by-hand")]
     try:
         s = Server("--nodes", "1", "--node-listen", f"tcp://127.0.0.1:{port}", model=model)
         try:
             assert complete_ids(s, prompt, 10)[0] == want
             assert s.metrics()["farside_expert_nodes_alive"] == 1
+            nodes.append(start_node("joined-later"))
+            deadline = time.time() + 60
+            while s.metrics()["farside_expert_nodes_alive"] < 2 and time.time() < deadline:
+                time.sleep(0.2)
+            assert s.metrics()["farside_expert_nodes_alive"] == 2
+            placed = re.compile(r"placement epoch \d+: .*joined-later=[1-9]")
+            while not placed.search("".join(s.stderr_lines)) and time.time() < deadline:
+                time.sleep(0.2)
+            log = "".join(s.stderr_lines)
+            assert "node joined-later registered" in log
+            # The rebalance gave the new node experts: its share appears in the placement line.
+            assert placed.search(log), log[-2000:]
+            assert complete_ids(s, prompt, 10)[0] == want
         finally:
             assert s.stop() == 0
     finally:
-        node.kill()
-        node.wait()
+        for node in nodes:
+            node.kill()
+            node.wait()
