@@ -59,6 +59,7 @@ public final class OpenAIServer: Sendable {
     public let options: ServerOptions
     let logger: Logger
     let metrics: ServerMetrics
+    let shutdownSwitch = ShutdownSwitch()
 
     public init(model: ServedModel, options: ServerOptions, logger: Logger) {
         self.model = model
@@ -67,8 +68,10 @@ public final class OpenAIServer: Sendable {
         metrics = ServerMetrics()
     }
 
-    /// Serves until SIGTERM or SIGINT, then stops accepting, lets running requests finish
-    /// (bounded by `drainTimeout`) and returns. `onListening` gets the bound port.
+    /// Serves until `shutdown()`, then stops accepting, lets running requests finish (bounded
+    /// by `drainTimeout`) and returns. `onListening` gets the bound port. Signals are the
+    /// caller's: it calls `shutdown()` from its SIGTERM/SIGINT handlers, which it can install
+    /// before this runs, so a signal that arrives while the server starts is not lost.
     public func run(onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         let app = Application(
             router: buildRouter(),
@@ -81,8 +84,16 @@ public final class OpenAIServer: Sendable {
         // whose own shutdown waits for the connections those requests hold.
         let group = ServiceGroup(configuration: .init(
             services: [app, EngineService(engine: model.engine, drainTimeout: options.drainTimeout)],
-            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            gracefulShutdownSignals: [], logger: logger))
+        if shutdownSwitch.attach(group) { await group.triggerGracefulShutdown() }
         try await group.run()
+    }
+
+    /// Starts the graceful shutdown `run` describes; before `run`, makes it shut down as soon as
+    /// it starts. Safe from any thread, any number of times.
+    public func shutdown() {
+        guard let group = shutdownSwitch.request() else { return }
+        Task { await group.triggerGracefulShutdown() }
     }
 
     func buildRouter() -> Hummingbird.Router<BasicRequestContext> {
@@ -460,5 +471,28 @@ struct EngineService: Service {
                 done.resume()
             }
         }
+    }
+}
+
+/// The service group of a running server, or a shutdown asked for before there was one.
+final class ShutdownSwitch: @unchecked Sendable {
+    private let lock = NSLock()
+    private var group: ServiceGroup?
+    private var requested = false
+
+    /// Records the group; true when a shutdown was already asked for.
+    func attach(_ g: ServiceGroup) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        group = g
+        return requested
+    }
+
+    /// Records the request; the group to shut down, if there is one yet.
+    func request() -> ServiceGroup? {
+        lock.lock()
+        defer { lock.unlock() }
+        requested = true
+        return group
     }
 }

@@ -97,12 +97,11 @@ struct Serve: ParsableCommand {
         try runReportingErrors {
             var logger = Logger(label: "farside") { StreamLogHandler.standardError(label: $0) }
             logger.logLevel = .info
-            // SIGTERM/SIGINT drain the server (ServiceLifecycle handles them once it runs, and the
-            // local nodes stop after the drain), so the node-killing handlers LocalNodes installs
-            // where a signal has its default action must not take them; a client or stdout that
-            // goes away must not end the server either.
-            signal(SIGTERM, SIG_IGN)
-            signal(SIGINT, SIG_IGN)
+            // A client or stdout that goes away must not end the server (and LocalNodes must not
+            // take SIGPIPE for its node-killing handler). SIGTERM/SIGINT keep their default
+            // action while the model loads and nodes register (LocalNodes' handler kills the
+            // nodes, then the process dies of the signal: there is nothing to drain yet); once
+            // the server exists they drain it (below).
             signal(SIGPIPE) { _ in }
             let path = try model ?? DefaultModel.path()
             let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense,
@@ -140,6 +139,17 @@ struct Serve: ParsableCommand {
             server.maxBodyBytes = maxBodyBytes
             server.defaultMaxTokens = defaultMaxTokens
             let http = OpenAIServer(model: served, options: server, logger: logger)
+            // From here SIGTERM/SIGINT drain: running requests finish (--drain-timeout), then the
+            // local nodes stop. (As ServiceLifecycle does: the default action off first, then a
+            // dispatch source, which libdispatch on Linux only delivers for an ignored signal.)
+            var signalSources: [DispatchSourceSignal] = []
+            for sig in [SIGTERM, SIGINT] {
+                signal(sig, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                source.setEventHandler { http.shutdown() }
+                source.resume()
+                signalSources.append(source)
+            }
             let host = self.host, nodeCount = localNodes + nodes, arch = m.architecture
             let done = DispatchSemaphore(value: 0)
             nonisolated(unsafe) var failure: Error?
@@ -156,6 +166,7 @@ struct Serve: ParsableCommand {
                 done.signal()
             }
             done.wait()
+            signalSources.forEach { $0.cancel() }
             engine.shutdown(drainTimeout: 0)
             if let failure { throw failure }
             logger.info("stopped")

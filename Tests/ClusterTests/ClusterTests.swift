@@ -410,13 +410,19 @@ final class ClusterTests: XCTestCase {
         let p = Process()
         p.executableURL = try Harness.binary
         p.arguments = ["cluster", "up", "--model", dir.path, "--nodes", "2", "--port", "0"]
-        let err = Pipe()
+        let err = Pipe(), out = Pipe()
         p.standardError = err
+        p.standardOutput = out
         try p.run()
-        let deadline = Date().addingTimeInterval(20)
-        while processes() < 2 && Date() < deadline { usleep(50_000) }
+        // Serving once it prints its address; SIGTERM then drains instead of ending the load.
+        var printed = ""
+        while !printed.contains("on http://") {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            printed += String(decoding: chunk, as: UTF8.self)
+        }
+        XCTAssertTrue(printed.contains("on http://"), printed)
         XCTAssertEqual(processes(), 2, "two expert nodes should be running")
-        usleep(500_000)
         p.terminate()
         p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)

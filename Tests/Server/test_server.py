@@ -338,6 +338,27 @@ def test_sigterm_cancels_what_outlasts_the_drain_timeout():
     assert answer["choices"][0]["finish_reason"] == "abort"
 
 
+def test_sigterm_while_waiting_for_nodes_ends_the_server():
+    """Before it serves (here: waiting for an expert node that never comes) SIGTERM ends the
+    server at once, instead of being lost until the wait gives up."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    p = subprocess.Popen([str(BIN), "serve", "--model", str(FIXTURES / "qwen3_moe"), "--port", "0", "--nodes", "1",
+                          "--node-listen", f"tcp://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        seen = ""
+        while "waiting for 1 expert node" not in seen and time.time() < deadline:
+            seen += p.stderr.readline()
+        assert "waiting for 1 expert node" in seen
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_api_key():
     s = Server("--api-key", "sekret")
     try:
