@@ -5,11 +5,15 @@ extension BPETokenizer {
     /// recognised from its regex: ByteLevel with `use_regex` (GPT-2), a Split on the
     /// Llama-3/Qwen2 pattern, or DeepSeek-V3's three Splits, followed by ByteLevel without regex.
     public convenience init(tokenizerJSON url: URL) throws {
-        let src = url.path
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw TokenizerError.malformed("cannot read: \(error.localizedDescription)", source: src)
+            throw TokenizerError.malformed("cannot read: \(error.localizedDescription)", source: url.path)
         }
+        try self.init(tokenizerJSON: data, source: url.path)
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `source` names it in errors.
+    public convenience init(tokenizerJSON data: Data, source src: String) throws {
         guard let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw TokenizerError.malformed("not a JSON object", source: src)
         }

@@ -1,39 +1,39 @@
 import ChatTemplate
 import Checkpoint
-import Coordinator
 import Foundation
 
 /// A completion request's body, validated: every field OpenAI defines that Farside honours is
 /// read with its type checked and its range enforced, and an error names the field at fault.
 /// Unknown fields are ignored, as OpenAI's own server does for forward compatibility.
-struct CompletionRequest {
-    enum Input {
+public struct CompletionRequest {
+    /// What to complete: chat messages, text, or token ids.
+    public enum Input {
         case messages([ChatMessage])
         case text(String)
         case tokens([Int])
     }
 
-    var model: String?
-    var input: Input
-    var maxTokens: Int?
+    public var model: String?
+    public var input: Input
+    public var maxTokens: Int?
     /// The field `maxTokens` came from (`max_completion_tokens` or `max_tokens`), for errors.
-    var maxTokensField = "max_tokens"
-    var temperature: Float = 1
-    var topP: Float = 1
-    var topK = 0
-    var seed: UInt64?
-    var stop: [String] = []
-    var stream = false
-    var includeUsage = false
+    public var maxTokensField = "max_tokens"
+    public var temperature: Float = 1
+    public var topP: Float = 1
+    public var topK = 0
+    public var seed: UInt64?
+    public var stop: [String] = []
+    public var stream = false
+    public var includeUsage = false
     /// nil: no logprobs; else how many alternatives per token (0...20).
-    var topLogprobs: Int?
-    var ignoreEOS = false
+    public var topLogprobs: Int?
+    public var ignoreEOS = false
     /// Farside's extension (as vLLM's `return_token_ids`): each choice also carries the
     /// generated token ids.
-    var returnTokenIDs = false
+    public var returnTokenIDs = false
 
     /// Parses a chat (`chat == true`, field `messages`) or text completion (field `prompt`) body.
-    init(body: [UInt8], chat: Bool) throws {
+    public init(body: [UInt8], chat: Bool) throws {
         guard !body.isEmpty else { throw APIError.invalid("the request body is empty; send a JSON object") }
         let any: Any
         do { any = try JSONSerialization.jsonObject(with: Data(body)) } catch {
