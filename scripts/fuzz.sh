@@ -11,6 +11,7 @@
 # hung (-timeout), leaked or went over its memory limit, and prints where the reproducer is
 # (fuzz-artifacts/TARGET/). Environment:
 #   FUZZ_MERGE=1      afterwards, minimise committed corpus + new inputs into Fuzz/corpus/TARGET
+#                     (seed-* and regress-* files kept; other inputs over 4 KB dropped)
 #   FUZZ_JOBS=N       build jobs (default 2)
 #   FUZZ_RESULTS=FILE append one line per target: "TARGET ok" or "TARGET failed"
 #   FUZZ_TIMEOUT=S    seconds one input may take before it counts as a hang (default 10)
@@ -29,6 +30,7 @@ scratch=.build-fuzz
 # SwiftPM's --sanitize passes each on its own (--sanitize=fuzzer is still needed: it makes
 # SwiftPM link the executables without a main of their own).
 build=(swift build --scratch-path "$scratch" -j "${FUZZ_JOBS:-2}" --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address)
+build_start=$SECONDS
 for t in "${targets[@]}"; do
   echo "fuzz: building Fuzz$t"
   # The gold linker warns once per ASan symbol; everything else is shown.
@@ -36,6 +38,7 @@ for t in "${targets[@]}"; do
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz: build of Fuzz$t failed" >&2; exit 1; }
 done
 bin=$(FARSIDE_FUZZ=1 "${build[@]}" --show-bin-path)
+echo "fuzz: built ${#targets[@]} targets in $((SECONDS - build_start)) s"
 
 # Largest input per target: whole small model files for the file formats, less for the rest.
 max_len() {
@@ -74,6 +77,14 @@ for t in "${targets[@]}"; do
     merged=$scratch/merged/$t
     rm -rf "$merged" && mkdir -p "$merged"
     "$bin/Fuzz$t" -merge=1 -max_len="$(max_len "$t")" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 "$merged" "$corpus" "$work" >"$scratch/merge-$t.log" 2>&1
+    # Seeds (seed-*, from scripts/make-fuzz-seeds.py) and reproducers of fixed bugs (regress-*)
+    # stay under their names; of the rest, only
+    # inputs up to 4 KB are kept, so the committed corpus stays small.
+    for f in "$corpus"/seed-* "$corpus"/regress-*; do
+      [ -e "$f" ] || continue
+      cp "$f" "$merged/" && rm -f "$merged/$(sha1sum "$f" | cut -d' ' -f1)"
+    done
+    find "$merged" -type f ! -name 'seed-*' ! -name 'regress-*' -size +4096c -delete
     rm -rf "$corpus" && mv "$merged" "$corpus"
     echo "fuzz: $t corpus minimised: $(ls "$corpus" | wc -l) inputs, $(du -sk "$corpus" | cut -f1) KB"
   fi
