@@ -11,7 +11,7 @@
 # hung (-timeout), leaked or went over its memory limit, and prints where the reproducer is
 # (fuzz-artifacts/TARGET/). Environment:
 #   FUZZ_MERGE=1      afterwards, minimise committed corpus + new inputs into Fuzz/corpus/TARGET
-#                     (seed-* and regress-* files kept; other inputs over 4 KB dropped)
+#                     (seed-* and regress-* files kept; other inputs over 2 KB dropped)
 #   FUZZ_JOBS=N       build jobs (default 2)
 #   FUZZ_RESULTS=FILE append one line per target: "TARGET ok" or "TARGET failed"
 #   FUZZ_TIMEOUT=S    seconds one input may take before it counts as a hang (default 10)
@@ -79,12 +79,12 @@ for t in "${targets[@]}"; do
     "$bin/Fuzz$t" -merge=1 -max_len="$(max_len "$t")" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 "$merged" "$corpus" "$work" >"$scratch/merge-$t.log" 2>&1
     # Seeds (seed-*, from scripts/make-fuzz-seeds.py) and reproducers of fixed bugs (regress-*)
     # stay under their names; of the rest, only
-    # inputs up to 4 KB are kept, so the committed corpus stays small.
+    # inputs up to 2 KB are kept, so the committed corpus stays small.
     for f in "$corpus"/seed-* "$corpus"/regress-*; do
       [ -e "$f" ] || continue
       cp "$f" "$merged/" && rm -f "$merged/$(sha1sum "$f" | cut -d' ' -f1)"
     done
-    find "$merged" -type f ! -name 'seed-*' ! -name 'regress-*' -size +4096c -delete
+    find "$merged" -type f ! -name 'seed-*' ! -name 'regress-*' -size +2048c -delete
     rm -rf "$corpus" && mv "$merged" "$corpus"
     echo "fuzz: $t corpus minimised: $(ls "$corpus" | wc -l) inputs, $(du -sk "$corpus" | cut -f1) KB"
   fi
