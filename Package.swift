@@ -1,10 +1,20 @@
 // swift-tools-version:6.0
 import PackageDescription
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 // Hot loops are built with bounds checks off and AVX2/FMA/F16C code generation ("haswell", i.e.
 // x86-64-v3): every machine of this project's kind has them (no AVX-512 on the ones measured).
 let hotLoopFlags: [SwiftSetting] = [
     .unsafeFlags(["-Ounchecked", "-wmo", "-target-cpu", "haswell"], .when(configuration: .release)),
+]
+// The layers above the kernels keep Swift's checks (overflow, bounds, preconditions): built -O,
+// they were measured as fast as with -Ounchecked (BENCHMARKS.md, "-O against -Ounchecked").
+let checkedFlags: [SwiftSetting] = [
+    .unsafeFlags(["-wmo", "-target-cpu", "haswell"], .when(configuration: .release)),
 ]
 
 let package = Package(
@@ -19,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.70.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
@@ -41,16 +52,22 @@ let package = Package(
         .target(name: "Protocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
                 exclude: ["farside.proto"]),
         // Model architectures, one file each, plus their shared blocks and the KV cache.
-        .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: hotLoopFlags),
+        .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: checkedFlags),
         // The expert side: holds routed experts and computes them for batches of rows.
-        .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport"], swiftSettings: hotLoopFlags),
+        .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport"], swiftSettings: checkedFlags),
         // The attention side's driver: generation, sampling, request scheduling.
-        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport"], swiftSettings: hotLoopFlags),
-        // The OpenAI-compatible HTTP service (`farside serve`): request validation, SSE, metrics.
+        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport"], swiftSettings: checkedFlags),
+        // The OpenAI API's request bodies, validated, and its error shape: no HTTP server in it, so
+        // the request fuzz target builds without Hummingbird and NIO.
+        .target(
+            name: "OpenAIAPI",
+            dependencies: ["Checkpoint", "ChatTemplate", .product(name: "HTTPTypes", package: "swift-http-types")]
+        ),
+        // The OpenAI-compatible HTTP service (`farside serve`): routes, SSE, metrics.
         .target(
             name: "Server",
             dependencies: [
-                "Checkpoint", "Models", "Coordinator", "Tokenizer", "ChatTemplate",
+                "Checkpoint", "Models", "Coordinator", "Tokenizer", "ChatTemplate", "OpenAIAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -82,3 +99,24 @@ let package = Package(
     ],
     swiftLanguageModes: [.v5]
 )
+
+// libFuzzer targets (Fuzz/NAME/NAME.swift), declared only when FARSIDE_FUZZ=1 — as
+// scripts/fuzz.sh sets it — so that `swift build` and `swift test` never compile them: they have
+// no `main` of their own (libFuzzer's is linked in by `--sanitize=fuzzer`).
+if getenv("FARSIDE_FUZZ").map({ String(cString: $0) }) == "1" {
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("FuzzGGUF", ["Checkpoint", "Tokenizer", "Models"]),
+        ("FuzzSafetensors", ["Checkpoint"]),
+        ("FuzzConfig", ["Checkpoint", "Models"]),
+        ("FuzzWire", ["Protocol", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        ("FuzzTokenizer", ["Tokenizer"]),
+        ("FuzzChatTemplate", ["ChatTemplate"]),
+        ("FuzzRequest", ["OpenAIAPI", "ChatTemplate"]),
+    ]
+    for t in fuzzTargets {
+        package.targets.append(.executableTarget(
+            name: t.name, dependencies: t.dependencies, path: "Fuzz/\(t.name)",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
+        package.products.append(.executable(name: t.name, targets: [t.name]))
+    }
+}

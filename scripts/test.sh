@@ -27,5 +27,21 @@ py_passed=$(echo "$py_line" | grep -Eo "[0-9]+ passed" | cut -d' ' -f1 || true)
 py_failed=$(echo "$py_line" | { grep -Eo "[0-9]+ (failed|errors?)" || true; } | awk '{s += $1} END {print s + 0}')
 rm -f "$log"
 if [ "$py_status" -ne 0 ]; then status=$py_status; fi
-echo "tests: $((total - failed + ${py_passed:-0})) passed, $((failed + py_failed)) failed"
+# A short coverage-guided fuzz run of each parser and decoder (scripts/fuzz.sh, libFuzzer with
+# AddressSanitizer): one pass or failure per target. FARSIDE_FUZZ_SECONDS=0 skips it.
+fuzz_seconds=${FARSIDE_FUZZ_SECONDS:-20}
+fuzz_passed=0 fuzz_failed=0
+if [ "$fuzz_seconds" -gt 0 ]; then
+  fuzz_results=$(mktemp)
+  set +e
+  FUZZ_RESULTS="$fuzz_results" scripts/fuzz.sh "$fuzz_seconds"
+  fuzz_status=$?
+  set -e
+  fuzz_passed=$(grep -c " ok$" "$fuzz_results" || true)
+  fuzz_failed=$(grep -c " failed$" "$fuzz_results" || true)
+  rm -f "$fuzz_results"
+  # A build failure runs no target: count it as one failure.
+  if [ "$fuzz_status" -ne 0 ]; then status=$fuzz_status; [ "$fuzz_failed" -eq 0 ] && fuzz_failed=1; fi
+fi
+echo "tests: $((total - failed + ${py_passed:-0} + fuzz_passed)) passed, $((failed + py_failed + fuzz_failed)) failed"
 exit "$status"

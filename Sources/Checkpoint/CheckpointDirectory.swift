@@ -57,6 +57,33 @@ public final class CheckpointDirectory: @unchecked Sendable {
         do { data = try Data(contentsOf: index) } catch {
             throw CheckpointError.unreadableFile(index, reason: error.localizedDescription)
         }
+        let byFile = try shardMap(indexData: data, index: index)
+        var files: [SafetensorsFile] = []
+        var tensors: [String: TensorInfo] = [:]
+        tensors.reserveCapacity(byFile.values.reduce(0) { $0 + $1.count })
+        for file in byFile.keys.sorted() {
+            let names = byFile[file]!.sorted()
+            let shardURL = directory.appendingPathComponent(file)
+            let shard: SafetensorsFile
+            switch Result(catching: { () throws(CheckpointError) -> SafetensorsFile in try SafetensorsFile(url: shardURL) }) {
+            case .success(let f): shard = f
+            case .failure(.fileNotFound): throw CheckpointError.missingShard(shardURL, index: index, tensor: names[0])
+            case .failure(let e): throw e
+            }
+            for name in names {
+                guard let t = shard.tensors[name] else {
+                    throw CheckpointError.tensorNotInShard(name, shard: shardURL, index: index)
+                }
+                tensors[name] = t
+            }
+            files.append(shard)
+        }
+        return (files, tensors)
+    }
+
+    /// For `openShards`, before any shard is opened: each tensor's file named by the index
+    /// (`model.safetensors.index.json`, read from `index`), as shard file name -> tensor names.
+    static func shardMap(indexData data: Data, index: URL) throws -> [String: [String]] {
         let json: Any
         do { json = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
             throw CheckpointError.invalidIndex(index, reason: "not valid JSON (\(jsonFailureReason(error)))")
@@ -85,27 +112,7 @@ public final class CheckpointDirectory: @unchecked Sendable {
             }
             byFile[file, default: []].append(name)
         }
-        var files: [SafetensorsFile] = []
-        var tensors: [String: TensorInfo] = [:]
-        tensors.reserveCapacity(map.count)
-        for file in byFile.keys.sorted() {
-            let names = byFile[file]!.sorted()
-            let shardURL = directory.appendingPathComponent(file)
-            let shard: SafetensorsFile
-            switch Result(catching: { () throws(CheckpointError) -> SafetensorsFile in try SafetensorsFile(url: shardURL) }) {
-            case .success(let f): shard = f
-            case .failure(.fileNotFound): throw CheckpointError.missingShard(shardURL, index: index, tensor: names[0])
-            case .failure(let e): throw e
-            }
-            for name in names {
-                guard let t = shard.tensors[name] else {
-                    throw CheckpointError.tensorNotInShard(name, shard: shardURL, index: index)
-                }
-                tensors[name] = t
-            }
-            files.append(shard)
-        }
-        return (files, tensors)
+        return byFile
     }
 
     // MARK: lookup

@@ -125,7 +125,8 @@ public final class GGUFFile: @unchecked Sendable {
     /// Bytes before the data section (header, metadata and tensor infos).
     public let headerBytes: Int
 
-    private let base: UnsafeMutableRawPointer
+    /// The mapping (or copy) every tensor's `data` points into.
+    private let bytes: FileBytes
 
     /// Limits that reject corrupt counts before they allocate.
     static let maxTensors = 1 << 20, maxKeys = 1 << 20, maxDims = 4, maxNesting = 4
@@ -151,8 +152,8 @@ public final class GGUFFile: @unchecked Sendable {
         0: .f32, 1: .f16, 30: .bf16, 8: .q8_0, 2: .q4_0, 3: .q4_1, 12: .q4_K, 13: .q5_K, 14: .q6_K,
     ]
 
-    public init(url: URL) throws {
-        self.url = url
+    /// Maps the file at `url` and validates it.
+    public convenience init(url: URL) throws {
         let fd = url.withUnsafeFileSystemRepresentation { p -> Int32 in p.map { open($0, O_RDONLY | O_CLOEXEC) } ?? -1 }
         guard fd >= 0 else { throw GGUFError.unreadable(url, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -164,9 +165,20 @@ public final class GGUFFile: @unchecked Sendable {
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != UnsafeMutableRawPointer(bitPattern: -1) else {
             throw GGUFError.unreadable(url, reason: "mmap failed: \(String(cString: strerror(errno)))")
         }
-        var ok = false
-        defer { if !ok { munmap(p, size) } }
-        var r = Reader(base: UnsafeRawPointer(p), size: size, url: url)
+        try self.init(bytes: FileBytes(mapping: p, count: size), url: url)
+    }
+
+    /// Validates GGUF bytes already in memory (copied, so the tensors stay valid as long as this
+    /// object); `url` only names them in errors. The same checks as a file on disk gets.
+    public convenience init(data: Data, url: URL) throws {
+        guard data.count >= 4 else { throw GGUFError.truncated(url, what: "the magic", offset: 0, fileSize: data.count) }
+        try self.init(bytes: FileBytes(copying: data), url: url)
+    }
+
+    private init(bytes: FileBytes, url: URL) throws {
+        self.url = url
+        let p = bytes.base, size = bytes.count
+        var r = Reader(base: p, size: size, url: url)
         let magic = try r.bytes(4, "the magic")
         guard magic.elementsEqual("GGUF".utf8) else {
             throw GGUFError.badMagic(url, found: "\"" + String(decoding: magic.map { $0 >= 32 && $0 < 127 ? $0 : UInt8(ascii: "?") }, as: UTF8.self) + "\"")
@@ -233,7 +245,7 @@ public final class GGUFFile: @unchecked Sendable {
                 throw GGUFError.truncated(url, what: "tensor \(t.name) (\(t.bytes) bytes)", offset: start, fileSize: size)
             }
             infos[t.name] = GGUFTensorInfo(name: t.name, dims: t.dims, typeID: t.type, dtype: Self.computeTypes[t.type],
-                                           data: UnsafeRawPointer(p) + start, byteCount: t.bytes)
+                                           data: p + start, byteCount: t.bytes)
         }
         self.version = version
         self.alignment = align
@@ -242,15 +254,12 @@ public final class GGUFFile: @unchecked Sendable {
         self.tensors = infos
         self.fileSize = size
         self.headerBytes = r.offset
-        self.base = p
-        ok = true
+        self.bytes = bytes
     }
-
-    deinit { munmap(base, fileSize) }
 
     /// The bytes before the data section: identifies the model (metadata and tensor layout)
     /// without reading the weights.
-    public var headerData: Data { Data(bytes: base, count: headerBytes) }
+    public var headerData: Data { Data(bytes: bytes.base, count: headerBytes) }
 
     /// The ggml type name of a type id.
     public static func typeName(_ id: UInt32) -> String { typeNames[id] ?? "type \(id)" }

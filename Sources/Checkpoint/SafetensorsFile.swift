@@ -26,25 +26,28 @@ public final class SafetensorsFile: @unchecked Sendable {
     /// Size of the file in bytes.
     public let fileSize: Int
 
-    private let base: UnsafeMutableRawPointer
-    private let mappedSize: Int
+    /// The mapping (or copy) every tensor's `data` points into.
+    private let bytes: FileBytes
 
     /// Maps `url` and validates its header.
-    public init(url: URL) throws(CheckpointError) {
-        let (base, size) = try SafetensorsFile.map(url)
-        var parsed: (tensors: [String: TensorInfo], metadata: [String: String])?
-        defer { if parsed == nil { munmap(base, size) } }
-        parsed = try SafetensorsFile.parse(UnsafeRawPointer(base), size: size, url: url)
-        self.url = url
-        self.base = base
-        self.mappedSize = size
-        self.fileSize = size
-        self.tensors = parsed!.tensors
-        self.metadata = parsed!.metadata
+    public convenience init(url: URL) throws(CheckpointError) {
+        try self.init(bytes: SafetensorsFile.map(url), url: url)
     }
 
-    deinit {
-        munmap(base, mappedSize)
+    /// Validates safetensors bytes already in memory (copied, so the tensors stay valid as long
+    /// as this object); `url` only names them in errors. The same checks as a file on disk gets.
+    public convenience init(data: Data, url: URL) throws(CheckpointError) {
+        guard data.count >= 8 else { throw .fileTooSmall(url, size: data.count) }
+        try self.init(bytes: FileBytes(copying: data), url: url)
+    }
+
+    private init(bytes: FileBytes, url: URL) throws(CheckpointError) {
+        let parsed = try SafetensorsFile.parse(bytes.base, size: bytes.count, url: url)
+        self.url = url
+        self.bytes = bytes
+        self.fileSize = bytes.count
+        self.tensors = parsed.tensors
+        self.metadata = parsed.metadata
     }
 
     /// Names of all tensors, sorted.
@@ -55,7 +58,7 @@ public final class SafetensorsFile: @unchecked Sendable {
 
     // MARK: mapping
 
-    private static func map(_ url: URL) throws(CheckpointError) -> (UnsafeMutableRawPointer, Int) {
+    private static func map(_ url: URL) throws(CheckpointError) -> FileBytes {
         let fd = url.withUnsafeFileSystemRepresentation { path -> Int32 in
             guard let path else { return -1 }
             return open(path, O_RDONLY | O_CLOEXEC)
@@ -78,7 +81,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard let p, p != UnsafeMutableRawPointer(bitPattern: -1) else {
             throw .unreadableFile(url, reason: "mmap of \(size) bytes failed: \(String(cString: strerror(errno)))")
         }
-        return (p, size)
+        return FileBytes(mapping: p, count: size)
     }
 
     // MARK: header validation

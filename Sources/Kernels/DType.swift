@@ -66,6 +66,17 @@ public struct Matrix: @unchecked Sendable {
     /// column slice of a wider one (`columns(_:count:)`).
     public let rowStride: Int
 
+    /// Nothing is checked here: this module is built with `-Ounchecked` (its loops were measured to
+    /// need it), where even a `precondition` is gone. The caller guarantees that `data` holds
+    /// `rows` rows of `rowStride` bytes and that `cols` is a multiple of the dtype's block size.
+    /// Every caller outside tests and kernel-bench takes the shape from a tensor whose bytes the
+    /// file parser bounds-checked: `CheckpointDirectory.matrix` (shape equal to the safetensors
+    /// header's, which `SafetensorsFile` checked against the data section) and
+    /// `GGUFWeights.matrix`/`matrix3D` (dims equal to the GGUF tensor's, which `GGUFFile` checked
+    /// against the file, block size included); `SyntheticModel` allocates what it describes. The
+    /// activations the kernels read and write are sized by the model from a `DecoderConfig` whose
+    /// sizes `validate()` bounded, and on an expert node from a request `WireCodec.validateRequest`
+    /// checked (rows, hidden and payload bytes) before any kernel runs.
     public init(data: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, rowStride: Int? = nil) {
         self.data = data
         self.dtype = dtype

@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import Models
 import NIOCore
+import OpenAIAPI
 import Prometheus
 import ServiceLifecycle
 import Tokenizer

@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 
 extension BPETokenizer {
@@ -5,11 +6,15 @@ extension BPETokenizer {
     /// recognised from its regex: ByteLevel with `use_regex` (GPT-2), a Split on the
     /// Llama-3/Qwen2 pattern, or DeepSeek-V3's three Splits, followed by ByteLevel without regex.
     public convenience init(tokenizerJSON url: URL) throws {
-        let src = url.path
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw TokenizerError.malformed("cannot read: \(error.localizedDescription)", source: src)
+            throw TokenizerError.malformed("cannot read: \(error.localizedDescription)", source: url.path)
         }
+        try self.init(tokenizerJSON: data, source: url.path)
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `source` names it in errors.
+    public convenience init(tokenizerJSON data: Data, source src: String) throws {
         guard let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw TokenizerError.malformed("not a JSON object", source: src)
         }
@@ -17,17 +22,26 @@ extension BPETokenizer {
         let type = model["type"] as? String ?? "?"
         guard type == "BPE" else { throw TokenizerError.unsupportedModel(type, source: src) }
         guard let vocab = model["vocab"] as? [String: Any] else { throw TokenizerError.malformed("model.vocab is not an object", source: src) }
+        // Every id becomes an index into the token table, which is as long as the largest id: ids
+        // from the file (vocab and added tokens alike) must be exact integers in 0..<maxTokenID.
+        func tokenID(_ v: Any?) -> Int? {
+            guard let id = JSONValue(v).exactInt, id >= 0, id < Self.maxTokenID else { return nil }
+            return id
+        }
         var byID: [Int: String] = [:]
         for (t, v) in vocab {
-            guard let id = (v as? NSNumber)?.intValue, id >= 0, id < 10_000_000 else {
-                throw TokenizerError.malformed("model.vocab['\(t)'] is not a token id", source: src)
+            guard let id = tokenID(v) else {
+                throw TokenizerError.malformed("model.vocab['\(t)'] is not a token id (an integer in 0..<\(Self.maxTokenID))", source: src)
             }
             byID[id] = t
         }
         var specials: [String: Int] = [:]
         for a in root["added_tokens"] as? [[String: Any]] ?? [] {
-            guard let id = (a["id"] as? NSNumber)?.intValue, let content = a["content"] as? String else {
+            guard let content = a["content"] as? String, a["id"] != nil else {
                 throw TokenizerError.malformed("an added_tokens entry lacks id or content", source: src)
+            }
+            guard let id = tokenID(a["id"]) else {
+                throw TokenizerError.malformed("added token '\(content)' has id \(JSONValue(a["id"]).brief), not a token id (an integer in 0..<\(Self.maxTokenID))", source: src)
             }
             byID[id] = content
             specials[content] = id
@@ -49,6 +63,10 @@ extension BPETokenizer {
         try self.init(tokens: tokens, merges: merges, specialTokens: specials, preTokenizer: pre,
                       bos: nil, eos: nil, addBOS: false, source: src)
     }
+
+    /// Token ids a tokenizer.json may use: far above any published vocabulary (a few hundred
+    /// thousand), low enough that the table sized by the largest id stays small.
+    static let maxTokenID = 10_000_000
 
     static let llama3Pattern = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
     static let qwen2Pattern = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#

@@ -113,6 +113,30 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(tok.encode("ab"), [256])
     }
 
+    /// Found while writing the tokenizer fuzz target (its reproducers are in
+    /// Fuzz/corpus/Tokenizer/regress-*): an added token's id was used unchecked as an index
+    /// into the token table sized by the largest id, so -5 trapped (index out of range), 10^14
+    /// tried to allocate petabytes and Int.max overflowed `max + 1`. Every id is now an exact
+    /// integer in 0..<maxTokenID, or the file is refused with a message naming the token.
+    func testTokenizerJSONRefusesTokenIDsOutsideTheTable() throws {
+        func json(vocabID: String = "0", addedID: String) -> Data {
+            Data(#"{"model": {"type": "BPE", "vocab": {"a": \#(vocabID)}, "merges": []}, "added_tokens": [{"id": \#(addedID), "content": "<x>"}], "pre_tokenizer": {"type": "ByteLevel"}}"#.utf8)
+        }
+        for bad in ["-5", "100000000000000", "9223372036854775807", "1.5", "1e300", "\"7\"", "null"] {
+            XCTAssertThrowsError(try BPETokenizer(tokenizerJSON: json(addedID: bad), source: "t.json"), "added id \(bad)") { e in
+                XCTAssertTrue("\(e)".contains("<x>") && "\(e)".contains("token id"), "\(e)")
+            }
+        }
+        for bad in ["-1", "10000000", "2.5"] {
+            XCTAssertThrowsError(try BPETokenizer(tokenizerJSON: json(vocabID: bad, addedID: "1"), source: "t.json"), "vocab id \(bad)") { e in
+                XCTAssertTrue("\(e)".contains("model.vocab['a']"), "\(e)")
+            }
+        }
+        let ok = try BPETokenizer(tokenizerJSON: json(addedID: "3"), source: "t.json")
+        XCTAssertEqual(ok.tokens.count, 4)
+        XCTAssertEqual(ok.specialTokens["<x>"], 3)
+    }
+
     /// The Llama-3 / Qwen2 splitting rules on the cases where they differ from GPT-2's.
     func testLlama3PreTokenizer() {
         func split(_ p: PreTokenizer, _ s: String) -> [String] {
