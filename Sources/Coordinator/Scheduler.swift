@@ -76,8 +76,8 @@ public struct Scheduler {
     /// many fit (0...k; the step takes that many, a shorter prefill chunk). When a running
     /// sequence gets none, the newest running sequence is preempted (`release(id)` gives back
     /// its KV, and it returns to the front of `waiting`) and the request retried; a sequence that
-    /// is itself the newest is preempted, unless it is alone (`exhausted`). A waiting request
-    /// that gets no room is released and admission stops.
+    /// is itself the newest is preempted, unless it is alone (`exhausted`). A step that preempted
+    /// admits nothing; a waiting request that gets no room is released and admission stops.
     public mutating func schedule(pending: (Int) -> Int,
                                   admit: (Int) -> Bool = { _ in true },
                                   reserve: (_ id: Int, _ tokens: Int) -> Int = { $1 },
@@ -116,7 +116,9 @@ public struct Scheduler {
                 step.preempted.append(id)
             }
         }
-        while budget > 0, running.count < limits.maxSequences, let id = waiting.first, admit(id) {
+        // No admission in a step that had to preempt (as vLLM v1): the room just freed is for the
+        // running sequences, and the preempted one would only be readmitted to be preempted again.
+        while step.preempted.isEmpty, budget > 0, running.count < limits.maxSequences, let id = waiting.first, admit(id) {
             let want = min(pending(id), budget)
             let got = want > 0 ? reserve(id, want) : 0
             if want > 0 && got == 0 {

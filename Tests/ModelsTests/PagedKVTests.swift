@@ -236,11 +236,16 @@ final class SchedulerKVTests: XCTestCase {
         step = s.schedule(pending: { pending[$0]! }, reserve: { kv.reserve($0, $1) }, release: { kv.held[$0] = nil })
         XCTAssertEqual(step.slices.map(\.id), [0, 1])
         XCTAssertEqual(step.slices[1].tokens, 3, "a shorter chunk: what fits")
-        // Full, sequence 0 alone would be exhausted, but 1 is newer: 1 is preempted again.
+        // Full: sequence 1, newer, is preempted again, and not readmitted in the same step.
         step = s.schedule(pending: { pending[$0]! }, reserve: { kv.reserve($0, $1) }, release: { kv.held[$0] = nil })
         XCTAssertEqual(step.preempted, [1])
+        XCTAssertEqual(step.slices, [.init(id: 0, tokens: 1)])
+        XCTAssertEqual(s.waiting, [1])
+        // Sequence 0 alone fills the cache: exhausted; 1 finds no room and keeps waiting.
+        kv.capacity = kv.used
         step = s.schedule(pending: { pending[$0]! }, reserve: { kv.reserve($0, $1) }, release: { kv.held[$0] = nil })
         XCTAssertEqual(step.exhausted, [0], "alone and no room: it cannot grow")
+        XCTAssertEqual(s.waiting, [1])
         XCTAssertTrue(step.slices.isEmpty)
     }
 }
