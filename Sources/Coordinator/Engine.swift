@@ -23,6 +23,7 @@ public enum EngineError: Error, CustomStringConvertible {
     case invalidMaxTokens(Int)
     case invalidTopLogprobs(Int)
     case queueFull(waiting: Int)
+    case exceedsKVBudget(tokens: Int, positions: Int)
     case stopping
 
     public var description: String {
@@ -39,6 +40,8 @@ public enum EngineError: Error, CustomStringConvertible {
             return "top logprobs must be in 0...20, got \(n)"
         case .queueFull(let n):
             return "the server is at capacity (\(n) requests waiting); retry later"
+        case let .exceedsKVBudget(n, positions):
+            return "the prompt has \(n) tokens, but the KV cache holds \(positions) positions in all (--kv-budget) and at least one must be left for the reply"
         case .stopping:
             return "the server is shutting down"
         }
@@ -111,16 +114,27 @@ public enum GenerationEvent: Sendable {
 /// cache and its own seeded sampler, and the model computes each row independently of the others
 /// (`Batch`), so greedy output equals `Generator` on the same prompt alone.
 ///
-/// A finished conversation's KV stays in a small LRU pool (`Options.prefixCacheSequences`); a
-/// new request whose prompt starts with its tokens (the next turn of a chat) takes it over and
-/// prefills only the rest, as `ChatSession` does for one conversation.
+/// KV lives in a paged cache (`KVCacheAllocator`: blocks of `Options.kvBlockSize` positions
+/// within `Options.kvBudgetBytes`); the scheduler admits a request only when its next chunk's
+/// blocks are free and preempts the newest sequence (to recompute later) when a running one
+/// needs a block and none is left. With `Options.prefixCaching`, every filled block (and a
+/// finished sequence's partly filled last one) stays cached under its chained token hash until
+/// its space is needed: a request sharing a prefix with earlier ones (a system prompt, the
+/// previous turns of a chat, a document asked about again) shares those blocks and prefills
+/// only the rest.
 public final class Engine: @unchecked Sendable {
     public struct Options: Sendable {
         public var limits = Scheduler.Limits()
         /// Requests waiting to be admitted at most; more are refused (`EngineError.queueFull`).
         public var maxWaiting = 256
-        /// Finished sequences whose KV is kept for prefix reuse.
-        public var prefixCacheSequences = 8
+        /// Positions per KV block (`--kv-block-size`).
+        public var kvBlockSize = 16
+        /// Bytes of KV blocks at most (`--kv-budget`), for every sequence and the prefix cache.
+        public var kvBudgetBytes = 1 << 30
+        /// Keep blocks cached for later requests with the same prefix.
+        public var prefixCaching = true
+        /// Goes into the prefix hashes' root with the model's shape (e.g. the weights' path).
+        public var modelIdentity = ""
         /// Called on the engine thread after every step (and when idle, at most every second)
         /// to read the expert backend's state, which only that thread may touch: expert nodes
         /// alive and known.
@@ -136,12 +150,21 @@ public final class Engine: @unchecked Sendable {
     public struct Snapshot: Sendable {
         public var running = 0
         public var waiting = 0
-        /// Bytes of KV storage held by running sequences and the prefix pool.
+        /// Bytes of KV blocks held by sequences.
         public var kvBytes = 0
+        /// KV blocks in the pool, held by sequences, and registered in the prefix cache.
+        public var kvBlocksTotal = 0
+        public var kvBlocksUsed = 0
+        public var kvBlocksCached = 0
         public var steps = 0
         public var stepTokens = 0
+        /// Requests admitted that reused cached KV, and the prompt tokens they did not compute.
         public var prefixHits = 0
         public var prefixTokensReused = 0
+        /// Prompt tokens of admitted requests (the hit rate's denominator).
+        public var prefixTokensQueried = 0
+        /// Sequences preempted for lack of KV blocks (recomputed later).
+        public var preemptions = 0
         public var nodesAlive = 0
         public var nodesKnown = 0
     }
@@ -163,7 +186,8 @@ public final class Engine: @unchecked Sendable {
     // The engine thread's own state.
     private var scheduler: Scheduler
     private var sequences: [Int: Sequence] = [:]
-    private var prefixPool: [(tokens: [Int], cache: KVCache)] = []
+    /// The paged KV cache every sequence's blocks come from.
+    private let kv: KVCacheAllocator
     private var thread: Thread?
 
     /// One running request.
@@ -177,7 +201,9 @@ public final class Engine: @unchecked Sendable {
         var computed = 0
         var generated = 0
         var cachedTokens = 0
-        var cache: KVCache?
+        /// Admitted before (and preempted since): its prefix hit is not counted again.
+        var admitted = false
+        var cache: PagedKVCache?
         var sampler: Sampler
         let stops: Set<Int>
 
@@ -193,11 +219,18 @@ public final class Engine: @unchecked Sendable {
         var pending: Int { tokens.count - computed }
     }
 
-    public init(model: DecoderModel, options: Options = Options()) {
+    /// Throws `KVCacheError` when the KV budget holds no block or the block size is out of range.
+    public init(model: DecoderModel, options: Options = Options()) throws {
         self.model = model
         self.options = options
         scheduler = Scheduler(limits: options.limits)
+        kv = try model.makeKVAllocator(blockSize: options.kvBlockSize, budgetBytes: options.kvBudgetBytes,
+                                       identity: options.modelIdentity)
+        stats.kvBlocksTotal = kv.pool.blockCount
     }
+
+    /// Positions the whole KV cache holds (every block of the budget).
+    public var kvCapacity: Int { kv.pool.blockCount * kv.blockSize }
 
     /// Starts the engine thread. Call once.
     public func start() {
@@ -220,6 +253,10 @@ public final class Engine: @unchecked Sendable {
         }
         guard request.prompt.count < model.maxPositions else {
             throw EngineError.promptTooLong(tokens: request.prompt.count, context: model.maxPositions)
+        }
+        // Immutable sizes of the allocator, safe to read from any thread.
+        guard request.prompt.count < kvCapacity else {
+            throw EngineError.exceedsKVBudget(tokens: request.prompt.count, positions: kvCapacity)
         }
         guard request.maxTokens >= 1 else { throw EngineError.invalidMaxTokens(request.maxTokens) }
         if let k = request.topLogprobs, !(0...20).contains(k) { throw EngineError.invalidTopLogprobs(k) }
@@ -304,16 +341,36 @@ public final class Engine: @unchecked Sendable {
 
     /// One step: plan, run every scheduled token in one forward pass, sample, report.
     private func step() {
-        // A sequence gets its KV cache when admitted (`admissible` runs before `pending` is
-        // asked): a prefix-pool hit changes how many of its tokens are pending.
-        let slices = scheduler.schedule(pending: { self.sequences[$0]?.pending ?? 0 },
-                                        admissible: { id in
-                                            if let s = self.sequences[id], s.cache == nil { self.attachCache(s) }
-                                            return true
-                                        })
+        // A sequence gets its KV (its cached prefix) when admitted (`admit` runs before `pending`
+        // is asked): a prefix hit changes how many of its tokens are pending. `reserve` allocates
+        // the step's blocks; `release` gives back a preempted sequence's, cached for its return.
+        let plan = scheduler.schedule(
+            pending: { self.sequences[$0]?.pending ?? 0 },
+            admit: { id in
+                if let s = self.sequences[id], s.cache == nil { self.attachCache(s) }
+                return true
+            },
+            reserve: { id, k in
+                guard let s = self.sequences[id], let c = s.cache else { return 0 }
+                return self.kv.reserve(c, upTo: k)
+            },
+            release: { id in
+                guard let s = self.sequences[id], let c = s.cache else { return }
+                self.kv.free(c, tokens: self.options.prefixCaching ? s.tokens : nil)
+                s.cache = nil
+                s.computed = 0
+            })
+        if !plan.preempted.isEmpty {
+            lock.lock()
+            stats.preemptions += plan.preempted.count
+            lock.unlock()
+        }
+        // Alone and the KV cache is full: it cannot grow any more, as when the context is full.
+        for id in plan.exhausted { if let s = sequences[id] { end(s, .length) } }
+        let slices = plan.slices
         guard !slices.isEmpty else { return }
         var batch = Batch()
-        var caches: [KVCache] = []
+        var caches: [any KVStore] = []
         caches.reserveCapacity(slices.count)
         var members: [(Sequence, Int)] = []
         for slice in slices {
@@ -331,6 +388,9 @@ public final class Engine: @unchecked Sendable {
         let logits: [Float]
         do {
             logits = try model.forward(batch, caches: caches)
+            if options.prefixCaching {
+                for (s, _) in members { if let c = s.cache { kv.cacheFullBlocks(c, tokens: s.tokens) } }
+            }
         } catch {
             for (s, _) in members {
                 s.onEvent(.failed("\(error)"))
@@ -363,41 +423,30 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    /// Gives a newly admitted sequence a KV cache: the prefix pool's entry sharing the longest
-    /// prefix with its prompt (all but its last token at most, whose logits are needed), or a new one.
+    /// Gives a newly admitted sequence its KV: the longest cached prefix of its tokens (all but
+    /// the last at most, whose logits are needed), or nothing yet.
     private func attachCache(_ s: Sequence) {
-        let prompt = s.request.prompt
-        var best = -1, bestLength = 0
-        for (i, e) in prefixPool.enumerated() {
-            let limit = min(e.tokens.count, prompt.count - 1)
-            var k = 0
-            while k < limit && e.tokens[k] == prompt[k] { k += 1 }
-            if k > bestLength { best = i; bestLength = k }
-        }
-        if best >= 0 {
-            let e = prefixPool.remove(at: best)
-            e.cache.truncate(to: bestLength)
-            s.cache = e.cache
-            s.computed = bestLength
-            s.cachedTokens = bestLength
-            lock.lock()
+        let cache = options.prefixCaching ? kv.sequence(reusing: s.tokens, upTo: s.tokens.count - 1) : kv.sequence()
+        s.cache = cache
+        s.computed = cache.length
+        guard !s.admitted else { return }
+        s.admitted = true
+        s.cachedTokens = cache.length
+        lock.lock()
+        stats.prefixTokensQueried += s.tokens.count
+        if cache.length > 0 {
             stats.prefixHits += 1
-            stats.prefixTokensReused += bestLength
-            lock.unlock()
-        } else {
-            // Grows geometrically as the sequence does; sized for the prompt and a short reply.
-            s.cache = model.makeCache(capacity: min(prompt.count + 64, model.maxPositions))
+            stats.prefixTokensReused += cache.length
         }
+        lock.unlock()
     }
 
-    /// Ends a sequence: reports it, frees its slot, keeps its KV for prefix reuse.
+    /// Ends a sequence: reports it, frees its slot and its KV blocks (cached for later requests).
     private func end(_ s: Sequence, _ reason: FinishReason) {
         scheduler.remove(s.id)
         sequences[s.id] = nil
-        if let cache = s.cache, reason != .error, s.computed > 0, options.prefixCacheSequences > 0 {
-            cache.truncate(to: s.computed)
-            prefixPool.append((Array(s.tokens[..<s.computed]), cache))
-            if prefixPool.count > options.prefixCacheSequences { prefixPool.removeFirst() }
+        if let cache = s.cache {
+            kv.free(cache, tokens: reason != .error && options.prefixCaching ? s.tokens : nil)
         }
         s.cache = nil
         s.onEvent(.finished(reason, Usage(promptTokens: s.request.prompt.count, completionTokens: s.generated,
@@ -405,9 +454,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     private func publishStats() {
-        var kv = 0
-        for s in sequences.values { if let c = s.cache { kv += Self.bytes(c) } }
-        for e in prefixPool { kv += Self.bytes(e.cache) }
+        let used = kv.pool.usedCount, cached = kv.pool.cachedCount, bytes = kv.usedBytes
         let running = scheduler.running.count, waiting = scheduler.waiting.count
         let nodes = options.nodeProbe?() ?? (alive: 0, known: 0)
         lock.lock()
@@ -416,12 +463,10 @@ public final class Engine: @unchecked Sendable {
         stats.running = running
         stats.waiting = waiting
         waitingCount = waiting + inbox.count
-        stats.kvBytes = kv
+        stats.kvBytes = bytes
+        stats.kvBlocksUsed = used
+        stats.kvBlocksCached = cached
         lock.unlock()
-    }
-
-    private static func bytes(_ c: KVCache) -> Int {
-        c.layers.reduce(0) { $0 + $1.capacity * ($1.widthA + $1.widthB) * MemoryLayout<Float>.size }
     }
 
     /// log p(chosen) and the `top` most likely tokens' log-probabilities, from raw logits.

@@ -6,6 +6,7 @@
 /// tokens — one for a decoding sequence, a chunk of the prompt for one still prefilling — then
 /// waiting requests are admitted in arrival order while there is budget and a free sequence slot.
 /// A long prompt is cut into chunks, so it never stalls the sequences that are decoding.
+/// Admission and preemption follow the KV cache's free blocks (`reserve` in `schedule`).
 public struct Scheduler {
     /// Limits of one step.
     public struct Limits: Sendable, Equatable {
@@ -24,6 +25,11 @@ public struct Scheduler {
     public struct Slice: Sendable, Equatable {
         public let id: Int
         public let tokens: Int
+
+        public init(id: Int, tokens: Int) {
+            self.id = id
+            self.tokens = tokens
+        }
     }
 
     public let limits: Limits
@@ -49,26 +55,81 @@ public struct Scheduler {
     /// Whether anything is waiting or running.
     public var isIdle: Bool { running.isEmpty && waiting.isEmpty }
 
+    /// A planned step: the sequences that run and how many tokens each, and what the KV cache's
+    /// limits did to the others.
+    public struct Step: Sendable, Equatable {
+        public var slices: [Slice] = []
+        /// Running sequences moved back to the front of `waiting` to free their KV blocks (they
+        /// will recompute what they had: vLLM's recompute preemption).
+        public var preempted: [Int] = []
+        /// Running sequences that are alone and still find no room for one more token: the KV
+        /// cache cannot hold them any longer (the caller ends them; they stay in `running`).
+        public var exhausted: [Int] = []
+    }
+
     /// Plans the next step. `pending(id)` is how many tokens sequence `id` has not computed yet
-    /// (its prompt's remainder, or 1 for the token it sampled last); `admissible(id)` may refuse
-    /// to admit a waiting request now (e.g. no memory for it): admission then stops, so requests
-    /// are served in order. Admitted requests move from `waiting` to `running`.
-    public mutating func schedule(pending: (Int) -> Int, admissible: (Int) -> Bool = { _ in true }) -> [Slice] {
+    /// (its prompt's remainder, or 1 for the token it sampled last). `admit(id)` may refuse to
+    /// admit a waiting request now: admission then stops, so requests are served in order (the
+    /// engine gives it its cached prefix here, which changes `pending`).
+    ///
+    /// `reserve(id, k)` asks the KV cache for room for `k` more tokens of `id` and returns how
+    /// many fit (0...k; the step takes that many, a shorter prefill chunk). When a running
+    /// sequence gets none, the newest running sequence is preempted (`release(id)` gives back
+    /// its KV, and it returns to the front of `waiting`) and the request retried; a sequence that
+    /// is itself the newest is preempted, unless it is alone (`exhausted`). A step that preempted
+    /// admits nothing; a waiting request that gets no room is released and admission stops.
+    public mutating func schedule(pending: (Int) -> Int,
+                                  admit: (Int) -> Bool = { _ in true },
+                                  reserve: (_ id: Int, _ tokens: Int) -> Int = { $1 },
+                                  release: (Int) -> Void = { _ in }) -> Step {
         var budget = limits.maxBatchTokens
-        var step: [Slice] = []
-        for id in running where budget > 0 {
-            let k = min(pending(id), budget)
-            guard k > 0 else { continue }
-            step.append(Slice(id: id, tokens: k))
-            budget -= k
+        var step = Step()
+        var i = 0
+        while i < running.count && budget > 0 {
+            let id = running[i]
+            let want = min(pending(id), budget)
+            var got = want > 0 ? reserve(id, want) : 0
+            while want > 0 && got == 0 {
+                if running.count - 1 > i {
+                    let victim = running.removeLast()
+                    release(victim)
+                    waiting.insert(victim, at: 0)
+                    step.preempted.append(victim)
+                    got = reserve(id, want)
+                } else {
+                    break
+                }
+            }
+            if got > 0 {
+                step.slices.append(Slice(id: id, tokens: got))
+                budget -= got
+                i += 1
+            } else if want == 0 {
+                i += 1
+            } else if i == 0 {
+                step.exhausted.append(id)
+                i += 1
+            } else {
+                running.remove(at: i)
+                release(id)
+                waiting.insert(id, at: 0)
+                step.preempted.append(id)
+            }
         }
-        while budget > 0, running.count < limits.maxSequences, let id = waiting.first, admissible(id) {
+        // No admission in a step that had to preempt (as vLLM v1): the room just freed is for the
+        // running sequences, and the preempted one would only be readmitted to be preempted again.
+        while step.preempted.isEmpty, budget > 0, running.count < limits.maxSequences, let id = waiting.first, admit(id) {
+            let want = min(pending(id), budget)
+            let got = want > 0 ? reserve(id, want) : 0
+            if want > 0 && got == 0 {
+                release(id)
+                break
+            }
             waiting.removeFirst()
             running.append(id)
-            let k = min(pending(id), budget)
-            if k > 0 {
-                step.append(Slice(id: id, tokens: k))
-                budget -= k
+            if got > 0 {
+                step.slices.append(Slice(id: id, tokens: got))
+                budget -= got
             }
         }
         return step

@@ -1,7 +1,8 @@
 import Kernels
 
-/// One attention layer of the attention side. It appends its new positions to its `KVCache`
-/// layer and attends causally over everything stored there.
+/// One attention layer of the attention side. It appends its new positions to its layer of each
+/// sequence's KV cache (`KVStore`: contiguous or paged) and attends causally over everything
+/// stored there.
 public protocol AttentionLayer {
     /// Floats per position this layer stores in the cache: `(widthA, widthB)`.
     var cacheWidths: (Int, Int) { get }
@@ -24,17 +25,44 @@ func addBias(_ y: UnsafeMutablePointer<Float>, _ bias: [Float]?, rows n: Int) {
     }
 }
 
-/// Softmax-weighted attention of one query over `length` cached rows, the inner loop shared by
-/// every attention variant: `out = Σ_j softmax_j(scale · score_j) · value_j`, fp32 as eager
-/// attention computes it.
+/// Softmax-weighted attention of one query over the first `length` rows of a sequence's cache,
+/// the inner loop shared by every attention variant: `out = Σ_j softmax_j(scale · score_j) ·
+/// value_j`, fp32 as eager attention computes it. Rows are visited block by block through the
+/// block table (PagedAttention), in position order, so a paged cache gives the contiguous
+/// cache's result bit for bit; `score` and `value` get row j's `a` and `b` rows.
 @inline(__always)
-func attend(length: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-            score: (Int) -> Float, value: (Int) -> UnsafePointer<Float>, width: Int,
+func attend(_ kv: KVLayerView, length: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+            score: (UnsafePointer<Float>, UnsafePointer<Float>) -> Float,
+            value: (UnsafePointer<Float>, UnsafePointer<Float>) -> UnsafePointer<Float>, width: Int,
             out: UnsafeMutablePointer<Float>) {
-    for j in 0..<length { scores[j] = score(j) * scale }
+    let wa = kv.widthA, wb = kv.widthB
+    var j = 0, block = 0
+    while j < length {
+        let rows = min(kv.blockSize, length - j)
+        var a = UnsafePointer(kv.blockA(block)), b = UnsafePointer(kv.blockB(block))
+        for r in 0..<rows {
+            scores[j + r] = score(a, b) * scale
+            a += wa
+            b += wb
+        }
+        j += rows
+        block += 1
+    }
     Elementwise.softmax(scores, count: length)
     out.update(repeating: 0, count: width)
-    for j in 0..<length { Elementwise.addScaled(out, value(j), scale: scores[j], count: width) }
+    j = 0
+    block = 0
+    while j < length {
+        let rows = min(kv.blockSize, length - j)
+        var a = UnsafePointer(kv.blockA(block)), b = UnsafePointer(kv.blockB(block))
+        for r in 0..<rows {
+            Elementwise.addScaled(out, value(a, b), scale: scores[j + r], count: width)
+            a += wa
+            b += wb
+        }
+        j += rows
+        block += 1
+    }
 }
 
 /// Grouped-query attention (Ainslie et al. 2023) with RoPE, as Llama, Mixtral and the Qwen
@@ -67,12 +95,9 @@ public final class GroupedQueryAttention: AttentionLayer {
                         output: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
         let hd = headDim, qDim = heads * hd, kvDim = kvHeads * hd, half = rope.dim / 2
         let q = ws.buffer(10, count: n * qDim)
-        // One sequence: keys and values go straight to its cache. Several: to scratch, then each
-        // span's rows are copied to its own cache (one row copy per token, against the row's
-        // whole projection and attention).
-        let single = spans.count == 1
-        let k = single ? spans[0].cache.layers[layer].a + spans[0].start * kvDim : ws.buffer(18, count: n * kvDim)
-        let v = single ? spans[0].cache.layers[layer].b + spans[0].start * kvDim : ws.buffer(19, count: n * kvDim)
+        // Keys and values go to scratch, then each row to its slot in its sequence's cache (one
+        // row copy per token, against the row's whole projection and attention).
+        let k = ws.buffer(18, count: n * kvDim), v = ws.buffer(19, count: n * kvDim)
         Linear.forward(wq, wk, wv, input: x, count: n, outputs: q, k, v)
         addBias(q, qBias, rows: n)
         addBias(k, kBias, rows: n)
@@ -89,11 +114,12 @@ public final class GroupedQueryAttention: AttentionLayer {
                 rope.rotate(row, cos: cos + t * half, sin: sin + t * half)
             }
         }
-        if !single {
-            for s in spans {
-                let c = s.cache.layers[layer]
-                (c.a + s.start * kvDim).update(from: k + s.rows.lowerBound * kvDim, count: s.rows.count * kvDim)
-                (c.b + s.start * kvDim).update(from: v + s.rows.lowerBound * kvDim, count: s.rows.count * kvDim)
+        for s in spans {
+            let c = s.cache.view(layer: layer)
+            for t in s.rows {
+                let pos = s.start + (t - s.rows.lowerBound)
+                c.rowA(pos).update(from: k + t * kvDim, count: kvDim)
+                c.rowB(pos).update(from: v + t * kvDim, count: kvDim)
             }
         }
         let ctx = ws.buffer(11, count: n * qDim)
@@ -108,11 +134,11 @@ public final class GroupedQueryAttention: AttentionLayer {
                 for idx in lo..<hi {
                     let t = idx / heads, h = idx % heads, kvh = h / group
                     let span = spans.span(containing: t, hint: &hint)
-                    let keys = UnsafePointer(span.cache.layers[layer].a), values = UnsafePointer(span.cache.layers[layer].b)
-                    let qv = UnsafePointer(q + t * qDim + h * hd)
-                    attend(length: span.start + (t - span.rows.lowerBound) + 1, scale: scale, scores: buf.baseAddress!,
-                           score: { j in Elementwise.dot(qv, keys + j * kvDim + kvh * hd, count: hd) },
-                           value: { j in values + j * kvDim + kvh * hd }, width: hd,
+                    let qv = UnsafePointer(q + t * qDim + h * hd), head = kvh * hd
+                    attend(span.cache.view(layer: layer), length: span.start + (t - span.rows.lowerBound) + 1, scale: scale,
+                           scores: buf.baseAddress!,
+                           score: { key, _ in Elementwise.dot(qv, key + head, count: hd) },
+                           value: { _, value in value + head }, width: hd,
                            out: ctx + t * qDim + h * hd)
                 }
             }
@@ -194,10 +220,10 @@ public final class MultiHeadLatentAttention: AttentionLayer {
         var hint = 0
         for t in 0..<n {
             let span = spans.span(containing: t, hint: &hint)
-            let cache = span.cache.layers[layer], pos = span.start + (t - span.rows.lowerBound)
+            let cache = span.cache.view(layer: layer), pos = span.start + (t - span.rows.lowerBound)
             let src = kv + t * (r + rd)
-            Elementwise.rmsNorm(src, weight: kvANorm, eps: eps, dim: r, output: cache.a + pos * r)
-            let kpe = cache.b + pos * rd
+            Elementwise.rmsNorm(src, weight: kvANorm, eps: eps, dim: r, output: cache.rowA(pos))
+            let kpe = cache.rowB(pos)
             kpe.update(from: src + r, count: rd)
             rope.rotate(kpe, cos: cos + t * half, sin: sin + t * half)
             for h in 0..<heads {
@@ -245,15 +271,14 @@ public final class MultiHeadLatentAttention: AttentionLayer {
                 for idx in lo..<hi {
                     let h = idx / n, t = idx % n
                     let span = spans.span(containing: t, hint: &hint)
-                    let latents = UnsafePointer(span.cache.layers[layer].a), ropeKeys = UnsafePointer(span.cache.layers[layer].b)
                     let length = span.start + (t - span.rows.lowerBound) + 1
                     let ql = UnsafePointer(qLat + (h * n + t) * r)
                     let qpe = UnsafePointer(q + t * qDim + h * qkDim + nope)
-                    attend(length: length, scale: scale, scores: buf.baseAddress!,
-                           score: { j in
-                               Elementwise.dot(ql, latents + j * r, count: r) + Elementwise.dot(qpe, ropeKeys + j * rd, count: rd)
+                    attend(span.cache.view(layer: layer), length: length, scale: scale, scores: buf.baseAddress!,
+                           score: { latent, ropeKey in
+                               Elementwise.dot(ql, latent, count: r) + Elementwise.dot(qpe, ropeKey, count: rd)
                            },
-                           value: { j in latents + j * r }, width: r,
+                           value: { latent, _ in latent }, width: r,
                            out: oLat + (h * n + t) * r)
                 }
             }

@@ -65,7 +65,7 @@ public struct Batch: Sendable {
 /// `start ..< start + rows.count` of the sequence whose cache is `cache`.
 public struct SequenceSpan {
     public let rows: Range<Int>
-    public let cache: KVCache
+    public let cache: any KVStore
     public let start: Int
 
     /// The span's rows that fall in `part`, rebased to `part`'s first row (nil when none do).

@@ -142,9 +142,20 @@ public final class DecoderModel {
         KVCache(widths: layers.map { $0.attention.cacheWidths }, capacity: min(capacity, maxPositions), limit: maxPositions)
     }
 
+    /// A paged KV cache for this model: `budgetBytes` of blocks of `blockSize` positions, shared by
+    /// the sequences made from it (`KVCacheAllocator`). `identity` (e.g. the weights' path) goes
+    /// into the prefix hashes' root with the model's shape, so no other model's blocks match.
+    public func makeKVAllocator(blockSize: Int, budgetBytes: Int, identity: String = "") throws -> KVCacheAllocator {
+        let widths = layers.map { $0.attention.cacheWidths }
+        let parts = [architecture, "\(vocabSize)", "\(hidden)", "\(maxPositions)", "\(layers.count)",
+                     widths.map { "\($0.0)x\($0.1)" }.joined(separator: ","), identity]
+        return try KVCacheAllocator(widths: widths, blockSize: blockSize, budgetBytes: budgetBytes,
+                                    fingerprint: BlockHash.fingerprint(parts))
+    }
+
     /// Runs `tokens` at positions `cache.length ..< cache.length + tokens.count`, appends them to
     /// `cache`, and returns the selected logits row-major (`[rows, vocabSize]`).
-    public func forward(_ tokens: [Int], cache: KVCache, logits selection: LogitSelection = .last,
+    public func forward(_ tokens: [Int], cache: any KVStore, logits selection: LogitSelection = .last,
                         trace: RouteTrace? = nil) throws -> [Float] {
         guard !tokens.isEmpty else { throw ModelError.emptyInput }
         return try forward(.single(tokens, start: cache.length, logits: selection), caches: [cache], trace: trace)
@@ -155,12 +166,12 @@ public final class DecoderModel {
     /// that want logits get them, returned row-major (`[batch.logitRows, vocabSize]`) in batch
     /// order. Every weight is read once for the whole step; all rows that reach a MoE layer go
     /// to the expert backend as one routed batch. On error no cache changes length.
-    public func forward(_ batch: Batch, caches: [KVCache], trace: RouteTrace? = nil) throws -> [Float] {
+    public func forward(_ batch: Batch, caches: [any KVStore], trace: RouteTrace? = nil) throws -> [Float] {
         let n = batch.count
         guard n > 0 else { throw ModelError.emptyInput }
         for t in batch.tokens where t < 0 || t >= vocabSize { throw ModelError.tokenOutOfRange(token: t, vocab: vocabSize) }
         let spans = try sequenceSpans(batch, caches: caches)
-        for s in spans { s.cache.reserve(additional: s.rows.count) }
+        for s in spans { try s.cache.reserve(additional: s.rows.count) }
 
         let d = hidden
         let h = workspace.buffer(0, count: n * d)
@@ -249,7 +260,7 @@ public final class DecoderModel {
 
     /// The batch's runs of rows per sequence, checked against `Batch`'s contract: each sequence
     /// contiguous, at consecutive positions from its cache's length, within the context.
-    func sequenceSpans(_ batch: Batch, caches: [KVCache]) throws -> [SequenceSpan] {
+    func sequenceSpans(_ batch: Batch, caches: [any KVStore]) throws -> [SequenceSpan] {
         var spans: [SequenceSpan] = []
         var seen = Set<Int>()
         var t = 0

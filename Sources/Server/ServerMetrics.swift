@@ -19,6 +19,12 @@ final class ServerMetrics: Sendable {
     let nodesKnown: Gauge
     let steps: Gauge
     let prefixHits: Gauge
+    let prefixCachedTokens: Gauge
+    let prefixHitRate: Gauge
+    let kvBlocksTotal: Gauge
+    let kvBlocksUsed: Gauge
+    let kvBlocksCached: Gauge
+    let preemptions: Gauge
 
     init() {
         promptTokens = registry.makeCounter(name: "farside_prompt_tokens_total", help: "Prompt tokens of finished requests.")
@@ -34,11 +40,20 @@ final class ServerMetrics: Sendable {
                                                       help: "From request to its last token.")
         running = registry.makeGauge(name: "farside_running_sequences", help: "Sequences being generated.")
         waiting = registry.makeGauge(name: "farside_waiting_requests", help: "Requests queued for admission.")
-        kvBytes = registry.makeGauge(name: "farside_kv_cache_bytes", help: "KV cache bytes held (running sequences and prefix pool).")
+        kvBytes = registry.makeGauge(name: "farside_kv_cache_bytes", help: "Bytes of KV cache blocks held by sequences.")
         nodesAlive = registry.makeGauge(name: "farside_expert_nodes_alive", help: "Expert nodes serving.")
         nodesKnown = registry.makeGauge(name: "farside_expert_nodes_known", help: "Expert nodes registered, alive or not.")
         steps = registry.makeGauge(name: "farside_engine_steps", help: "Forward steps run since start.")
         prefixHits = registry.makeGauge(name: "farside_prefix_cache_hits", help: "Requests that reused an earlier request's KV.")
+        prefixCachedTokens = registry.makeGauge(name: "farside_prefix_cache_cached_tokens",
+                                                help: "Prompt tokens whose KV came from the prefix cache instead of being computed.")
+        prefixHitRate = registry.makeGauge(name: "farside_prefix_cache_hit_rate",
+                                           help: "Cached prompt tokens / prompt tokens of admitted requests.")
+        kvBlocksTotal = registry.makeGauge(name: "farside_kv_cache_blocks_total", help: "KV cache blocks in the pool (--kv-budget / block bytes).")
+        kvBlocksUsed = registry.makeGauge(name: "farside_kv_cache_blocks_used", help: "KV cache blocks held by sequences.")
+        kvBlocksCached = registry.makeGauge(name: "farside_kv_cache_blocks_cached",
+                                            help: "KV cache blocks registered in the prefix cache (held or free).")
+        preemptions = registry.makeGauge(name: "farside_preemptions", help: "Sequences preempted for lack of KV blocks (recomputed later).")
     }
 
     /// `farside_requests_total{status="…"}`.
@@ -54,6 +69,12 @@ final class ServerMetrics: Sendable {
         kvBytes.set(Double(s.kvBytes))
         steps.set(Double(s.steps))
         prefixHits.set(Double(s.prefixHits))
+        prefixCachedTokens.set(Double(s.prefixTokensReused))
+        prefixHitRate.set(s.prefixTokensQueried > 0 ? Double(s.prefixTokensReused) / Double(s.prefixTokensQueried) : 0)
+        kvBlocksTotal.set(Double(s.kvBlocksTotal))
+        kvBlocksUsed.set(Double(s.kvBlocksUsed))
+        kvBlocksCached.set(Double(s.kvBlocksCached))
+        preemptions.set(Double(s.preemptions))
         nodesAlive.set(Double(s.nodesAlive))
         nodesKnown.set(Double(s.nodesKnown))
         return registry.emitToString()

@@ -35,6 +35,9 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "1, or 2 to run the prompt as two overlapped micro-batches (ping-pong).")
     var microBatches: Int = 1
 
+    @Option(name: .long, help: "Measure with the paged KV cache (the server's) in blocks of N positions; 0: the contiguous cache (generate's).")
+    var kvBlockSize: Int = 0
+
     @Flag(name: .long, help: "With --local-nodes: also run every measurement with the experts in this process, alternating with the nodes run by run (ABBA), and report the per-run ratios. The pair of a run is measured seconds apart, so slow drifts of memory bandwidth cancel out of its ratio.")
     var alternateInProcess = false
 
@@ -42,6 +45,7 @@ struct Bench: ParsableCommand {
         guard localNodes >= 0 && localNodes <= 64 else { throw ValidationError("--local-nodes must be in 0...64") }
         guard microBatches == 1 || microBatches == 2 else { throw ValidationError("--micro-batches must be 1 or 2") }
         guard !alternateInProcess || localNodes > 0 else { throw ValidationError("--alternate-in-process needs --local-nodes") }
+        guard (0...4096).contains(kvBlockSize) else { throw ValidationError("--kv-block-size must be in 0...4096, got \(kvBlockSize)") }
         guard promptTokens > 0, decodeTokens > 0, runs > 0 else {
             throw ValidationError("--prompt-tokens, --decode-tokens and --runs must be positive")
         }
@@ -142,8 +146,13 @@ struct Bench: ParsableCommand {
             var prefill: [Double] = [], decode: [Double] = []
             var localPrefill: [Double] = [], localDecode: [Double] = []
             var decodeWire = 0
+            // Paged: one allocator sized for exactly one run's blocks, reused run after run.
+            let paged = try kvBlockSize == 0 ? nil : m.makeKVAllocator(
+                blockSize: kvBlockSize, budgetBytes: CheckedSize.saturatingSum(promptTokens, decodeTokens + kvBlockSize)
+                    * m.layers.reduce(0) { $0 + ($1.attention.cacheWidths.0 + $1.attention.cacheWidths.1) * 4 })
             func measure() throws -> (prefill: Double, decode: Double) {
-                let cache = m.makeCache(capacity: promptTokens + decodeTokens)
+                let cache: any KVStore = paged?.sequence() ?? m.makeCache(capacity: promptTokens + decodeTokens)
+                defer { if let p = cache as? PagedKVCache { p.allocator.free(p) } }
                 let t0 = Self.now()
                 var logits = try m.forward(prompt, cache: cache, logits: .last)
                 let t1 = Self.now()

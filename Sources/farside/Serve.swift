@@ -49,8 +49,14 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Requests that may wait for a slot; more get 503 with Retry-After.")
     var maxWaiting: Int = 256
 
-    @Option(name: .long, help: "Finished conversations whose KV cache is kept for prefix reuse by a following request.")
-    var prefixCache: Int = 8
+    @Option(name: .long, help: "Positions per KV cache block (1...4096).")
+    var kvBlockSize: Int = 16
+
+    @Option(name: .long, help: "Memory for KV cache blocks, all sequences and the prefix cache together (e.g. 512MiB, 4GiB).")
+    var kvBudget: String = "1GiB"
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Keep KV blocks cached for later requests that share a prefix (a system prompt, earlier chat turns).")
+    var prefixCache = true
 
     @Option(name: .long, help: "Require 'Authorization: Bearer KEY' on /v1/* (default: $FARSIDE_API_KEY, or none).")
     var apiKey: String?
@@ -86,11 +92,17 @@ struct Serve: ParsableCommand {
         guard (1...65536).contains(maxBatchTokens) else { throw ValidationError("--max-batch-tokens must be in 1...65536, got \(maxBatchTokens)") }
         guard (1...4096).contains(maxSeqs) else { throw ValidationError("--max-seqs must be in 1...4096, got \(maxSeqs)") }
         guard (0...1_000_000).contains(maxWaiting) else { throw ValidationError("--max-waiting must be in 0...1000000, got \(maxWaiting)") }
-        guard (0...4096).contains(prefixCache) else { throw ValidationError("--prefix-cache must be in 0...4096, got \(prefixCache)") }
+        guard (1...4096).contains(kvBlockSize) else { throw ValidationError("--kv-block-size must be in 1...4096, got \(kvBlockSize)") }
+        _ = try kvBudgetBytes()
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ValidationError("--drain-timeout must be a finite number of seconds >= 0") }
         guard (1024...(1 << 30)).contains(maxBodyBytes) else { throw ValidationError("--max-body-bytes must be in 1024...1073741824, got \(maxBodyBytes)") }
         if let n = defaultMaxTokens, n < 1 { throw ValidationError("--default-max-tokens must be at least 1, got \(n)") }
         if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
+    }
+
+    /// `--kv-budget` in bytes.
+    func kvBudgetBytes() throws -> Int {
+        try parseBytes(kvBudget, flag: "--kv-budget")
     }
 
     func run() throws {
@@ -114,7 +126,10 @@ struct Serve: ParsableCommand {
             var opts = Engine.Options()
             opts.limits = Scheduler.Limits(maxBatchTokens: maxBatchTokens, maxSequences: maxSeqs)
             opts.maxWaiting = maxWaiting
-            opts.prefixCacheSequences = prefixCache
+            opts.kvBlockSize = kvBlockSize
+            opts.kvBudgetBytes = try kvBudgetBytes()
+            opts.prefixCaching = prefixCache
+            opts.modelIdentity = path
             if let cluster {
                 opts.nodeProbe = { [cluster] in
                     let states = cluster.nodeStates
@@ -123,7 +138,7 @@ struct Serve: ParsableCommand {
                 // Nodes started elsewhere may register at --node-listen while the server runs.
                 opts.idleWork = { [cluster] in cluster.tend() }
             }
-            let engine = Engine(model: m, options: opts)
+            let engine = try Engine(model: m, options: opts)
             engine.start()
             let name = servedModelName ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
             let served = ServedModel(

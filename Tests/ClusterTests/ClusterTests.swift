@@ -247,6 +247,30 @@ final class ClusterTests: XCTestCase {
     }
 
     /// With `recordsTimings`, every MoE layer step of a prompt and of a decoded token leaves one
+    /// Paged KV through expert nodes: the MLA + MoE fixture's logits over block tables (block
+    /// sizes 1, 3, 16, a prefix hit included) equal the contiguous cache's bit for bit, both
+    /// computed through the same three nodes.
+    func testPagedKVThroughNodesEqualsContiguous() throws {
+        let dir = Harness.fixtures.appendingPathComponent("deepseek_v3")
+        let (model, _, nodes) = try Harness.threeNodeCluster(dir)
+        defer { Harness.stop(nodes) }
+        let tokens = (0..<29).map { ($0 * 11 + 5) % model.vocabSize }
+        let want = try model.forward(tokens, cache: model.makeCache(), logits: .all)
+        let perPosition = model.layers.reduce(0) { $0 + ($1.attention.cacheWidths.0 + $1.attention.cacheWidths.1) * 4 }
+        for bs in [1, 3, 16] {
+            let kv = try model.makeKVAllocator(blockSize: bs, budgetBytes: 64 * bs * perPosition)
+            let seq = kv.sequence()
+            var got = try model.forward(Array(tokens[..<10]), cache: seq, logits: .all)
+            got += try model.forward(Array(tokens[10...]), cache: seq, logits: .all)
+            XCTAssertEqual(got, want, "block size \(bs)")
+            kv.free(seq, tokens: tokens)
+            let hit = kv.sequence(reusing: tokens, upTo: 20)
+            XCTAssertEqual(hit.length, 20)
+            XCTAssertEqual(try model.forward(Array(tokens[20...]), cache: hit, logits: .all), Array(want[(20 * model.vocabSize)...]),
+                           "block size \(bs), prefix hit")
+        }
+    }
+
     /// `StepTiming` whose parts are consistent: the last reply's round trip contains its node's
     /// compute time and the wait after the last send. Without it nothing is recorded.
     func testStepTimingsAccountForEachStep() throws {

@@ -20,7 +20,7 @@ final class EngineTests: XCTestCase {
         -> [(tokens: [Int], reason: FinishReason?, usage: Usage?, logprobBits: [UInt32])] {
         var opts = Engine.Options()
         opts.limits = limits
-        let engine = Engine(model: model, options: opts)
+        let engine = try Engine(model: model, options: opts)
         engine.start()
         defer { engine.shutdown(drainTimeout: 0) }
         let lock = NSLock()
@@ -97,7 +97,7 @@ final class EngineTests: XCTestCase {
         let first = Self.prompts(vocab: model.vocabSize, count: 5, seed: 3)[4]
         var opts = Engine.Options()
         opts.limits = .init(maxBatchTokens: 64, maxSequences: 4)
-        let engine = Engine(model: model, options: opts)
+        let engine = try Engine(model: model, options: opts)
         engine.start()
         defer { engine.shutdown(drainTimeout: 0) }
         func run(_ prompt: [Int]) throws -> ([Int], Usage) {
@@ -126,7 +126,7 @@ final class EngineTests: XCTestCase {
     /// Refusals name what is wrong, before anything runs.
     func testRequestsThatCannotRunAreRefused() throws {
         let model = try Fixtures.model("llama")
-        let engine = Engine(model: model)
+        let engine = try Engine(model: model)
         XCTAssertThrowsError(try engine.submit(GenerationRequest(prompt: [], maxTokens: 4)) { _ in })
         XCTAssertThrowsError(try engine.submit(GenerationRequest(prompt: [model.vocabSize], maxTokens: 4)) { _ in })
         XCTAssertThrowsError(try engine.submit(GenerationRequest(prompt: [1], maxTokens: 0)) { _ in })

@@ -429,7 +429,7 @@ def test_16_concurrent_prompts_equal_each_alone(nodes):
     prompts = prompts16(TEXT)
     n = 12
     want = [alone_tokens(DEFAULT_MODEL, p, n) for p in prompts]
-    s = Server("--local-nodes", str(nodes), "--max-batch-tokens", "64", "--prefix-cache", "0")
+    s = Server("--local-nodes", str(nodes), "--max-batch-tokens", "64", "--no-prefix-cache")
     try:
         got = concurrent_tokens(s, prompts, n)
         # The same prompts one at a time: the logits' bits must not depend on the crowd.
@@ -568,3 +568,88 @@ def test_node_started_elsewhere_serves_the_experts():
         for node in nodes:
             node.kill()
             node.wait()
+
+
+# --- paged KV cache and prefix cache -----------------------------------------------------------
+
+def generate_ids(ids, n):
+    out = json.loads(farside("generate", "--model", str(DEFAULT_MODEL), "--tokens", ",".join(map(str, ids)),
+                             "--max-tokens", str(n), "--ignore-eos", "--format", "json"))
+    return out["tokens"]
+
+
+def complete_token_ids(server, ids, n):
+    status, _, body = server.request("POST", "/v1/completions", {
+        "prompt": ids, "max_tokens": n, "temperature": 0, "ignore_eos": True, "return_token_ids": True})
+    assert status == 200, body
+    r = json.loads(body)
+    return r["choices"][0]["token_ids"], r["usage"]
+
+
+def test_prefix_cache_prefills_only_what_a_long_shared_prefix_leaves():
+    """A second request sharing a 2,000-token prefix with a first one computes only its own
+    tail (usage.prompt_tokens_details.cached_tokens), answers as `farside generate` does, and the
+    metrics count the cached tokens and blocks."""
+    doc = [(i * 7919 + 13) % 48000 + 100 for i in range(2000)]
+    first, second = doc + [1000, 1001, 1002], doc + [2000, 2001, 2002, 2003]
+    s = Server("--max-batch-tokens", "512", "--kv-block-size", "16")
+    try:
+        ids1, u1 = complete_token_ids(s, first, 6)
+        assert u1["prompt_tokens_details"]["cached_tokens"] == 0
+        ids2, u2 = complete_token_ids(s, second, 6)
+        assert u2["prompt_tokens"] == len(second)
+        assert u2["prompt_tokens_details"]["cached_tokens"] == len(doc), "the shared prefix is not computed again"
+        m = s.metrics()
+        assert m["farside_prefix_cache_cached_tokens"] >= len(doc)
+        assert 0.3 < m["farside_prefix_cache_hit_rate"] < 0.6  # 2000 of 2003 + 2004 prompt tokens
+        assert m["farside_kv_cache_blocks_cached"] >= len(doc) // 16
+        assert m["farside_kv_cache_blocks_total"] > m["farside_kv_cache_blocks_used"]
+    finally:
+        assert s.stop() == 0
+    assert ids1 == generate_ids(first, 6)
+    assert ids2 == generate_ids(second, 6), "a prefix hit gives the tokens of computing the prefix again"
+
+
+def test_sequences_sharing_a_cached_block_stay_independent():
+    """Two requests at once share the partly filled last block a finished request left cached;
+    each copies it before writing (copy-on-write), so each answers as it does alone."""
+    base = [(i * 31 + 7) % 40000 + 50 for i in range(40)]  # 40 positions: 2 full blocks and 8 rows of a third
+    prompts = [base + [300 + k, 400 + k, 500 + k] for k in range(2)]
+    s = Server("--max-batch-tokens", "64", "--kv-block-size", "16")
+    try:
+        complete_token_ids(s, base, 1)  # leaves base (and its one generated token's block) cached
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda p: complete_token_ids(s, p, 10), prompts))
+    finally:
+        assert s.stop() == 0
+    for p, (ids, usage) in zip(prompts, got):
+        assert usage["prompt_tokens_details"]["cached_tokens"] == len(base)
+        assert ids == generate_ids(p, 10)
+
+
+def test_kv_budget_limits_are_clear_errors():
+    # Too small for one block of 16 positions (SmolLM2: 46,080 bytes per position).
+    r = subprocess.run([str(BIN), "serve", "--model", str(DEFAULT_MODEL), "--port", "0", "--kv-budget", "100KiB"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--kv-budget" in r.stderr and "holds no block" in r.stderr, r.stderr
+    r = subprocess.run([str(BIN), "serve", "--model", str(DEFAULT_MODEL), "--port", "0", "--kv-budget", "lots"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--kv-budget 'lots' is not a size" in r.stderr, r.stderr
+    r = subprocess.run([str(BIN), "serve", "--model", str(DEFAULT_MODEL), "--port", "0", "--kv-block-size", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--kv-block-size" in r.stderr, r.stderr
+    # 2 MiB: 2 blocks of 16 positions. A 40-token prompt can never fit: 400 at once, no hang.
+    s = Server("--kv-budget", "2MiB")
+    try:
+        status, _, body = s.request("POST", "/v1/completions", {"prompt": list(range(100, 140)), "max_tokens": 4})
+        assert status == 400, body
+        assert "--kv-budget" in json.loads(body)["error"]["message"]
+        # One that fits runs; its reply ends with `length` when the cache is full.
+        status, _, body = s.request("POST", "/v1/completions",
+                                    {"prompt": list(range(100, 120)), "max_tokens": 100, "ignore_eos": True})
+        assert status == 200, body
+        r = json.loads(body)
+        assert r["choices"][0]["finish_reason"] == "length"
+        assert r["usage"]["completion_tokens"] == 32 - 20 + 1
+    finally:
+        assert s.stop() == 0
