@@ -719,8 +719,13 @@ def main():
     print(f"transformers {transformers.__version__}, torch {torch.__version__}", file=sys.stderr)
     for n in names:
         make_fixture(n, args.out, lambda s: print(s, file=sys.stderr))
+    list_files(args.out, names)
+
+
+def list_files(out_root, names):
+    """Prints every file of the fixtures `names`: name/file, size, sha256 prefix."""
     for n in names:
-        d = os.path.join(args.out, n)
+        d = os.path.join(out_root, n)
         for fn in sorted(os.listdir(d)):
             p = os.path.join(d, fn)
             with open(p, "rb") as f:

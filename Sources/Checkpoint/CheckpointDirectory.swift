@@ -18,10 +18,13 @@ public final class CheckpointDirectory: @unchecked Sendable {
     public let files: [SafetensorsFile]
     /// The index file when the checkpoint is sharded.
     public let indexURL: URL?
+    /// config.json's compressed-tensors `quantization_config`, nil when it has none.
+    public let quantization: CompressedTensorsConfig?
 
     private let tensorsByName: [String: TensorInfo]
     private let sortedNames: [String]
-    /// Aligned copies of tensors whose data in the file is not aligned to their element size.
+    /// Aligned copies of tensors whose data in the file is not aligned to their element size,
+    /// and INT4 weights regrouped into blocks (`int4Matrix`), by tensor name.
     private var alignedCopies: [String: UnsafeMutableRawPointer] = [:]
     private let lock = NSLock()
 
@@ -29,6 +32,7 @@ public final class CheckpointDirectory: @unchecked Sendable {
     public init(url: URL) throws {
         self.url = url
         config = try ConfigJSON(contentsOf: url.appendingPathComponent("config.json"))
+        quantization = try CompressedTensorsConfig(config)
 
         let single = url.appendingPathComponent("model.safetensors")
         let index = url.appendingPathComponent("model.safetensors.index.json")
@@ -132,8 +136,11 @@ public final class CheckpointDirectory: @unchecked Sendable {
     /// A 2-D weight `[rows, cols]` to compute on in place. Throws `shapeMismatch` if its shape is
     /// not `[rows, cols]` (the checkpoint disagrees with config.json) and `unsupportedDType` if it
     /// is not F32, F16 or BF16. Data that the file stores misaligned for its element size is
-    /// copied once to aligned memory owned by this object.
+    /// copied once to aligned memory owned by this object. A weight stored as compressed-tensors
+    /// INT4 (`name` + `_packed`, `_scale`, `_shape`) comes back as `DType.int4`, regrouped once
+    /// (`int4Matrix`; `QuantizationError` when its tensors disagree with `[rows, cols]`).
     public func matrix(_ name: String, rows: Int, cols: Int) throws -> Matrix {
+        if isPackedInt4(name) { return try int4Matrix(name, rows: rows, cols: cols) }
         let (t, dtype) = try checked(name, shape: [rows, cols])
         return Matrix(data: aligned(t), dtype: dtype, rows: rows, cols: cols)
     }
@@ -164,12 +171,18 @@ public final class CheckpointDirectory: @unchecked Sendable {
 
     private func aligned(_ t: TensorInfo) -> UnsafeRawPointer {
         if Int(bitPattern: t.data) % t.dtype.byteSize == 0 { return t.data }
+        return ownedCopy(key: t.name, byteCount: t.byteCount) { $0.copyMemory(from: t.data, byteCount: t.byteCount) }
+    }
+
+    /// The memory this object keeps under `key`: made once (64-byte aligned, filled by `fill`)
+    /// and freed with this object.
+    func ownedCopy(key: String, byteCount: Int, fill: (UnsafeMutableRawPointer) -> Void) -> UnsafeRawPointer {
         lock.lock()
         defer { lock.unlock() }
-        if let p = alignedCopies[t.name] { return UnsafeRawPointer(p) }
-        let p = UnsafeMutableRawPointer.allocate(byteCount: max(t.byteCount, 1), alignment: 64)
-        p.copyMemory(from: t.data, byteCount: t.byteCount)
-        alignedCopies[t.name] = p
+        if let p = alignedCopies[key] { return UnsafeRawPointer(p) }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+        fill(p)
+        alignedCopies[key] = p
         return UnsafeRawPointer(p)
     }
 
@@ -201,7 +214,7 @@ public final class CheckpointDirectory: @unchecked Sendable {
                 }
                 count = n
             }
-        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K:
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K, .int4:
             // safetensors tensors never carry ggml block types (`computeType` maps none to them).
             return []
         }

@@ -152,6 +152,11 @@ public struct ConfigJSON: @unchecked Sendable {
         try array(key, "an array of integers") { $0.exactInt } ?? value
     }
 
+    /// An array of strings, or `default` when the key is missing or null.
+    public func stringArray(_ key: String, default value: [String]) throws -> [String] {
+        try array(key, "an array of strings") { if case .string(let s) = $0 { return s } else { return nil } } ?? value
+    }
+
     /// An array of numbers, or nil when the key is missing or null.
     public func optionalDoubleArray(_ key: String) throws -> [Double]? {
         try array(key, "an array of numbers") { $0.double }

@@ -1,8 +1,9 @@
 /// Element types the kernels compute on. Weights may be stored in any of these; activations and
 /// accumulators are always `Float` (fp32), as in the reference implementation.
 ///
-/// The quantized types are ggml's block formats (as GGUF files store them): a row is a sequence
-/// of blocks of `blockElements` values, each `blockBytes` long. Layouts in `Quantized.swift`.
+/// The quantized types are ggml's block formats (as GGUF files store them) and `int4`
+/// (compressed-tensors' INT4, regrouped): a row is a sequence of blocks of `blockElements`
+/// values, each `blockBytes` long. Layouts in `Quantized.swift`.
 public enum DType: String, Sendable, CaseIterable {
     case f32 = "F32"
     case f16 = "F16"
@@ -19,12 +20,19 @@ public enum DType: String, Sendable, CaseIterable {
     case q5_K = "Q5_K"
     /// 256 values: 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 int8 sub-block scales, fp16 `d`.
     case q6_K = "Q6_K"
+    /// 32 values: bf16 scale `d`, 16 bytes of nibbles laid out as Q4_0's; `x = d·(q − 8)`. Not a
+    /// ggml type: compressed-tensors' symmetric INT4 group-32 `pack-quantized` weights (Kimi K2
+    /// Thinking's experts), regrouped at load by `Int4Packing` so each group's scale sits beside
+    /// its values; 4.5 bits a value, as in the file. Values are `d·(q − 8)` exactly (fp32);
+    /// compressed-tensors' own decompression rounds that product to bf16, which changes nothing
+    /// when it fits bf16 (always in checkpoints `farside quantize` writes: `Int4Packing.quantize`).
+    case int4 = "INT4"
 
     /// Values per block (1 for the float types).
     public var blockElements: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q8_0, .q4_0, .q4_1: return 32
+        case .q8_0, .q4_0, .q4_1, .int4: return 32
         case .q4_K, .q5_K, .q6_K: return 256
         }
     }
@@ -35,7 +43,7 @@ public enum DType: String, Sendable, CaseIterable {
         case .f32: return 4
         case .f16, .bf16: return 2
         case .q8_0: return 34
-        case .q4_0: return 18
+        case .q4_0, .int4: return 18
         case .q4_1: return 20
         case .q4_K: return 144
         case .q5_K: return 176

@@ -202,7 +202,7 @@ public enum Linear {
         case .bf16: dispatch(BF16Format.self, w, x, count, y, accumulate, pool)
         case .f16: dispatch(F16Format.self, w, x, count, y, accumulate, pool)
         case .f32: dispatch(F32Format.self, w, x, count, y, accumulate, pool)
-        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: quantized(w, x, count, y, accumulate, pool)
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K, .int4: quantized(w, x, count, y, accumulate, pool)
         }
     }
 
@@ -626,7 +626,7 @@ extension Matrix {
         case .bf16: widen(BF16Format.self, p, out)
         case .f16: widen(F16Format.self, p, out)
         case .f32: UnsafeMutableRawPointer(out).copyMemory(from: p, byteCount: rowBytes)
-        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K: Quantized.dequantizeRow(dtype, p, cols: cols, into: out)
+        case .q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K, .int4: Quantized.dequantizeRow(dtype, p, cols: cols, into: out)
         }
     }
 

@@ -5,6 +5,7 @@
 /// Block layouts (little-endian, no padding):
 /// - Q8_0 (34 B / 32 values): `d: f16`, `qs: int8[32]`; `x[j] = d·qs[j]`.
 /// - Q4_0 (18 B / 32): `d: f16`, `qs: u8[16]`; `x[j] = d·((qs[j] & 15) − 8)`, `x[j+16] = d·((qs[j] >> 4) − 8)`.
+/// - INT4 (18 B / 32, not ggml's: `Int4Packing`): `d: bf16`, `qs: u8[16]` as Q4_0's; `x[j] = d·(q[j] − 8)`.
 /// - Q4_1 (20 B / 32): `d: f16`, `m: f16`, `qs: u8[16]`; `x[j] = d·(qs[j] & 15) + m`, `x[j+16] = d·(qs[j] >> 4) + m`.
 /// - Q4_K (144 B / 256): `d, dmin: f16`, `scales: u8[12]` (eight 6-bit scales and mins),
 ///   `qs: u8[128]`; per 64 values `j`, sub-blocks `2j`, `2j+1` take the low, then high nibbles of
@@ -17,6 +18,11 @@ public enum Quantized {
     @inline(__always)
     static func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
         Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: offset, as: UInt16.self)))
+    }
+
+    @inline(__always)
+    static func bfloat(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
+        Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: offset, as: UInt16.self)) << 16)
     }
 
     /// The 6-bit scale and min of sub-block `j` (0..<8) of a Q4_K/Q5_K block (ggml `get_scale_min_k4`).
@@ -35,8 +41,8 @@ public enum Quantized {
         case .q8_0:
             let d = half(block, 0)
             for j in 0..<32 { out[j] = d * Float(Int8(bitPattern: b[2 + j])) }
-        case .q4_0:
-            let d = half(block, 0)
+        case .q4_0, .int4:
+            let d = dtype == .int4 ? bfloat(block, 0) : half(block, 0)
             for j in 0..<16 {
                 out[j] = d * Float(Int(b[2 + j] & 15) - 8)
                 out[j + 16] = d * Float(Int(b[2 + j] >> 4) - 8)

@@ -6,7 +6,7 @@ import CQuantDot
 /// (`x ≈ dx·qx`, `dx = max|x|/32767`, relative rounding error ≤ 1.5e-5 of the block's largest
 /// value), then every weight block costs an exact int32 dot of its integer values with `qx`
 /// (`vpmaddwd`) scaled by `d·dx` into an fp32 accumulator; the offsets (`m·Σx` for Q4_1, `−8d·Σx`
-/// for Q4_0) use the exact fp32 block sums of `x`. The kernel is C (Sources/CQuantDot): Swift's
+/// for Q4_0) use the exact fp32 block sums of `x` (INT4 subtracts its 8 inside the integer dot). The kernel is C (Sources/CQuantDot): Swift's
 /// SIMD types give no 16-bit multiply-add (BENCHMARKS.md has both measured).
 ///
 /// The k-quants (Q4_K, Q5_K, Q6_K) take the same path: their 32-value sub-blocks (Q6_K: pairs
@@ -18,7 +18,7 @@ import CQuantDot
 /// per-row instruction sequence whichever rows share its group (CQuantDot), so `y[t, r]` has
 /// the same bits alone or in any batch, on any thread split. Batches (`gemmInt16`) go over
 /// groups of `int16GroupRows` rows, which stay in L1/L2 while every token passes (the weights are
-/// read from memory once per call): Q4_1, Q4_0 and Q8_0 through a token-tiled C kernel that
+/// read from memory once per call): Q4_1, Q4_0, Q8_0 and INT4 through a token-tiled C kernel that
 /// decodes each weight block once per four tokens and runs the GEMV's per-row instructions, the
 /// k-quants through the GEMV token after token.
 extension Linear {
@@ -50,6 +50,7 @@ extension Linear {
         case .q4_1: return fs_gemm_q4_1
         case .q4_0: return fs_gemm_q4_0
         case .q8_0: return fs_gemm_q8_0
+        case .int4: return fs_gemm_int4
         default: return nil
         }
     }
@@ -59,6 +60,7 @@ extension Linear {
         case .q4_1: return fs_gemv_q4_1
         case .q4_0: return fs_gemv_q4_0
         case .q8_0: return fs_gemv_q8_0
+        case .int4: return fs_gemv_int4
         case .q4_K: return fs_gemv_q4_k
         case .q5_K: return fs_gemv_q5_k
         case .q6_K: return fs_gemv_q6_k

@@ -50,7 +50,7 @@ struct Synth: ParsableCommand {
                 cfg = try ConfigJSON(data: data, source: url.path).object
                 cfg["model_type"] = arch
             }
-            try prepareOutput(URL(fileURLWithPath: out))
+            try Self.prepareOutput(URL(fileURLWithPath: out), force: force)
             let t: TensorDType = dtype == "f32" ? .f32 : dtype == "f16" ? .f16 : .bf16
             let params = try SyntheticModel.write(config: cfg, dtype: t, seed: seed, to: URL(fileURLWithPath: out))
             printJSON("{\"out\": \"\(out)\", \"parameters\": \(params), \"bytes\": \(params * (t == .f32 ? 4 : 2))}")
@@ -65,8 +65,9 @@ struct Synth: ParsableCommand {
     }
 
     /// Refuses an existing non-empty `dir` (a checkpoint would be overwritten and mixed with
-    /// stale files) unless `--force`, which removes its checkpoint files first.
-    func prepareOutput(_ dir: URL) throws {
+    /// stale files) unless `force` (`--force`), which removes its checkpoint files first.
+    /// `farside quantize` shares it.
+    static func prepareOutput(_ dir: URL, force: Bool) throws {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDir) else { return }
         guard isDir.boolValue else { throw ValidationError("--out \(dir.path) exists and is not a directory") }

@@ -56,6 +56,17 @@ func makeBuffer(_ bytes: Int, dtype: DType = .bf16) -> UnsafeMutableRawPointer {
     return p
 }
 
+/// One page-touched `makeBuffer` matrix of `dtype` per `(rows, cols)` in `shapes`, and their
+/// bytes together; `freeMatrices` releases them.
+func makeMatrices(_ shapes: [(Int, Int)], dtype: DType) -> (mats: [Matrix], bytes: Int) {
+    let mats = shapes.map { r, c in Matrix(data: makeBuffer(r * dtype.rowBytes(cols: c), dtype: dtype), dtype: dtype, rows: r, cols: c) }
+    return (mats, mats.reduce(0) { $0 + $1.byteCount })
+}
+
+func freeMatrices(_ mats: [Matrix]) {
+    for m in mats { UnsafeMutableRawPointer(mutating: m.data).deallocate() }
+}
+
 func vector(_ n: Int) -> UnsafeMutablePointer<Float> {
     let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
     for i in 0..<n { p[i] = Float(sin(Double(i) * 0.37)) }
@@ -194,23 +205,30 @@ func quantized() {
     // k-quants need columns in multiples of 256: Llama-3.2-1B's layer shapes, 2 layers (~70 MB
     // at 4.5 bits), beside Q4_0/Q8_0 at the same shapes.
     let kShapes = [(2048, 2048), (512, 2048), (512, 2048), (2048, 2048), (8192, 2048), (8192, 2048), (2048, 8192)]
-    for dtype in [DType.q4_0, .q4_K, .q5_K, .q6_K, .q8_0] {
-        var mats: [Matrix] = [], bufs: [UnsafeMutableRawPointer] = []
-        var bytes = 0
-        for _ in 0..<2 {
-            for (r, c) in kShapes {
-                let b = r * dtype.rowBytes(cols: c)
-                let buf = makeBuffer(b, dtype: dtype)
-                bufs.append(buf)
-                mats.append(Matrix(data: buf, dtype: dtype, rows: r, cols: c))
-                bytes += b
-            }
-        }
+    for dtype in [DType.q4_0, .int4, .q4_K, .q5_K, .q6_K, .q8_0] {
+        let (mats, bytes) = makeMatrices(kShapes + kShapes, dtype: dtype)
         let x = vector(8192), y = vector(8192)
         let t = timeIt { for m in mats { Linear.forward(m, input: x, count: 1, output: y) } }
         line("gemv \(dtype) Llama-3.2-1B layer matrices ×2 (\(bytes >> 20) MiB), \(threads) thread\(threads > 1 ? "s" : ""): "
              + "\(fmt(Double(bytes) / t / 1e9)) GB/s (\(fmt(t * 1e3, 2)) ms)")
-        for b in bufs { b.deallocate() }
+        freeMatrices(mats)
+        x.deallocate(); y.deallocate()
+    }
+    // One Kimi K2 routed expert (gate and up 2048×7168, down 7168×2048) as its published INT4
+    // (compressed-tensors group 32, regrouped) against bf16: decode reads every weight once, and
+    // a few tokens routed to the same expert share that read.
+    let expertShapes = [(2048, 7168), (2048, 7168), (7168, 2048)]
+    for dtype in [DType.int4, .bf16] {
+        let (mats, bytes) = makeMatrices(expertShapes, dtype: dtype)
+        let x = vector(16 * 7168), y = vector(16 * 7168)
+        let t = timeIt { for m in mats { Linear.forward(m, input: x, count: 1, output: y) } }
+        line("gemv \(dtype) Kimi K2 expert (\(bytes >> 20) MiB), \(threads) thread\(threads > 1 ? "s" : ""): "
+             + "\(fmt(Double(bytes) / t / 1e9)) GB/s (\(fmt(t * 1e3, 2)) ms)")
+        for n in [4, 16] {
+            let tn = timeIt { for m in mats { Linear.forward(m, input: x, count: n, output: y) } }
+            line("gemm \(dtype) Kimi K2 expert, \(n) tokens: \(fmt(2 * Double(3 * 2048 * 7168 * n) / tn / 1e9)) GFLOP/s (\(fmt(tn * 1e3, 2)) ms)")
+        }
+        freeMatrices(mats)
         x.deallocate(); y.deallocate()
     }
     let head = makeBuffer(49152 * DType.q8_0.rowBytes(cols: 576), dtype: .q8_0)

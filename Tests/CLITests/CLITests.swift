@@ -291,6 +291,38 @@ final class SynthTests: XCTestCase {
         }
     }
 
+    /// `farside quantize` on the float Kimi K2 fixture: routed experts become INT4 (packed bytes
+    /// ~3.6x fewer than bf16's would be, 7x fewer than the fixture's f32), the model serves,
+    /// through expert nodes with the same bits as in process, and its logits stay near the
+    /// float model's (INT4's rounding, not a wrong layout: a layout error gives errors of the
+    /// logits' own size). An existing --out is refused without --force.
+    func testQuantizeWritesAnInt4CheckpointThatServes() throws {
+        let out = tempDir()
+        defer { try? FileManager.default.removeItem(at: out) }
+        let src = CLI.fixtures.appendingPathComponent("kimi_k2").path
+        let q = try CLI.run(["quantize", "--model", src, "--out", out.path])
+        XCTAssertEqual(q.status, 0, q.stderr)
+        XCTAssertEqual(q.json?["quantized"] as? Int, 2 * 8 * 3, q.stdout)
+        let again = try CLI.run(["quantize", "--model", src, "--out", out.path])
+        XCTAssertNotEqual(again.status, 0)
+        XCTAssertTrue(again.stderr.contains("--force"), again.stderr)
+        let tokens = "5,17,3,99,250,1,42,8,8,200"
+        let a = try CLI.run(["logits", "--model", src, "--tokens", tokens, "--all-positions"])
+        let b = try CLI.run(["logits", "--model", out.path, "--tokens", tokens, "--all-positions"])
+        let c = try CLI.run(["logits", "--model", out.path, "--tokens", tokens, "--all-positions", "--local-nodes", "2"])
+        XCTAssertEqual(b.status, 0, b.stderr)
+        XCTAssertEqual(c.status, 0, c.stderr)
+        XCTAssertEqual(c.stdout, b.stdout, "through 2 nodes differs from in process")
+        let fa = try XCTUnwrap(a.json?["logits"] as? [[Double]]).flatMap { $0 }
+        let fb = try XCTUnwrap(b.json?["logits"] as? [[Double]]).flatMap { $0 }
+        XCTAssertEqual(fa.count, fb.count)
+        let mean = fa.reduce(0, +) / Double(fa.count)
+        let sd = (fa.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(fa.count)).squareRoot()
+        let err = zip(fa, fb).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertGreaterThan(err, 0, "experts were quantized")
+        XCTAssertLessThan(err, 0.25 * sd, "INT4 experts moved the logits by \(err) (their sd is \(sd))")
+    }
+
     func testSameSeedWritesIdenticalBytes() throws {
         let a = tempDir(), b = tempDir(), c = tempDir()
         defer { for d in [a, b, c] { try? FileManager.default.removeItem(at: d) } }

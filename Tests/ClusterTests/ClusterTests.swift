@@ -11,7 +11,7 @@ enum Harness {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
     static let fixtures = root.appendingPathComponent("Tests/Fixtures")
-    static let moeFixtures = ["mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3", "kimi_k2"]
+    static let moeFixtures = ["mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3", "kimi_k2", "kimi_k2_int4"]
 
     static var binary: URL {
         get throws {

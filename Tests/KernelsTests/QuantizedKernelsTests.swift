@@ -2,13 +2,17 @@ import Foundation
 import XCTest
 @testable import Kernels
 
-/// Random ggml blocks with sane fp16 scales, in a buffer aligned to nothing in particular (as
-/// inside a GGUF mapping, where blocks of 18, 20, 34… bytes sit at any address).
+/// Random ggml (and INT4) blocks with sane fp16 (INT4: bf16) scales, in a buffer aligned to
+/// nothing in particular (as inside a GGUF mapping, where blocks of 18, 20, 34… bytes sit at any
+/// address).
 final class QuantMatrix {
     static let scaleOffsets: [DType: [Int]] = [
-        .q8_0: [0], .q4_0: [0], .q4_1: [0, 2], .q4_K: [0, 2], .q5_K: [0, 2], .q6_K: [208],
+        .q8_0: [0], .q4_0: [0], .q4_1: [0, 2], .q4_K: [0, 2], .q5_K: [0, 2], .q6_K: [208], .int4: [0],
     ]
-    static let types: [DType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K]
+    /// The types GGUF files hold (gguf-py's decoders are their reference).
+    static let ggmlTypes: [DType] = [.q8_0, .q4_0, .q4_1, .q4_K, .q5_K, .q6_K]
+    /// Every block type the kernels compute on.
+    static let types: [DType] = ggmlTypes + [.int4]
 
     let rows: Int, cols: Int, dtype: DType
     let storage: UnsafeMutableRawPointer
@@ -28,8 +32,9 @@ final class QuantMatrix {
         let blocks = bytes / dtype.blockBytes
         for b in 0..<blocks {
             for off in Self.scaleOffsets[dtype]! {
-                let v = Float16(rng.next() * 0.01)
-                data.storeBytes(of: v.bitPattern, toByteOffset: b * dtype.blockBytes + off, as: UInt16.self)
+                let v = rng.next() * 0.01
+                let bits = dtype == .int4 ? UInt16(Float(v).bitPattern >> 16) : Float16(v).bitPattern
+                data.storeBytes(of: bits, toByteOffset: b * dtype.blockBytes + off, as: UInt16.self)
             }
         }
         var v = [Float](repeating: 0, count: rows * cols)
@@ -54,7 +59,7 @@ final class QuantizedKernelsTests: XCTestCase {
     /// The scalar decoders reproduce gguf-py's dequantizers (the reference port of ggml's
     /// `dequantize_row_*`) exactly on random blocks (scripts/make-quant-fixtures.py).
     func testReferenceDecodersMatchGGUFPy() throws {
-        for dtype in QuantMatrix.types {
+        for dtype in QuantMatrix.ggmlTypes {
             let data = try Data(contentsOf: Self.fixtures.appendingPathComponent(dtype.rawValue + ".bin"))
             try data.withUnsafeBytes { raw in
                 let blocks = Int(raw.loadUnaligned(as: UInt32.self))
@@ -205,5 +210,43 @@ final class QuantizedKernelsTests: XCTestCase {
         XCTAssertThrowsError(try q.matrix.columns(256, count: 512))
         XCTAssertThrowsError(try q.matrix.columns(-256, count: 256))
         XCTAssertNoThrow(try q.matrix.columns(256, count: 256))
+    }
+}
+
+/// `Int4Packing` against compressed-tensors' layout, written out by hand here from its
+/// `pack_to_int32` (value `8w + i` of a row in bits `4i` of word `w`, stored as `q + 8`) and its
+/// group scales (`weight = scale · q`, one scale per 32 values of a row).
+final class Int4PackingTests: XCTestCase {
+    func testRegroupedBlocksDecodeToScaleTimesQAndPackBack() {
+        let rows = 3, cols = 96, groups = cols / 32, words = cols / 8
+        func q(_ r: Int, _ c: Int) -> Int { (r * 7 + c * 3 + c / 5) % 16 - 8 }
+        func scale(_ r: Int, _ g: Int) -> Float { Float(r + 1) * 0.0625 + Float(g) * 0.5 }  // exact in bf16
+        var packed = [UInt32](repeating: 0, count: rows * words)
+        var scales = [UInt16](repeating: 0, count: rows * groups)
+        for r in 0..<rows {
+            for c in 0..<cols { packed[r * words + c / 8] |= UInt32(q(r, c) + 8) << (4 * UInt32(c % 8)) }
+            for g in 0..<groups { scales[r * groups + g] = UInt16(scale(r, g).bitPattern >> 16) }
+        }
+        let bytes = rows * DType.int4.rowBytes(cols: cols)
+        XCTAssertEqual(bytes, rows * cols / 2 + rows * groups * 2, "4 bits a value plus a bf16 scale a group")
+        let blocks = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 1)
+        defer { blocks.deallocate() }
+        packed.withUnsafeBytes { p in
+            scales.withUnsafeBytes { s in
+                Int4Packing.blocks(packed: p.baseAddress!, scales: s.baseAddress!, rows: rows, cols: cols, into: blocks)
+            }
+        }
+        let m = Matrix(data: blocks, dtype: .int4, rows: rows, cols: cols)
+        for r in 0..<rows {
+            for c in 0..<cols { XCTAssertEqual(m.element(r, c), scale(r, c / 32) * Float(q(r, c)), "(\(r), \(c))") }
+        }
+        var packed2 = [UInt32](repeating: 0, count: rows * words), scales2 = [UInt16](repeating: 0, count: rows * groups)
+        packed2.withUnsafeMutableBytes { p in
+            scales2.withUnsafeMutableBytes { s in
+                Int4Packing.compressedTensors(blocks: blocks, rows: rows, cols: cols, packed: p.baseAddress!, scales: s.baseAddress!)
+            }
+        }
+        XCTAssertEqual(packed2, packed)
+        XCTAssertEqual(scales2, scales)
     }
 }

@@ -30,9 +30,17 @@ struct Reference: Decodable {
 enum Fixtures {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
-    static let names = ["llama", "llama_untied", "mixtral", "qwen3_moe", "qwen3_moe_sparse", "qwen2_moe", "qwen2", "deepseek_v3", "kimi_k2"]
+    static let names = ["llama", "llama_untied", "mixtral", "qwen3_moe", "qwen3_moe_sparse", "qwen2_moe", "qwen2", "deepseek_v3", "kimi_k2", "kimi_k2_int4"]
 
     static func directory(_ name: String) -> URL { root.appendingPathComponent(name) }
+
+    /// How far a fixture's logits (and routing weights) may be from transformers': 1e-4
+    /// (`assertClose`), except for kimi_k2_int4. Its INT4 experts run the Q4 kernels' arithmetic,
+    /// activations rounded to int16 per 32-value block (to 1/65534 of the block's largest value);
+    /// that rounding alone, simulated in Python on this fixture, moves the logits by up to 3.3e-4
+    /// (Farside measured the same order), so 1e-3 there. A wrong packing order or scale layout
+    /// moves them by their own size (~1).
+    static func tolerance(_ name: String) -> Float { name == "kimi_k2_int4" ? 1e-3 : 1e-4 }
 
     static func reference(_ name: String) throws -> Reference {
         let data = try Data(contentsOf: directory(name).appendingPathComponent("reference.json"))
@@ -48,7 +56,8 @@ enum Fixtures {
 }
 
 /// transformers' tolerance for this suite: 1e-4 absolute, or relative where |logit| > 1.
-func assertClose(_ got: [Float], _ want: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+func assertClose(_ got: [Float], _ want: [Float], _ what: String, tolerance: Float = 1e-4,
+                 file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(got.count, want.count, "\(what): length", file: file, line: line)
     var worst: Float = 0
     var worstAt = -1
@@ -56,7 +65,7 @@ func assertClose(_ got: [Float], _ want: [Float], _ what: String, file: StaticSt
         let err = abs(got[i] - want[i]) / max(1, abs(want[i]))
         if !(err <= worst) { worst = err; worstAt = i }
     }
-    XCTAssertLessThanOrEqual(worst, 1e-4, "\(what): worst error \(worst) at \(worstAt)", file: file, line: line)
+    XCTAssertLessThanOrEqual(worst, tolerance, "\(what): worst error \(worst) at \(worstAt)", file: file, line: line)
 }
 
 /// A layer's traced routes (`entries`, one per position in order) against transformers' choices
@@ -64,13 +73,14 @@ func assertClose(_ got: [Float], _ want: [Float], _ what: String, file: StaticSt
 /// meaningful (DeepSeek uses sorted=False), so both sides are sorted by expert. `against` ends the
 /// failure messages ("experts\(against)").
 func assertRoutes(_ entries: [RouteTrace.Entry], match r: Reference.Routing, _ name: String, against: String = "",
-                  file: StaticString = #filePath, line: UInt = #line) {
+                  tolerance: Float = 1e-4, file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(entries.count, r.experts.count, "\(name) layer \(r.layer): positions", file: file, line: line)
     for (p, e) in entries.enumerated() where p < r.experts.count {
         let got = zip(e.experts, e.weights).sorted { $0.0 < $1.0 }
         let want = zip(r.experts[p], r.weights[p]).sorted { $0.0 < $1.0 }
         XCTAssertEqual(got.map(\.0), want.map(\.0), "\(name) layer \(r.layer) position \(p): experts\(against)", file: file, line: line)
-        assertClose(got.map(\.1), want.map(\.1), "\(name) layer \(r.layer) position \(p): weights\(against)", file: file, line: line)
+        assertClose(got.map(\.1), want.map(\.1), "\(name) layer \(r.layer) position \(p): weights\(against)", tolerance: tolerance,
+                    file: file, line: line)
     }
 }
 
@@ -82,7 +92,7 @@ final class FixtureTests: XCTestCase {
             XCTAssertEqual(model.architecture, ref.model_class, name)
             for (ci, c) in ref.cases.enumerated() {
                 let logits = try model.forward(c.tokens, cache: model.makeCache(), logits: .all)
-                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens)")
+                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens)", tolerance: Fixtures.tolerance(name))
             }
         }
     }
@@ -98,7 +108,8 @@ final class FixtureTests: XCTestCase {
             model.pingPongMinTokens = 2
             for (ci, c) in ref.cases.enumerated() where c.tokens.count >= 2 {
                 let logits = try model.forward(c.tokens, cache: model.makeCache(), logits: .all)
-                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens) in two micro-batches")
+                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens) in two micro-batches",
+                            tolerance: Fixtures.tolerance(name))
                 split += 1
             }
         }
@@ -116,10 +127,10 @@ final class FixtureTests: XCTestCase {
             let cache = model.makeCache(capacity: 4)
             let split = tokens.count / 3
             let first = try model.forward(Array(tokens[..<split]), cache: cache, logits: .all)
-            assertClose(first, full[..<split].flatMap { $0 }, "\(name) prefill")
+            assertClose(first, full[..<split].flatMap { $0 }, "\(name) prefill", tolerance: Fixtures.tolerance(name))
             for p in split..<tokens.count {
                 let step = try model.forward([tokens[p]], cache: cache, logits: .last)
-                assertClose(step, full[p], "\(name) decode at position \(p)")
+                assertClose(step, full[p], "\(name) decode at position \(p)", tolerance: Fixtures.tolerance(name))
             }
             XCTAssertEqual(cache.length, tokens.count)
         }
@@ -145,10 +156,23 @@ final class FixtureTests: XCTestCase {
                 let trace = RouteTrace()
                 _ = try model.forward(ref.cases[r.case].tokens, cache: model.makeCache(), logits: .none, trace: trace)
                 let entries = trace.entries.filter { $0.layer == r.layer }.sorted { $0.position < $1.position }
-                assertRoutes(entries, match: r, name)
+                assertRoutes(entries, match: r, name, tolerance: Fixtures.tolerance(name))
                 checked += 1
             }
         }
         XCTAssertGreaterThan(checked, 5, "router fixtures missing")
+    }
+
+    /// kimi_k2_int4 keeps its routed experts packed (compressed-tensors INT4, 18 bytes per 32
+    /// values) and the rest as the file has it (bf16), and the expert side counts packed bytes.
+    func testInt4FixtureHoldsPackedExperts() throws {
+        let model = try Fixtures.model("kimi_k2_int4")
+        let e = try model.expertLoader(1, 0)
+        XCTAssertEqual([e.gate.dtype, e.up.dtype, e.down.dtype], [.int4, .int4, .int4])
+        XCTAssertEqual(e.weightBytes, 3 * 64 * (64 / 32) * 18)
+        let experts = try LocalExperts(model: model)
+        XCTAssertEqual(experts.weightBytes, 2 * 8 * e.weightBytes, "2 MoE layers of 8 experts, packed")
+        guard case .sparse(let moe) = model.layers[1].feedForward else { return XCTFail("layer 1 is not sparse") }
+        XCTAssertEqual(moe.shared?.gate.dtype, .bf16, "shared experts stay bf16")
     }
 }
