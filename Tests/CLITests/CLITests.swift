@@ -294,8 +294,8 @@ final class SynthTests: XCTestCase {
     /// `farside quantize` on the float Kimi K2 fixture: routed experts become INT4 (packed bytes
     /// ~3.6x fewer than bf16's would be, 7x fewer than the fixture's f32), the model serves,
     /// through expert nodes with the same bits as in process, and its logits stay near the
-    /// float model's (INT4's rounding, not a wrong layout: a layout error gives errors of the
-    /// logits' own size). An existing --out is refused without --force.
+    /// float model's (INT4's rounding, not a wrong layout). An existing --out is refused without
+    /// --force. (scripts/check-int4-checkpoint.py checks the same output with compressed-tensors.)
     func testQuantizeWritesAnInt4CheckpointThatServes() throws {
         let out = tempDir()
         defer { try? FileManager.default.removeItem(at: out) }
@@ -318,9 +318,11 @@ final class SynthTests: XCTestCase {
         XCTAssertEqual(fa.count, fb.count)
         let mean = fa.reduce(0, +) / Double(fa.count)
         let sd = (fa.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(fa.count)).squareRoot()
-        let err = zip(fa, fb).map { abs($0 - $1) }.max() ?? .infinity
-        XCTAssertGreaterThan(err, 0, "experts were quantized")
-        XCTAssertLessThan(err, 0.25 * sd, "INT4 experts moved the logits by \(err) (their sd is \(sd))")
+        // Random N(0, 0.15²) experts in groups of 32 carry ~8% INT4 rounding noise each: the
+        // logits moved by 0.12 sd on average (measured); a layout error moves them by ~1 sd.
+        let meanError = zip(fa, fb).map { abs($0 - $1) }.reduce(0, +) / Double(fa.count)
+        XCTAssertGreaterThan(meanError, 0, "experts were quantized")
+        XCTAssertLessThan(meanError, 0.25 * sd, "INT4 experts moved the logits by \(meanError) on average (their sd is \(sd))")
     }
 
     func testSameSeedWritesIdenticalBytes() throws {
