@@ -38,9 +38,9 @@ enum Fixtures {
     /// (`assertClose`), except for kimi_k2_int4. Its INT4 experts run the Q4 kernels' arithmetic,
     /// activations rounded to int16 per 32-value block (to 1/65534 of the block's largest value);
     /// that rounding alone, simulated in Python on this fixture, moves the logits by up to 3.3e-4
-    /// (Farside measured the same order), so 1e-3 there. A wrong packing order or scale layout
-    /// moves them by their own size (~1).
-    static func tolerance(_ name: String) -> Float { name == "kimi_k2_int4" ? 1e-3 : 1e-4 }
+    /// (Farside: 3.6e-4), so 5e-4 there. A wrong packing order or scale layout moves them by
+    /// their own size (~1).
+    static func tolerance(_ name: String) -> Float { name == "kimi_k2_int4" ? 5e-4 : 1e-4 }
 
     static func reference(_ name: String) throws -> Reference {
         let data = try Data(contentsOf: directory(name).appendingPathComponent("reference.json"))
