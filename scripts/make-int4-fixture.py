@@ -18,11 +18,12 @@ What it writes, as Kimi K2 Thinking ships its checkpoint:
     `weight_shape` (int64), written by compressed-tensors' PackedQuantizationCompressor.compress;
   * reference.json: the same format as the other fixtures (Tests/Fixtures/README.md).
 
-The reference is a DEQUANTIZE-THEN-RUN reference: transformers 5 keeps DeepSeek-V3 experts as fused
-3-D parameters, not the per-expert nn.Linear modules compressed-tensors attaches INT4 schemes to, so
-the logits come from transformers' DeepseekV3ForCausalLM (float32, eager) whose routed experts hold
-the weights compressed-tensors' own PackedQuantizationCompressor.decompress returns for the packed
-tensors in the file. The script checks that those decompressed weights equal scale * q exactly.
+The reference is a DEQUANTIZE-THEN-RUN reference: transformers 5.23 with compressed-tensors 0.20.1
+loads this checkpoint (from_pretrained) and decompresses the experts exactly, but keeps them in bf16
+and so computes the routed experts in bf16 (its logits were 0.031 from the float32 reference), so
+the logits come from transformers' DeepseekV3ForCausalLM (float32, eager) whose routed experts hold,
+in float32, the weights compressed-tensors' own PackedQuantizationCompressor.decompress returns for
+the packed tensors in the file. The script checks that those decompressed weights equal scale * q.
 
 Scales: compressed-tensors' calculate_qparams (absmax / 7.5 per group of 32), then rounded to 5
 significant bits before the bf16 cast. compressed-tensors dequantizes in the scale's dtype
