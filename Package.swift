@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // Numeric kernels: matrix-vector/matrix products over F32/F16/BF16 weights, norms, RoPE, softmax.
@@ -75,10 +76,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Running as a service: systemd's notify protocol, the cluster config file (YAML).
+        .target(name: "Deploy", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: checkedFlags),
         .executableTarget(
             name: "farside",
             dependencies: [
-                "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport",
+                "Deploy", "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -96,6 +99,7 @@ let package = Package(
         .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Checkpoint"]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"]),
+        .testTarget(name: "DeployTests", dependencies: ["Deploy"]),
     ],
     swiftLanguageModes: [.v5]
 )

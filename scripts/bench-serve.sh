@@ -30,14 +30,8 @@ moe_vocab=$(.venv/bin/python -c "import json; print(json.load(open('$moe/config.
 peer_bin=$(scripts/build-llama-cpp.sh llama-server)
 port=18431
 out=$(mktemp)
-wait_ready() {  # PID
-  for _ in $(seq 1 1200); do
-    kill -0 "$1" 2>/dev/null || { echo "server exited before it was ready" >&2; return 1; }
-    .venv/bin/python -c "import http.client; c = http.client.HTTPConnection('127.0.0.1', $port, timeout=1); c.request('GET', '/health'); assert c.getresponse().status == 200" 2>/dev/null && return 0
-    sleep 0.5
-  done
-  echo "server on $port did not become ready" >&2; return 1
-}
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 run() {  # NAME STREAMS REQUESTS MAX_TOKENS LOAD_ARGS -- CMD...
   local name=$1 n=$2 requests=$3 max_tokens=$4 load_args=$5; shift 6
   "$@" > /dev/null 2>&1 &

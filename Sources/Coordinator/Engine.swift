@@ -167,6 +167,9 @@ public final class Engine: @unchecked Sendable {
         public var preemptions = 0
         public var nodesAlive = 0
         public var nodesKnown = 0
+        /// When the engine thread last went round its loop (after a step, or its idle wake-up
+        /// every 0.2 s), `ProcessInfo.systemUptime` seconds: a watchdog's sign of life.
+        public var lastLoop = 0.0
     }
 
     public let model: DecoderModel
@@ -457,7 +460,9 @@ public final class Engine: @unchecked Sendable {
         let used = kv.pool.usedCount, cached = kv.pool.cachedCount, bytes = kv.usedBytes
         let running = scheduler.running.count, waiting = scheduler.waiting.count
         let nodes = options.nodeProbe?() ?? (alive: 0, known: 0)
+        let now = ProcessInfo.processInfo.systemUptime
         lock.lock()
+        stats.lastLoop = now
         stats.nodesAlive = nodes.alive
         stats.nodesKnown = nodes.known
         stats.running = running

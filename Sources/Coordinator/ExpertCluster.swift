@@ -47,6 +47,10 @@ public final class ExpertCluster: ExpertBackend {
         /// build of this and of the pool's yielding workers: 0.82-1.03 (median 0.93), against
         /// 0.72-0.78 (median 0.76) blocking at once.
         public var yieldWindow = 0.005
+        /// The coordinator's CurveZMQ keys: with them, every node link (the control socket and
+        /// each data connection) is encrypted, this side is the CURVE server, and the context's
+        /// ZAP handler (`CurveAuthenticator`) decides which node keys get in. Nil: plaintext.
+        public var curve: CurveKeyPair?
         public init() {}
     }
 
@@ -65,6 +69,9 @@ public final class ExpertCluster: ExpertBackend {
         /// `nodeTimeout`, also between steps and while placing experts.
         var events: ZMQSocket?
         var alive = true
+        /// Asked to leave (its Drain message): its experts move to the other nodes, then it is
+        /// told to shut down.
+        var leaving = false
         var experts: [(layer: Int, expert: Int)] = []
         var acknowledgedEpoch: UInt64 = 0
         var ackError: String?
@@ -90,6 +97,8 @@ public final class ExpertCluster: ExpertBackend {
     var nextRequest: UInt64 = 1
     /// Set when a node joins or comes back after placement: the next step spreads experts anew.
     var rebalancePending = false
+    /// Set when a node asks to leave: the next step moves its experts (and only those).
+    var leavePending = false
     let log: (String) -> Void
     /// Bytes sent and received on the data plane (headers and payloads), for accounting.
     public private(set) var bytesSent = 0
@@ -105,6 +114,7 @@ public final class ExpertCluster: ExpertBackend {
         self.log = log
         control = try ZMQSocket(kind: .router)
         try control.setLinger(0)
+        if let keys = options.curve { try control.makeCurveServer(keys) }
         try control.setMaxMessageSize(1 << 20)
         controlEndpoint = try control.bind(options.controlEndpoint)
     }
@@ -212,6 +222,15 @@ public final class ExpertCluster: ExpertBackend {
                 }
             case .heartbeat(let h):
                 node?.busySeconds += h.busySeconds
+            case .drain:
+                // From a node, Drain means "I am stopping": systemd's stop, SIGTERM. Its
+                // experts move to the live nodes between steps, then it is told to shut down.
+                if let n = node, n.alive, !n.leaving {
+                    n.leaving = true
+                    leavePending = !placement.isEmpty
+                    log("node \(n.id) is leaving: moving its \(n.experts.count) experts to the other nodes")
+                    if placement.isEmpty { retireLeavingNodes() }
+                }
             default:
                 log("control: ignored a message from \(id)")
             }
@@ -251,6 +270,7 @@ public final class ExpertCluster: ExpertBackend {
             n.memoryBudget = memory
             n.experts = []
             n.alive = true
+            n.leaving = false
             n.data = socket
             rebalancePending = !placement.isEmpty
             log("node \(id) re-registered at \(endpoint)")
@@ -270,6 +290,9 @@ public final class ExpertCluster: ExpertBackend {
         let s = try ZMQSocket(kind: .dealer)
         try s.setLinger(0)
         try s.setMaxMessageSize(options.maxMessageBytes)
+        // The coordinator is the CURVE server on its data connections too, so a node's bound
+        // data socket (a CURVE client of the coordinator's key) talks to nobody else.
+        if let keys = options.curve { try s.makeCurveServer(keys) }
         let events = try s.monitor(.disconnected)
         do {
             try s.connect(endpoint)
@@ -315,12 +338,33 @@ public final class ExpertCluster: ExpertBackend {
         pumpEvents()
         do {
             try pumpControl(timeout: 0)
-            if rebalancePending && steps.isEmpty {
-                rebalancePending = false
-                try place(rebalance: true)
-            }
+            try placeIfPending()
         } catch {
             log("could not take in a joining node: \(error)")
+        }
+    }
+
+    /// Places experts again when a node joined (a rebalance over every live node) or asked to
+    /// leave (its experts only), if no step is in flight; then lets leaving nodes go.
+    func placeIfPending() throws {
+        guard (rebalancePending || leavePending) && steps.isEmpty else { return }
+        let rebalance = rebalancePending
+        rebalancePending = false
+        leavePending = false
+        try place(rebalance: rebalance)
+        retireLeavingNodes()
+    }
+
+    /// Tells every leaving node that holds no experts any more to shut down, and forgets it.
+    func retireLeavingNodes() {
+        for n in nodes where n.alive && n.leaving && n.experts.isEmpty {
+            try? control.send([.data(n.route), try envelope(.shutdown(Farside_V1_Shutdown()))], flags: .dontWait)
+            n.alive = false
+            n.data?.close()
+            n.data = nil
+            n.events?.close()
+            n.events = nil
+            log("node \(n.id) left the cluster")
         }
     }
 
@@ -328,7 +372,15 @@ public final class ExpertCluster: ExpertBackend {
     /// (equal shares when budgets are unset), keeping experts where they already are when their
     /// node is alive, then sends each node its complete assignment and waits for the loads.
     func place(rebalance: Bool = false) throws {
-        let live = nodes.indices.filter { nodes[$0].alive }
+        var live = nodes.indices.filter { nodes[$0].alive && !nodes[$0].leaving }
+        if live.isEmpty {
+            // Nobody to hand the experts to: leaving nodes stay until another node joins.
+            live = nodes.indices.filter { nodes[$0].alive }
+            for i in live where nodes[i].leaving {
+                nodes[i].leaving = false
+                log("node \(nodes[i].id) asked to leave, but no other node can take its experts: it stays")
+            }
+        }
         guard !live.isEmpty else { throw ClusterError.noLiveNodes }
         var bytes = [Int](repeating: 0, count: nodes.count)
         var newPlacement: [Int: [Int]] = [:]
@@ -340,7 +392,7 @@ public final class ExpertCluster: ExpertBackend {
         for (layer, count, _) in model.sparseLayers {
             var row = [Int](repeating: -1, count: count)
             for e in 0..<count {
-                if !rebalance, let old = placement[layer]?[e], old >= 0, nodes[old].alive {
+                if !rebalance, let old = placement[layer]?[e], old >= 0, live.contains(old) {
                     row[e] = old
                 } else {
                     row[e] = live.min { Double(bytes[$0]) / share($0) < Double(bytes[$1]) / share($1) }!
@@ -351,7 +403,7 @@ public final class ExpertCluster: ExpertBackend {
         }
         placement = newPlacement
         epoch += 1
-        for i in live {
+        for i in nodes.indices where nodes[i].alive {
             nodes[i].experts = []
             nodes[i].ackError = nil
         }
@@ -482,10 +534,7 @@ public final class ExpertCluster: ExpertBackend {
         // Send nothing to a node known to be gone (its dropped connection is news here first).
         pumpEvents()
         // A rebalance moves experts off nodes; only safe when no step still needs them there.
-        if rebalancePending && steps.isEmpty {
-            rebalancePending = false
-            try place(rebalance: true)
-        }
+        try placeIfPending()
         let step = Step(layer: layer, batch: batch, input: input, output: output)
         let id = nextStep
         nextStep += 1

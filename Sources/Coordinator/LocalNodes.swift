@@ -23,8 +23,10 @@ public final class LocalNodes {
     public init() {}
 
     /// Starts `count` nodes serving `model`, registering with `coordinator`.
+    /// `environment` is added to each node's (secrets go there, not on a command line anyone can
+    /// read in /proc).
     public func start(count: Int, model: String, coordinator: String, quiet: Bool = true,
-                      extraArguments: [String] = []) throws {
+                      extraArguments: [String] = [], environment: [String: String] = [:]) throws {
         LocalNodeSignals.install()
         for i in 0..<count {
             let p = Process()
@@ -47,6 +49,10 @@ public final class LocalNodes {
                 env["FARSIDE_THREADS"] = "\(ProcessInfo.processInfo.activeProcessorCount)"
             }
             if env["FARSIDE_SPIN"] == nil { env["FARSIDE_SPIN"] = "500" }
+            // systemd's notify socket is the coordinator's: a child speaking on it would be
+            // refused (NotifyAccess=main) or, worse, taken for the service.
+            for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] { env[k] = nil }
+            env.merge(environment) { _, new in new }
             p.environment = env
             try p.run()
             processes.append(p)

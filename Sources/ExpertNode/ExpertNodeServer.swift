@@ -82,6 +82,13 @@ public final class ExpertNodeServer {
         /// The process that started this node (local nodes): when it is no longer this process's
         /// parent, `run` throws `ExpertNodeError.parentGone`. Checked at every poll (≤ 100 ms).
         public var parentPID: Int32?
+        /// Seconds `leave()` waits for the coordinator to move this node's experts elsewhere and
+        /// release it before the node stops anyway.
+        public var drainTimeout = 30.0
+        /// This node's CurveZMQ keys and its coordinator's public key: both sockets become CURVE
+        /// clients of that coordinator, so the links are encrypted and the node talks to no
+        /// other server (its bound data socket refuses anyone else). Nil: plaintext.
+        public var curve: (keys: CurveKeyPair, coordinatorKey: String)?
         public init(listen: String, coordinator: String, nodeID: String, memoryBudget: Int,
                     power: (String, Double, Double) = ("cpu", 10, 60)) {
             self.listen = listen
@@ -101,6 +108,21 @@ public final class ExpertNodeServer {
     var requests: UInt64 = 0
     var loads: [Int: UInt64] = [:]   // layer << 20 | expert -> routed tokens since last heartbeat
     var running = true
+    /// Experts of the current assignment.
+    var heldExperts = 0
+    /// Set by `leave()` from any thread; the serving thread reads it at its next poll.
+    private let leaveLock = NSLock()
+    private var leaveAsked = false
+    /// What the node is doing, for a supervisor (systemd's notify protocol): `.ready` once it
+    /// holds its first assignment, `.status` on changes, `.alive` at every poll (at least every
+    /// 100 ms), `.stopping` when it starts to leave.
+    public enum Event: Sendable {
+        case ready(String)
+        case status(String)
+        case alive
+        case stopping(String)
+    }
+    public var onEvent: (Event) -> Void = { _ in }
     /// Expert count and top-k of each routed layer, for checking requests before computing.
     let layerLimits: [Int: (experts: Int, topK: Int)]
     /// Reply bytes not yet written to each peer (see `Options.maxUnreadReplyBytes`).
@@ -122,18 +144,29 @@ public final class ExpertNodeServer {
                                  uniquingKeysWith: { a, _ in a })
     }
 
+    /// Asks the node to leave the cluster gracefully (SIGTERM): it tells the coordinator, which
+    /// moves its experts to the other nodes and then releases it (a `Shutdown`), so no request
+    /// loses its step; after `Options.drainTimeout` without that, it stops anyway. Thread-safe.
+    public func leave() {
+        leaveLock.lock()
+        leaveAsked = true
+        leaveLock.unlock()
+    }
+
     /// Serves until told to shut down (a `Shutdown` message). Throws for set-up failures (bind,
     /// connect) and for the ends in `ExpertNodeError`: coordinator gone for longer than
     /// `coordinatorTimeout`, parent process gone.
     public func run() throws {
         let data = try ZMQSocket(kind: .router)
         try data.setLinger(0)
+        if let c = options.curve { try data.makeCurveClient(c.keys, serverKey: c.coordinatorKey) }
         try data.setMaxMessageSize(options.maxMessageBytes)
         try data.setSendHighWaterMark(options.queueLimit)
         try data.setReceiveHighWaterMark(options.queueLimit)
         let endpoint = try data.bind(options.listen)
         let control = try ZMQSocket(kind: .dealer)
         try control.setLinger(0)
+        if let c = options.curve { try control.makeCurveClient(c.keys, serverKey: c.coordinatorKey) }
         // Unique per process (the node id names the node in the Register message): two
         // processes under one node id are then two connections the coordinator can tell apart.
         try control.setRoutingID(Data((String(options.nodeID.prefix(200)) + "#\(getpid())-\(UInt32.random(in: 1...UInt32.max))").utf8))
@@ -171,6 +204,8 @@ public final class ExpertNodeServer {
         var connected = false
         var disconnectedSince = now()
         var lastWarning = now()
+        var leaveDeadline: Double? = nil
+        var announcedReady = false
         while running {
             // Yield-poll only within the window after the last request, so an idle node sleeps.
             let window = max(0, lastRequest + options.pollYieldWindow - now())
@@ -194,11 +229,43 @@ public final class ExpertNodeServer {
                         registered = false
                         disconnectedSince = now()
                         lastWarning = disconnectedSince
+                        if leaveDeadline != nil {
+                            // Leaving, and the coordinator is gone: nobody needs this node now.
+                            log("the coordinator went away while this node was leaving; stopping")
+                            running = false
+                            break
+                        }
                         warn("lost the connection to the coordinator at \(options.coordinator); registering again when it is back")
                     }
                 }
             }
             let t = now()
+            onEvent(.alive)
+            if experts != nil && !announcedReady {
+                announcedReady = true
+                onEvent(.ready("serving \(heldExperts) experts (epoch \(epoch)) for the coordinator at \(options.coordinator)"))
+            }
+            if leaveDeadline == nil {
+                leaveLock.lock()
+                let asked = leaveAsked
+                leaveLock.unlock()
+                if asked {
+                    if registered && connected {
+                        onEvent(.stopping("leaving: the coordinator moves this node's experts to the other nodes"))
+                        log("leaving: asked the coordinator to move this node's experts")
+                        try? send(control, [], .drain(Farside_V1_Drain()))
+                        leaveDeadline = t + options.drainTimeout
+                    } else {
+                        onEvent(.stopping("stopping (not registered with a coordinator)"))
+                        running = false
+                        continue
+                    }
+                }
+            } else if let d = leaveDeadline, t >= d {
+                warn("the coordinator did not release this node within \(options.drainTimeout) s; stopping anyway")
+                running = false
+                continue
+            }
             // These ends are thrown, and the command prints them as its error (also with --quiet).
             if let parent = options.parentPID, getppid() != parent {
                 throw ExpertNodeError.parentGone(pid: parent)
@@ -293,6 +360,8 @@ public final class ExpertNodeServer {
                 }
                 experts = held
                 epoch = a.epoch
+                heldExperts = a.experts.count
+                onEvent(.status("serving \(heldExperts) experts (epoch \(a.epoch)) for the coordinator at \(options.coordinator)"))
                 ack.loadedBytes = UInt64(held.weightBytes)
                 log("assignment epoch \(a.epoch): \(a.experts.count) experts, \(held.weightBytes) bytes")
             } catch {
@@ -304,6 +373,7 @@ public final class ExpertNodeServer {
             experts = nil
             log("drained")
         case .shutdown:
+            if leaveAsked { log("released by the coordinator") }
             running = false
         default:
             log("control: ignored an unexpected message")

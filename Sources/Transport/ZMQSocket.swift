@@ -518,7 +518,7 @@ public final class ZMQSocket {
 
     // MARK: Option plumbing
 
-    private func setInt32(_ option: Int32, _ value: Int, _ name: String) throws {
+    func setInt32(_ option: Int32, _ value: Int, _ name: String) throws {
         let h = try open()
         guard let v = Int32(exactly: value) else {
             throw TransportError.zmq(errno: EINVAL, operation: "setsockopt \(name)=\(value)")
@@ -557,7 +557,7 @@ public final class ZMQSocket {
         return value
     }
 
-    private func setBytes(_ option: Int32, _ value: Data, _ name: String) throws {
+    func setBytes(_ option: Int32, _ value: Data, _ name: String) throws {
         let h = try open()
         // An empty value still needs a non-null pointer: libzmq rejects (NULL, 0) for some options.
         var placeholder: UInt8 = 0

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpoint
+import Deploy
 import ExpertNode
 import Foundation
 import Models
@@ -61,6 +62,30 @@ struct Expert: ParsableCommand {
                                             discussion: "The node asks the kernel to kill it when its parent exits (PR_SET_PDEATHSIG), and exits at once if PID is no longer its parent. Local nodes (--local-nodes, cluster up) get it."))
     var parentPid: Int32?
 
+    @Option(name: .long, help: "Seconds SIGTERM waits for the coordinator to move this node's experts elsewhere before the node stops anyway.")
+    var drainTimeout: Double = 30
+
+    @Option(name: .long, help: "What this node computes on, as reported to the coordinator (e.g. cpu, h100).")
+    var powerDevice: String = "cpu"
+
+    @Option(name: .long, help: "This node's power draw when idle, in watts.")
+    var idleWatts: Double = 10
+
+    @Option(name: .long, help: "This node's power draw when computing, in watts.")
+    var busyWatts: Double = 60
+
+    @Option(name: .long, help: "This node's CurveZMQ secret key (`farside keys generate`; default: $FARSIDE_NODE_SECRET_KEY).")
+    var secretKeyFile: String?
+
+    @Option(name: .long, help: "The coordinator's public key, or its .pub file (default: $FARSIDE_COORDINATOR_PUBLIC_KEY): the only server this node talks to.")
+    var coordinatorPublicKey: String?
+
+    @Flag(name: .long, help: "Plaintext, unauthenticated links: anyone who reaches --listen can send this node work. Only on a trusted network.")
+    var insecureLinks = false
+
+    @Option(name: .long, help: "Settings from a cluster config file's 'node:' section (flags given here override it).")
+    var config: String?
+
     @Flag(name: .long, help: "Log nothing but errors and warnings.")
     var quiet = false
 
@@ -75,12 +100,19 @@ struct Expert: ParsableCommand {
         guard coordinatorTimeout >= 0 && coordinatorTimeout.isFinite else {
             throw ValidationError("--coordinator-timeout must be a number of seconds >= 0, got \(coordinatorTimeout)")
         }
+        guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ValidationError("--drain-timeout must be a finite number of seconds >= 0, got \(drainTimeout)") }
+        guard !powerDevice.isEmpty && powerDevice.utf8.count <= 64 else { throw ValidationError("--power-device must be 1 to 64 bytes, got '\(powerDevice)'") }
+        for (flag, w) in [("--idle-watts", idleWatts), ("--busy-watts", busyWatts)] where !(w >= 0 && w <= 1e6) {
+            throw ValidationError("\(flag) must be a number of watts in 0...1000000, got \(w)")
+        }
+        guard busyWatts >= idleWatts else { throw ValidationError("--busy-watts (\(busyWatts)) must not be below --idle-watts (\(idleWatts))") }
         if let p = parentPid, p <= 1 { throw ValidationError("--parent-pid must be a process id above 1, got \(p)") }
         guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
         guard try parseBytes(maxUnreadReplyBytes, flag: "--max-unread-reply-bytes") >= 1 else {
             throw ValidationError("--max-unread-reply-bytes '\(maxUnreadReplyBytes)' must be at least 1 byte (e.g. 256MiB)")
         }
         _ = try parseBytes(memoryBudget)
+        _ = try curve()
         for (flag, v, binding) in [("--listen", listen, true), ("--coordinator", coordinator, false)] {
             guard v.hasPrefix("tcp://") || v.hasPrefix("ipc://") else {
                 throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
@@ -93,6 +125,33 @@ struct Expert: ParsableCommand {
         }
     }
 
+    /// This node's keys and its coordinator's public key, or nil with --insecure-links. Secrets
+    /// come from a file or, for local nodes, the environment their coordinator gives them.
+    func curve() throws -> (keys: CurveKeyPair, coordinatorKey: String)? {
+        let env = ProcessInfo.processInfo.environment
+        if insecureLinks {
+            guard secretKeyFile == nil && coordinatorPublicKey == nil else {
+                throw ValidationError("--insecure-links turns encryption off: give it without --secret-key-file and --coordinator-public-key")
+            }
+            return nil
+        }
+        do {
+            let keys = try secretKeyFile.map { try KeyFiles.secret($0) }
+                ?? env["FARSIDE_NODE_SECRET_KEY"].map { try CurveKeyPair(secretKey: $0) }
+            let server = try coordinatorPublicKey.map { try KeyFiles.publicKey($0) } ?? env["FARSIDE_COORDINATOR_PUBLIC_KEY"]
+            guard let keys, let server else {
+                throw ValidationError("links to the coordinator are encrypted and authenticated: give --secret-key-file (this node's, from "
+                    + "`farside keys generate`) and --coordinator-public-key (the coordinator's .pub), or --insecure-links for plaintext")
+            }
+            try CurveKeyPair.check(server, what: "coordinator's public key")
+            return (keys, server)
+        } catch let e as ValidationError {
+            throw e
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
     func run() throws {
         try runReportingErrors {
             // First, before the model loads: a parent killed meanwhile must not leave us behind.
@@ -100,7 +159,10 @@ struct Expert: ParsableCommand {
             let (m, fingerprint) = try openModel(path: try model ?? DefaultModel.path(), denseSlices: splitDense)
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
-                                                   memoryBudget: try parseBytes(memoryBudget))
+                                                   memoryBudget: try parseBytes(memoryBudget),
+                                                   power: (powerDevice, idleWatts, busyWatts))
+            options.drainTimeout = drainTimeout
+            options.curve = try curve()
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
             options.pollYieldWindow = Double(pollYieldUs) * 1e-6
@@ -111,6 +173,40 @@ struct Expert: ParsableCommand {
                 model: m, fingerprint: fingerprint, options: options,
                 log: { msg in if !quiet { FileHandle.standardError.write(Data("expert[\(id)]: \(msg)\n".utf8)) } },
                 warn: { msg in FileHandle.standardError.write(Data("expert[\(id)]: warning: \(msg)\n".utf8)) })
+            // systemd (Type=notify): READY=1 once the first assignment is loaded, STATUS= on
+            // changes, WATCHDOG=1 from the serving loop, STOPPING=1 when leaving.
+            let notify = SystemdNotify()
+            var lastPing = 0.0
+            let pingEvery = notify.watchdogInterval.map { $0 / 2 }
+            server.onEvent = { event in
+                switch event {
+                case .ready(let s): notify.ready(status: s)
+                case .status(let s): notify.status(s)
+                case .stopping(let s): notify.stopping(status: s)
+                case .alive:
+                    guard let every = pingEvery else { return }
+                    let t = ProcessInfo.processInfo.systemUptime
+                    if t - lastPing >= every {
+                        lastPing = t
+                        notify.watchdog()
+                    }
+                }
+            }
+            notify.status("loaded the model; registering with the coordinator at \(coordinator)")
+            // A node started on its own (by systemd, by hand) leaves gracefully on SIGTERM or
+            // SIGINT: its experts move to other nodes first. A local node (--parent-pid) keeps
+            // the default action: its coordinator is stopping it and needs nothing moved.
+            var signalSources: [DispatchSourceSignal] = []
+            if parentPid == nil {
+                for sig in [SIGTERM, SIGINT] {
+                    signal(sig, SIG_IGN)
+                    let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                    source.setEventHandler { server.leave() }
+                    source.resume()
+                    signalSources.append(source)
+                }
+            }
+            defer { signalSources.forEach { $0.cancel() } }
             try server.run()
         }
     }

@@ -4,6 +4,7 @@ import ExpertNode
 import Foundation
 import Models
 import Tokenizer
+import Transport
 import ChatTemplate
 
 @main
@@ -20,14 +21,23 @@ struct Farside: ParsableCommand {
             FARSIDE_SPIN and FARSIDE_YIELD_US (how long idle workers spin and yield before sleeping).
             """,
         version: version,
-        subcommands: [Generate.self, Chat.self, Serve.self, Tokenize.self, Logits.self, Route.self, Synth.self, Quantize.self, Bench.self, Expert.self, Cluster.self])
+        subcommands: [Generate.self, Chat.self, Serve.self, Tokenize.self, Logits.self, Route.self, Synth.self, Quantize.self, Bench.self, Expert.self, Cluster.self, Config.self, Keys.self])
 
     /// As ArgumentParser's `main`, except that an error a subcommand's `run()` reports as a
     /// `ValidationError` (a bad flag value found only once the model is known) is followed by that
     /// subcommand's usage, not the top-level one.
     static func main() {
         var command: ParsableCommand
-        do { command = try parseAsRoot() } catch { exit(withError: error) }
+        // `serve --config FILE` / `expert --config FILE`: the file's flags first, then the
+        // command line's (which override them). A bad file stops here, naming key and line.
+        let arguments: [String]
+        do {
+            arguments = try ConfigFlags.expand(Array(CommandLine.arguments.dropFirst()))
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
+        }
+        do { command = try parseAsRoot(arguments) } catch { exit(withError: error) }
         do {
             try command.run()
         } catch let e as ValidationError {
@@ -178,7 +188,7 @@ private func sliced(_ model: DecoderModel, fingerprint: String, denseSlices: Int
 /// stderr without FARSIDE_LOG, as a long-running server should.
 func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDense: Int? = nil,
                remoteNodes: Int = 0, controlEndpoint: String? = nil,
-               logNodeEvents: Bool = false) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
+               logNodeEvents: Bool = false, links: NodeLinks = .curve(coordinator: nil, allowed: [])) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
     let (whole, wholeFingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
     let nodeCount = localNodes + remoteNodes
     var slices = splitDense
@@ -193,13 +203,32 @@ func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDens
     var opts = ExpertCluster.Options()
     opts.nodeTimeout = nodeTimeout
     if let controlEndpoint { opts.controlEndpoint = controlEndpoint }
+    var nodeArguments = slices.map { ["--split-dense", "\($0)"] } ?? []
+    var nodeEnvironment: [String: String] = [:]
+    switch links {
+    case .insecure:
+        nodeArguments.append("--insecure-links")
+    case let .curve(coordinator, allowed):
+        // Local nodes get a key pair of their own for this run, handed over in their
+        // environment; nodes elsewhere must be on the allowlist.
+        let keys = try coordinator ?? CurveKeyPair.generate()
+        let local = try CurveKeyPair.generate()
+        // A refused peer's libzmq reconnects every 100 ms or so: one line per key a minute.
+        let refusals = OncePerInterval(seconds: 60)
+        LocalRun.authenticator = try CurveAuthenticator(allowed: allowed.union(localNodes > 0 ? [local.publicKey] : [])) { address, key in
+            guard refusals.first(key) else { return }
+            FileHandle.standardError.write(Data("coordinator: refused a node link from \(address): its public key \(key) is not on the allowlist\n".utf8))
+        }
+        opts.curve = keys
+        nodeEnvironment = ["FARSIDE_NODE_SECRET_KEY": local.secretKey, "FARSIDE_COORDINATOR_PUBLIC_KEY": keys.publicKey]
+    }
     let cluster = try ExpertCluster(model: m, fingerprint: fingerprint, options: opts) {
         if verbose || logNodeEvents { FileHandle.standardError.write(Data(("coordinator: " + $0 + "\n").utf8)) }
     }
     let nodes = LocalNodes()
     LocalRun.nodes = nodes
     try nodes.start(count: localNodes, model: path, coordinator: cluster.controlEndpoint, quiet: !verbose,
-                    extraArguments: slices.map { ["--split-dense", "\($0)"] } ?? [])
+                    extraArguments: nodeArguments, environment: nodeEnvironment)
     if remoteNodes > 0 {
         FileHandle.standardError.write(Data(("waiting for \(remoteNodes) expert node(s) to register at \(cluster.controlEndpoint)"
             + (slices.map { " (start them with --split-dense \($0))" } ?? "") + "\n").utf8))
@@ -212,6 +241,17 @@ func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDens
 /// Processes this command started, stopped when it ends.
 enum LocalRun {
     nonisolated(unsafe) static var nodes: LocalNodes?
+    /// The ZAP handler checking node keys, alive as long as the cluster.
+    nonisolated(unsafe) static var authenticator: CurveAuthenticator?
+}
+
+/// How the coordinator's links to its expert nodes are secured.
+enum NodeLinks {
+    /// Plaintext, unauthenticated (`--insecure-links`).
+    case insecure
+    /// CurveZMQ: encrypted, the coordinator's key pair (nil: a fresh one for this run, enough
+    /// when every node is local) and the public keys of nodes started elsewhere.
+    case curve(coordinator: CurveKeyPair?, allowed: Set<String>)
 }
 
 /// Runs `body`, turning any error into a one-line message on stderr and exit status 1.

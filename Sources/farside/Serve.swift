@@ -1,6 +1,7 @@
 import ArgumentParser
 import ChatTemplate
 import Coordinator
+import Deploy
 import Foundation
 import Logging
 import Models
@@ -61,6 +62,24 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Require 'Authorization: Bearer KEY' on /v1/* (default: $FARSIDE_API_KEY, or none).")
     var apiKey: String?
 
+    @Option(name: .long, help: "Read the API key from this file (its first line), so that it appears in no command line.")
+    var apiKeyFile: String?
+
+    @Option(name: .long, help: "How routed experts are spread over the nodes: memory (in proportion to each node's --memory-budget).")
+    var placement: String = "memory"
+
+    @Option(name: .long, help: "The coordinator's CurveZMQ secret key (`farside keys generate`); links to expert nodes are encrypted with it.")
+    var secretKeyFile: String?
+
+    @Option(name: .long, help: "Public keys of the expert nodes allowed to join, one per line (cat nodes/*.pub); others are refused.")
+    var allowedNodesFile: String?
+
+    @Flag(name: .long, help: "Plaintext, unauthenticated links to expert nodes: anyone who reaches --node-listen can join and see activations. Only on a trusted network.")
+    var insecureLinks = false
+
+    @Option(name: .long, help: "Settings from a cluster config file's 'coordinator:' section (flags given here override it).")
+    var config: String?
+
     @Option(name: .long, help: "Seconds SIGTERM/SIGINT waits for running requests before cancelling them.")
     var drainTimeout: Double = 30
 
@@ -98,6 +117,41 @@ struct Serve: ParsableCommand {
         guard (1024...(1 << 30)).contains(maxBodyBytes) else { throw ValidationError("--max-body-bytes must be in 1024...1073741824, got \(maxBodyBytes)") }
         if let n = defaultMaxTokens, n < 1 { throw ValidationError("--default-max-tokens must be at least 1, got \(n)") }
         if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
+        if apiKey != nil && apiKeyFile != nil { throw ValidationError("--api-key and --api-key-file are exclusive: give one") }
+        if apiKeyFile != nil { _ = try readAPIKeyFile() }
+        if insecureLinks && (secretKeyFile != nil || allowedNodesFile != nil) {
+            throw ValidationError("--insecure-links turns encryption off: give it without --secret-key-file and --allowed-nodes-file")
+        }
+        if nodes > 0 && !insecureLinks && (secretKeyFile == nil || allowedNodesFile == nil) {
+            throw ValidationError("links to expert nodes started elsewhere (--nodes) are encrypted and authenticated: give --secret-key-file "
+                + "(the coordinator's, from `farside keys generate`) and --allowed-nodes-file (the nodes' public keys), or --insecure-links for plaintext")
+        }
+        if secretKeyFile != nil || allowedNodesFile != nil { _ = try nodeLinks() }
+        guard placement == "memory" else { throw ValidationError("--placement must be memory, got '\(placement)'") }
+    }
+
+    /// How node links are secured: plaintext with --insecure-links, else CurveZMQ with the key
+    /// files (a fresh coordinator key when only local nodes are used).
+    func nodeLinks() throws -> NodeLinks {
+        if insecureLinks { return .insecure }
+        do {
+            let keys = try secretKeyFile.map { try KeyFiles.secret($0) }
+            let allowed = try allowedNodesFile.map { try KeyFiles.allowlist($0) } ?? []
+            return .curve(coordinator: keys, allowed: allowed)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    /// The first line of `--api-key-file`, or nil without the flag.
+    func readAPIKeyFile() throws -> String? {
+        guard let path = apiKeyFile else { return nil }
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw ValidationError("--api-key-file '\(path)' cannot be read")
+        }
+        let key = text.split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        guard !key.isEmpty else { throw ValidationError("--api-key-file '\(path)' holds no key on its first line") }
+        return key
     }
 
     /// `--kv-budget` in bytes.
@@ -115,9 +169,14 @@ struct Serve: ParsableCommand {
             // nodes, then the process dies of the signal: there is nothing to drain yet); once
             // the server exists they drain it (below).
             signal(SIGPIPE) { _ in }
+            // systemd (Type=notify): STATUS while loading, READY=1 once serving, WATCHDOG=1
+            // while the engine thread goes round, STOPPING=1 on SIGTERM.
+            let notify = SystemdNotify()
+            notify.status("loading the model")
             let path = try model ?? DefaultModel.path()
             let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense,
-                                             remoteNodes: nodes, controlEndpoint: nodeListen, logNodeEvents: true)
+                                             remoteNodes: nodes, controlEndpoint: nodeListen, logNodeEvents: true,
+                                             links: try nodeLinks())
             let tokenizer = try? openTokenizer(path: path)
             let format = try? ChatFormat(modelPath: path, override: chatTemplate)
             if chatTemplate != nil && format == nil {
@@ -149,7 +208,7 @@ struct Serve: ParsableCommand {
             var server = ServerOptions()
             server.host = host
             server.port = port
-            server.apiKey = apiKey ?? ProcessInfo.processInfo.environment["FARSIDE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+            server.apiKey = try apiKey ?? readAPIKeyFile() ?? ProcessInfo.processInfo.environment["FARSIDE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
             server.drainTimeout = drainTimeout
             server.maxBodyBytes = maxBodyBytes
             server.defaultMaxTokens = defaultMaxTokens
@@ -161,7 +220,10 @@ struct Serve: ParsableCommand {
             for sig in [SIGTERM, SIGINT] {
                 signal(sig, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                source.setEventHandler { http.shutdown() }
+                source.setEventHandler {
+                    notify.stopping(status: "stopping: finishing running requests (up to \(Int(drainTimeout)) s)")
+                    http.shutdown()
+                }
                 source.resume()
                 signalSources.append(source)
             }
@@ -174,17 +236,38 @@ struct Serve: ParsableCommand {
                         // One line on stdout that scripts and tests wait for.
                         print("farside serve: \(arch) as '\(name)' on http://\(host):\(port) (\(nodeCount) expert nodes)")
                         fflush(stdout)
+                        notify.ready(status: "serving '\(name)' on http://\(host):\(port) with \(nodeCount) expert nodes")
                     }
                 } catch {
                     failure = error
                 }
                 done.signal()
             }
+            let watchdog = notify.watchdogInterval.map { interval in
+                Self.watchdog(notify, engine: engine, interval: interval, name: name)
+            }
             done.wait()
+            watchdog?.cancel()
             signalSources.forEach { $0.cancel() }
             engine.shutdown(drainTimeout: 0)
             if let failure { throw failure }
             logger.info("stopped")
         }
+    }
+
+    /// Pings systemd's watchdog at half its interval while the engine thread is alive (it goes
+    /// round its loop at least every 0.2 s when idle, after every step when busy), with a status
+    /// line of what runs. A stuck engine stops the pings, and systemd restarts the service.
+    static func watchdog(_ notify: SystemdNotify, engine: Engine, interval: Double, name: String) -> DispatchSourceTimer {
+        let timer = DispatchSource.makeTimerSource(queue: .global())
+        timer.schedule(deadline: .now(), repeating: interval / 2)
+        timer.setEventHandler {
+            let s = engine.snapshot()
+            guard ProcessInfo.processInfo.systemUptime - s.lastLoop < interval else { return }
+            notify.send("WATCHDOG=1\nSTATUS=serving '\(name)': \(s.running) running, \(s.waiting) waiting, "
+                + "\(s.nodesAlive)/\(s.nodesKnown) expert nodes, KV \(s.kvBlocksUsed)/\(s.kvBlocksTotal) blocks")
+        }
+        timer.resume()
+        return timer
     }
 }

@@ -115,7 +115,7 @@ final class NodeLifetimeTests: XCTestCase {
         let port = UInt16(bigEndian: addr.sin_port)
         close(probe)
         let started = Date()
-        let r = try CLI.run(["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", "tcp://127.0.0.1:\(port)",
+        let r = try CLI.run(["expert", "--insecure-links", "--listen", "tcp://127.0.0.1:*", "--coordinator", "tcp://127.0.0.1:\(port)",
                              "--model", CLI.fixtures.appendingPathComponent("mixtral").path, "--quiet",
                              "--coordinator-timeout", "2"])
         XCTAssertEqual(r.status, 1, r.stderr)

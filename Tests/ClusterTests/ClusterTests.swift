@@ -58,7 +58,7 @@ enum Harness {
         try (0..<count).map { i in
             let p = Process()
             p.executableURL = try binary
-            p.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
+            p.arguments = ["expert", "--insecure-links", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
                            "--model", model, "--node-id", "test-\(i + 1)", "--quiet"] + extra
             try p.run()
             return p
@@ -159,7 +159,7 @@ final class ClusterTests: XCTestCase {
         // The node comes back under the same id: it re-registers and gets a share of the experts.
         let back = Process()
         back.executableURL = try Harness.binary
-        back.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
+        back.arguments = ["expert", "--insecure-links", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
                           "--model", dir.path, "--node-id", "test-2", "--quiet"]
         try back.run()
         defer { Harness.stop([back]) }

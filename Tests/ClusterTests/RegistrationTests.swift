@@ -52,7 +52,7 @@ final class RegistrationTests: XCTestCase {
         let before = try model.forward([1, 2, 3], cache: model.makeCache())
         let dup = Process()
         dup.executableURL = try Harness.binary
-        dup.arguments = ["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
+        dup.arguments = ["expert", "--insecure-links", "--listen", "tcp://127.0.0.1:*", "--coordinator", cluster.controlEndpoint,
                          "--model", dir.path, "--node-id", "test-2", "--quiet"]
         let err = Pipe()
         dup.standardError = err
@@ -76,7 +76,7 @@ final class RegistrationTests: XCTestCase {
 
     /// A node that cannot reach its coordinator warns every 10 s, even with --quiet.
     func testUnreachableCoordinatorIsReportedPeriodically() throws {
-        let r = try Harness.run(["expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", "tcp://127.0.0.1:1",
+        let r = try Harness.run(["expert", "--insecure-links", "--listen", "tcp://127.0.0.1:*", "--coordinator", "tcp://127.0.0.1:1",
                                  "--model", Harness.fixtures.appendingPathComponent("mixtral").path, "--quiet",
                                  "--coordinator-timeout", "11"])
         XCTAssertEqual(r.status, 1, r.stderr)

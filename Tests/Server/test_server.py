@@ -345,7 +345,7 @@ def test_sigterm_while_waiting_for_nodes_ends_the_server():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     p = subprocess.Popen([str(BIN), "serve", "--model", str(FIXTURES / "qwen3_moe"), "--port", "0", "--nodes", "1",
-                          "--node-listen", f"tcp://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          "--insecure-links", "--node-listen", f"tcp://127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
         seen = ""
@@ -540,12 +540,12 @@ def test_node_started_elsewhere_serves_the_experts():
     want = json.loads(farside("generate", "--model", str(model), "--tokens", ",".join(map(str, prompt)),
                               "--max-tokens", "10", "--ignore-eos", "--format", "json"))["tokens"]
     def start_node(name):
-        return subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", f"tcp://127.0.0.1:{port}",
+        return subprocess.Popen([str(BIN), "expert", "--insecure-links", "--listen", "tcp://127.0.0.1:*", "--coordinator", f"tcp://127.0.0.1:{port}",
                                  "--model", str(model), "--node-id", name, "--quiet"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     nodes = [start_node("by-hand")]
     try:
-        s = Server("--nodes", "1", "--node-listen", f"tcp://127.0.0.1:{port}", model=model)
+        s = Server("--nodes", "1", "--insecure-links", "--node-listen", f"tcp://127.0.0.1:{port}", model=model)
         try:
             assert complete_ids(s, prompt, 10)[0] == want
             assert s.metrics()["farside_expert_nodes_alive"] == 1
