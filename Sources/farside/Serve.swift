@@ -2,6 +2,7 @@ import ArgumentParser
 import ChatTemplate
 import Coordinator
 import Foundation
+import Kernels
 import Logging
 import Models
 import Server
@@ -54,6 +55,9 @@ struct Serve: ParsableCommand {
 
     @Option(name: .long, help: "Memory for KV cache blocks, all sequences and the prefix cache together (e.g. 512MiB, 4GiB).")
     var kvBudget: String = "1GiB"
+
+    @Option(name: .customLong("kv-dtype"), help: "How KV rows are stored: \(KVDType.names). f16 and bf16 take half the bytes of f32 (so --kv-budget holds twice the positions), q8_0 34 bytes per 32 values.")
+    var kvDType: KVDType = .f32
 
     @Flag(name: .long, inversion: .prefixedNo, help: "Keep KV blocks cached for later requests that share a prefix (a system prompt, earlier chat turns).")
     var prefixCache = true
@@ -128,6 +132,7 @@ struct Serve: ParsableCommand {
             opts.maxWaiting = maxWaiting
             opts.kvBlockSize = kvBlockSize
             opts.kvBudgetBytes = try kvBudgetBytes()
+            opts.kvDType = kvDType
             opts.prefixCaching = prefixCache
             opts.modelIdentity = path
             if let cluster {
@@ -139,6 +144,8 @@ struct Serve: ParsableCommand {
                 opts.idleWork = { [cluster] in cluster.tend() }
             }
             let engine = try Engine(model: m, options: opts)
+            let kvState = engine.snapshot()
+            logger.info("KV cache: \(kvState.kvDType), \(kvState.kvBytesPerToken) bytes per token, \(kvState.kvBlocksTotal) blocks of \(kvBlockSize) positions (\(engine.kvCapacity) positions)")
             engine.start()
             let name = servedModelName ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
             let served = ServedModel(
