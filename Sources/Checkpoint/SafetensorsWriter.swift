@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -335,11 +336,7 @@ public struct SafetensorsWriter {
     }
 
     /// `x` rounded to bfloat16 (nearest even; NaN stays NaN).
-    static func bf16Bits(_ x: Float) -> UInt16 {
-        if x.isNaN { return UInt16(truncatingIfNeeded: x.bitPattern >> 16) | 0x0040 }
-        let b = x.bitPattern
-        return UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
-    }
+    static func bf16Bits(_ x: Float) -> UInt16 { BFloat16Bits.rounding(x) }
 }
 
 /// write(2), reachable from inside a type that has its own `write` methods.

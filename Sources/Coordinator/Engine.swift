@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 
 /// Why a generation ended, in OpenAI's words where they exist (`Generator` ends with `stop`
@@ -129,8 +130,11 @@ public final class Engine: @unchecked Sendable {
         public var maxWaiting = 256
         /// Positions per KV block (`--kv-block-size`).
         public var kvBlockSize = 16
-        /// Bytes of KV blocks at most (`--kv-budget`), for every sequence and the prefix cache.
+        /// Bytes of KV blocks at most (`--kv-budget`), for every sequence and the prefix cache,
+        /// counted as stored (so f16 holds twice the positions of f32).
         public var kvBudgetBytes = 1 << 30
+        /// How KV rows are stored (`--kv-dtype`).
+        public var kvDType = KVDType.f32
         /// Keep blocks cached for later requests with the same prefix.
         public var prefixCaching = true
         /// Goes into the prefix hashes' root with the model's shape (e.g. the weights' path).
@@ -152,6 +156,9 @@ public final class Engine: @unchecked Sendable {
         public var waiting = 0
         /// Bytes of KV blocks held by sequences.
         public var kvBytes = 0
+        /// How KV rows are stored, and the bytes one position takes over all layers.
+        public var kvDType = KVDType.f32
+        public var kvBytesPerToken = 0
         /// KV blocks in the pool, held by sequences, and registered in the prefix cache.
         public var kvBlocksTotal = 0
         public var kvBlocksUsed = 0
@@ -222,14 +229,17 @@ public final class Engine: @unchecked Sendable {
         var pending: Int { tokens.count - computed }
     }
 
-    /// Throws `KVCacheError` when the KV budget holds no block or the block size is out of range.
+    /// Throws `KVCacheError` when the KV budget holds no block, the block size is out of range
+    /// or the KV dtype does not suit the model.
     public init(model: DecoderModel, options: Options = Options()) throws {
         self.model = model
         self.options = options
         scheduler = Scheduler(limits: options.limits)
         kv = try model.makeKVAllocator(blockSize: options.kvBlockSize, budgetBytes: options.kvBudgetBytes,
-                                       identity: options.modelIdentity)
+                                       dtype: options.kvDType, identity: options.modelIdentity)
         stats.kvBlocksTotal = kv.pool.blockCount
+        stats.kvDType = kv.dtype
+        stats.kvBytesPerToken = kv.bytesPerPosition
     }
 
     /// Positions the whole KV cache holds (every block of the budget).

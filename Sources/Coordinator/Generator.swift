@@ -1,4 +1,5 @@
 import Checkpoint
+import Kernels
 import Models
 
 /// Errors from request handling on the coordinator.
@@ -26,6 +27,9 @@ public struct Generation: Sendable {
 /// Runs one sequence: batched prefill of the prompt, then KV-cached decode one token at a time.
 public final class Generator {
     public let model: DecoderModel
+    /// How the KV cache stores its rows (`--kv-dtype`); a type the model's rows do not suit is
+    /// refused by `run` (`KVCacheError.unsupportedDType`).
+    public var kvDType = KVDType.f32
 
     public init(model: DecoderModel) { self.model = model }
 
@@ -53,7 +57,7 @@ public final class Generator {
         let room = try contextRoom(model, prompt: prompt.count)
         guard maxTokens > 0 else { return Generation(tokens: [], finishReason: .length) }
         // Sized for what can actually be generated, never from maxTokens alone.
-        let cache = model.makeCache(capacity: prompt.count + min(maxTokens, room))
+        let cache = try model.makeCache(capacity: prompt.count + min(maxTokens, room), dtype: kvDType)
         let stops = ignoreEOS ? stopTokens : stopTokens.union(model.eosTokenIds)
         let logits = try model.forward(prompt, cache: cache, logits: .last)
         return try decode(model, cache: cache, logits: logits, limit: min(maxTokens, room), sampling: sampling,

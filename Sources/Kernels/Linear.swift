@@ -37,13 +37,13 @@ enum F32Format: WeightFormat {
 /// IEEE half: one `vcvtph2ps` (F16C) per eight elements.
 @usableFromInline
 enum F16Format: WeightFormat {
-    @usableFromInline static var byteSize: Int { 2 }
-    @inline(__always) @usableFromInline
+    @inlinable static var byteSize: Int { 2 }
+    @inlinable @inline(__always)
     static func load8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
         let h = unsafeBitCast(p.loadUnaligned(as: SIMD8<UInt16>.self), to: SIMD8<Float16>.self)
         return SIMD8(Float(h[0]), Float(h[1]), Float(h[2]), Float(h[3]), Float(h[4]), Float(h[5]), Float(h[6]), Float(h[7]))
     }
-    @inline(__always) @usableFromInline
+    @inlinable @inline(__always)
     static func load1(_ p: UnsafeRawPointer) -> Float { Float(Float16(bitPattern: p.loadUnaligned(as: UInt16.self))) }
 }
 
@@ -58,18 +58,18 @@ enum F16Format: WeightFormat {
 /// `SIMD8<UInt32>(truncatingIfNeeded:)` may be left as an out-of-line call in large functions.
 @usableFromInline
 enum BF16Format: WeightFormat {
-    @usableFromInline static var byteSize: Int { 2 }
-    @inline(__always) @usableFromInline
+    @inlinable static var byteSize: Int { 2 }
+    @inlinable @inline(__always)
     static func load8(_ p: UnsafeRawPointer) -> SIMD8<Float> {
         let u = p.loadUnaligned(as: SIMD8<UInt16>.self)
         let wide = SIMD8<UInt32>(UInt32(u[0]) &<< 16, UInt32(u[1]) &<< 16, UInt32(u[2]) &<< 16, UInt32(u[3]) &<< 16,
                                  UInt32(u[4]) &<< 16, UInt32(u[5]) &<< 16, UInt32(u[6]) &<< 16, UInt32(u[7]) &<< 16)
         return unsafeBitCast(wide, to: SIMD8<Float>.self)
     }
-    @inline(__always) @usableFromInline
+    @inlinable @inline(__always)
     static func load1(_ p: UnsafeRawPointer) -> Float { Float(bitPattern: UInt32(p.loadUnaligned(as: UInt16.self)) << 16) }
     @usableFromInline static var evenOdd: Bool { true }
-    @inline(__always) @usableFromInline
+    @inlinable @inline(__always)
     static func load16(_ p: UnsafeRawPointer) -> (SIMD8<Float>, SIMD8<Float>) {
         let u = p.loadUnaligned(as: SIMD8<UInt32>.self)
         return (unsafeBitCast(u &<< 16, to: SIMD8<Float>.self),

@@ -4,8 +4,12 @@ import Kernels
 /// sequence's KV cache (`KVStore`: contiguous or paged) and attends causally over everything
 /// stored there.
 public protocol AttentionLayer {
-    /// Floats per position this layer stores in the cache: `(widthA, widthB)`.
+    /// Values per position this layer stores in the cache: `(widthA, widthB)`.
     var cacheWidths: (Int, Int) { get }
+    /// Widths of the pieces of an `a` and a `b` row that attention reads on its own (GQA: one
+    /// head; MLA: the whole latent and rotary key). A quantized cache's scale groups must not
+    /// straddle two pieces (`DecoderModel.checkKVDType`).
+    var cacheReadWidths: (Int, Int) { get }
     /// Bytes of weights one token's pass reads.
     var weightBytes: Int { get }
     /// `output[n, hidden] = Attn(x[n, hidden])` for `n` rows of one or more sequences: `spans`
@@ -29,17 +33,19 @@ func addBias(_ y: UnsafeMutablePointer<Float>, _ bias: [Float]?, rows n: Int) {
 /// the inner loop shared by every attention variant: `out = Σ_j softmax_j(scale · score_j) ·
 /// value_j`, fp32 as eager attention computes it. Rows are visited block by block through the
 /// block table (PagedAttention), in position order, so a paged cache gives the contiguous
-/// cache's result bit for bit; `score` and `value` get row j's `a` and `b` rows.
+/// cache's result bit for bit; `score` gets row j's stored `a` and `b` rows, `accumulate` adds
+/// its value row times its softmax weight to `out` (both read the rows in the cache's dtype, so
+/// no converted copy of the cache is made).
 @inline(__always)
 func attend(_ kv: KVLayerView, length: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-            score: (UnsafePointer<Float>, UnsafePointer<Float>) -> Float,
-            value: (UnsafePointer<Float>, UnsafePointer<Float>) -> UnsafePointer<Float>, width: Int,
+            score: (UnsafeRawPointer, UnsafeRawPointer) -> Float,
+            accumulate: (UnsafeMutablePointer<Float>, UnsafeRawPointer, UnsafeRawPointer, Float) -> Void, width: Int,
             out: UnsafeMutablePointer<Float>) {
-    let wa = kv.widthA, wb = kv.widthB
+    let wa = kv.rowBytesA, wb = kv.rowBytesB
     var j = 0, block = 0
     while j < length {
         let rows = min(kv.blockSize, length - j)
-        var a = UnsafePointer(kv.blockA(block)), b = UnsafePointer(kv.blockB(block))
+        var a = UnsafeRawPointer(kv.blockA(block)), b = UnsafeRawPointer(kv.blockB(block))
         for r in 0..<rows {
             scores[j + r] = score(a, b) * scale
             a += wa
@@ -54,9 +60,9 @@ func attend(_ kv: KVLayerView, length: Int, scale: Float, scores: UnsafeMutableP
     block = 0
     while j < length {
         let rows = min(kv.blockSize, length - j)
-        var a = UnsafePointer(kv.blockA(block)), b = UnsafePointer(kv.blockB(block))
+        var a = UnsafeRawPointer(kv.blockA(block)), b = UnsafeRawPointer(kv.blockB(block))
         for r in 0..<rows {
-            Elementwise.addScaled(out, value(a, b), scale: scores[j + r], count: width)
+            accumulate(out, a, b, scores[j + r])
             a += wa
             b += wb
         }
@@ -88,6 +94,7 @@ public final class GroupedQueryAttention: AttentionLayer {
     }
 
     public var cacheWidths: (Int, Int) { (kvHeads * headDim, kvHeads * headDim) }
+    public var cacheReadWidths: (Int, Int) { (headDim, headDim) }
     public var weightBytes: Int { [wq, wk, wv, wo].reduce(0) { $0 + $1.byteCount } }
 
     public func forward(_ x: UnsafePointer<Float>, count n: Int, spans: [SequenceSpan], layer: Int,
@@ -118,8 +125,8 @@ public final class GroupedQueryAttention: AttentionLayer {
             let c = s.cache.view(layer: layer)
             for t in s.rows {
                 let pos = s.start + (t - s.rows.lowerBound)
-                c.rowA(pos).update(from: k + t * kvDim, count: kvDim)
-                c.rowB(pos).update(from: v + t * kvDim, count: kvDim)
+                c.storeA(pos, k + t * kvDim)
+                c.storeB(pos, v + t * kvDim)
             }
         }
         let ctx = ws.buffer(11, count: n * qDim)
@@ -134,12 +141,22 @@ public final class GroupedQueryAttention: AttentionLayer {
                 for idx in lo..<hi {
                     let t = idx / heads, h = idx % heads, kvh = h / group
                     let span = spans.span(containing: t, hint: &hint)
-                    let qv = UnsafePointer(q + t * qDim + h * hd), head = kvh * hd
-                    attend(span.cache.view(layer: layer), length: span.start + (t - span.rows.lowerBound) + 1, scale: scale,
-                           scores: buf.baseAddress!,
-                           score: { key, _ in Elementwise.dot(qv, key + head, count: hd) },
-                           value: { _, value in value + head }, width: hd,
-                           out: ctx + t * qDim + h * hd)
+                    let qv = UnsafePointer(q + t * qDim + h * hd)
+                    let view = span.cache.view(layer: layer), head = view.dtype.bytes(kvh * hd)
+                    let length = span.start + (t - span.rows.lowerBound) + 1, out = ctx + t * qDim + h * hd
+                    // One copy of the loop per storage type, each reading its rows in place.
+                    func run<F: KVRowFormat>(_: F.Type) {
+                        attend(view, length: length, scale: scale, scores: buf.baseAddress!,
+                               score: { key, _ in F.dot(qv, key + head, count: hd) },
+                               accumulate: { o, _, value, p in F.addScaled(o, value + head, scale: p, count: hd) }, width: hd,
+                               out: out)
+                    }
+                    switch view.dtype {
+                    case .f32: run(KVRowF32.self)
+                    case .f16: run(KVRowF16.self)
+                    case .bf16: run(KVRowBF16.self)
+                    case .q8_0: run(KVRowQ8_0.self)
+                    }
                 }
             }
         }
@@ -195,6 +212,7 @@ public final class MultiHeadLatentAttention: AttentionLayer {
     }
 
     public var cacheWidths: (Int, Int) { (kvLoraRank, ropeDim) }
+    public var cacheReadWidths: (Int, Int) { (kvLoraRank, ropeDim) }
     public var weightBytes: Int { [wq, qA, qB, kvA, wo].reduce(up.byteCount) { $0 + ($1?.byteCount ?? 0) } }
 
     public func forward(_ x: UnsafePointer<Float>, count n: Int, spans: [SequenceSpan], layer: Int,
@@ -221,11 +239,12 @@ public final class MultiHeadLatentAttention: AttentionLayer {
         for t in 0..<n {
             let span = spans.span(containing: t, hint: &hint)
             let cache = span.cache.view(layer: layer), pos = span.start + (t - span.rows.lowerBound)
+            // Normalised and rotated in the scratch row, then rounded once into the cache.
             let src = kv + t * (r + rd)
-            Elementwise.rmsNorm(src, weight: kvANorm, eps: eps, dim: r, output: cache.rowA(pos))
-            let kpe = cache.rowB(pos)
-            kpe.update(from: src + r, count: rd)
-            rope.rotate(kpe, cos: cos + t * half, sin: sin + t * half)
+            Elementwise.rmsNorm(src, weight: kvANorm, eps: eps, dim: r, output: src)
+            rope.rotate(src + r, cos: cos + t * half, sin: sin + t * half)
+            cache.storeA(pos, src)
+            cache.storeB(pos, src + r)
             for h in 0..<heads {
                 rope.rotate(q + t * qDim + h * qkDim + nope, cos: cos + t * half, sin: sin + t * half)
             }
@@ -274,12 +293,19 @@ public final class MultiHeadLatentAttention: AttentionLayer {
                     let length = span.start + (t - span.rows.lowerBound) + 1
                     let ql = UnsafePointer(qLat + (h * n + t) * r)
                     let qpe = UnsafePointer(q + t * qDim + h * qkDim + nope)
-                    attend(span.cache.view(layer: layer), length: length, scale: scale, scores: buf.baseAddress!,
-                           score: { latent, ropeKey in
-                               Elementwise.dot(ql, latent, count: r) + Elementwise.dot(qpe, ropeKey, count: rd)
-                           },
-                           value: { latent, _ in latent }, width: r,
-                           out: oLat + (h * n + t) * r)
+                    let view = span.cache.view(layer: layer), out = oLat + (h * n + t) * r
+                    func run<F: KVRowFormat>(_: F.Type) {
+                        attend(view, length: length, scale: scale, scores: buf.baseAddress!,
+                               score: { latent, ropeKey in F.dot(ql, latent, count: r) + F.dot(qpe, ropeKey, count: rd) },
+                               accumulate: { o, latent, _, p in F.addScaled(o, latent, scale: p, count: r) }, width: r,
+                               out: out)
+                    }
+                    switch view.dtype {
+                    case .f32: run(KVRowF32.self)
+                    case .f16: run(KVRowF16.self)
+                    case .bf16: run(KVRowBF16.self)
+                    case .q8_0: run(KVRowQ8_0.self)
+                    }
                 }
             }
         }

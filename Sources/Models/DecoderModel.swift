@@ -142,14 +142,43 @@ public final class DecoderModel {
         KVCache(widths: layers.map { $0.attention.cacheWidths }, capacity: min(capacity, maxPositions), limit: maxPositions)
     }
 
-    /// A paged KV cache for this model: `budgetBytes` of blocks of `blockSize` positions, shared by
-    /// the sequences made from it (`KVCacheAllocator`). `identity` (e.g. the weights' path) goes
-    /// into the prefix hashes' root with the model's shape, so no other model's blocks match.
-    public func makeKVAllocator(blockSize: Int, budgetBytes: Int, identity: String = "") throws -> KVCacheAllocator {
+    /// The same, storing rows as `dtype`; throws `KVCacheError.unsupportedDType` when this
+    /// model's rows do not suit it (`checkKVDType`).
+    public func makeCache(capacity: Int = 256, dtype: KVDType) throws -> KVCache {
+        try checkKVDType(dtype)
+        return KVCache(widths: layers.map { $0.attention.cacheWidths }, dtype: dtype, capacity: min(capacity, maxPositions),
+                       limit: maxPositions)
+    }
+
+    /// Throws `KVCacheError.unsupportedDType` unless every row piece attention reads on its own
+    /// (`AttentionLayer.cacheReadWidths`) is a whole number of `dtype`'s scale groups: q8_0
+    /// needs multiples of 32 (a block may not straddle two heads); the float types suit any model.
+    public func checkKVDType(_ dtype: KVDType) throws {
+        for (i, l) in layers.enumerated() {
+            let (a, b) = l.attention.cacheReadWidths
+            for w in [a, b] where w % dtype.groupValues != 0 {
+                throw KVCacheError.unsupportedDType(dtype, layer: i, width: w)
+            }
+        }
+    }
+
+    /// Bytes one position's KV takes over all layers, stored as `dtype`.
+    public func kvBytesPerPosition(_ dtype: KVDType = .f32) -> Int {
+        layers.reduce(0) { $0 + dtype.bytes($1.attention.cacheWidths.0) + dtype.bytes($1.attention.cacheWidths.1) }
+    }
+
+    /// A paged KV cache for this model: `budgetBytes` of blocks of `blockSize` positions, rows
+    /// stored as `dtype`, shared by the sequences made from it (`KVCacheAllocator`). `identity`
+    /// (e.g. the weights' path) goes into the prefix hashes' root with the model's shape and the
+    /// dtype, so no other model's blocks (nor this model's in another dtype) match. Throws
+    /// `KVCacheError` when the dtype does not suit the model (`checkKVDType`) or the budget
+    /// holds no block.
+    public func makeKVAllocator(blockSize: Int, budgetBytes: Int, dtype: KVDType = .f32, identity: String = "") throws -> KVCacheAllocator {
+        try checkKVDType(dtype)
         let widths = layers.map { $0.attention.cacheWidths }
         let parts = [architecture, "\(vocabSize)", "\(hidden)", "\(maxPositions)", "\(layers.count)",
-                     widths.map { "\($0.0)x\($0.1)" }.joined(separator: ","), identity]
-        return try KVCacheAllocator(widths: widths, blockSize: blockSize, budgetBytes: budgetBytes,
+                     widths.map { "\($0.0)x\($0.1)" }.joined(separator: ","), "kv-dtype=\(dtype)", identity]
+        return try KVCacheAllocator(widths: widths, dtype: dtype, blockSize: blockSize, budgetBytes: budgetBytes,
                                     fingerprint: BlockHash.fingerprint(parts))
     }
 

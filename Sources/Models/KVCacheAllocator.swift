@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// Why paged KV storage could not be set up or grown.
 public enum KVCacheError: Error, CustomStringConvertible, Equatable {
@@ -7,6 +8,8 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
     case budgetTooLarge(budget: Int, blockBytes: Int)
     case outOfBlocks(needed: Int, free: Int)
     case cannotReserve(bytes: Int)
+    /// `dtype` cannot store a row piece of `width` values that layer `layer`'s attention reads on its own.
+    case unsupportedDType(KVDType, layer: Int, width: Int)
 
     public var description: String {
         switch self {
@@ -18,6 +21,10 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
             return "a KV budget of \(budget) bytes makes more than 2^31 blocks of \(blockBytes) bytes; lower --kv-budget or raise --kv-block-size"
         case .cannotReserve(let bytes):
             return "could not reserve \(bytes) bytes of memory for the KV cache; lower --kv-budget"
+        case let .unsupportedDType(dtype, layer, width):
+            return "--kv-dtype \(dtype) stores values in blocks of \(dtype.groupValues), but attention in layer \(layer) of this model "
+                + "reads rows in pieces of \(width) values (a head, the latent or the rotary key); use --kv-dtype "
+                + KVDType.allCases.filter { width % $0.groupValues == 0 }.map(\.rawValue).joined(separator: ", ")
         case let .outOfBlocks(needed, free):
             return "the KV cache needs \(needed) more blocks but \(free) are free; raise --kv-budget"
         }
@@ -43,32 +50,37 @@ public final class KVCacheAllocator {
     public let pool: BlockPool
     /// Root of every block hash: KV of another model never matches.
     public let fingerprint: UInt64
-    /// Bytes one block takes (all layers).
+    /// Bytes one block takes (all layers), as stored: the budget counts these.
     public let bytesPerBlock: Int
+    /// How rows are stored (`--kv-dtype`).
+    public let dtype: KVDType
     let widths: [(Int, Int)]
-    /// Per layer, where its `a` and `b` rows start inside a block (floats).
+    /// Per layer, where its `a` and `b` rows start inside a block (bytes).
     let offsets: [(Int, Int)]
-    /// Floats per block.
+    /// Bytes per block.
     let blockStride: Int
-    let storage: UnsafeMutablePointer<Float>
+    let storage: UnsafeMutableRawPointer
 
     /// Storage for as many blocks as `budgetBytes` holds. `widths[l]` is layer `l`'s `(widthA,
-    /// widthB)` floats per position. The memory is reserved, not touched: pages become resident
-    /// as blocks are first written. Throws when the block size is out of range or the budget
-    /// holds no block.
-    public init(widths: [(Int, Int)], blockSize: Int, budgetBytes: Int, fingerprint: UInt64) throws {
+    /// widthB)` values per position, stored as `dtype` (which the caller has checked suits the
+    /// model: `DecoderModel.checkKVDType`). The memory is reserved, not touched: pages become
+    /// resident as blocks are first written. Throws when the block size is out of range or the
+    /// budget holds no block.
+    public init(widths: [(Int, Int)], dtype: KVDType = .f32, blockSize: Int, budgetBytes: Int, fingerprint: UInt64) throws {
         guard (1...4096).contains(blockSize) else { throw KVCacheError.invalidBlockSize(blockSize) }
         self.blockSize = blockSize
         self.widths = widths
+        self.dtype = dtype
         var offsets: [(Int, Int)] = []
         var o = 0
         for (wa, wb) in widths {
-            offsets.append((o, o + blockSize * wa))
-            o += blockSize * (wa + wb)
+            offsets.append((o, o + blockSize * dtype.bytes(wa)))
+            o += blockSize * (dtype.bytes(wa) + dtype.bytes(wb))
         }
         self.offsets = offsets
-        blockStride = max(o, 1)
-        bytesPerBlock = blockStride * MemoryLayout<Float>.size
+        // f32 rows are read as Floats, so a block starts on a 4-byte boundary.
+        blockStride = max((o + 3) & ~3, 4)
+        bytesPerBlock = blockStride
         let count = max(budgetBytes, 0) / bytesPerBlock
         guard count >= 1 else {
             throw KVCacheError.budgetTooSmall(budget: budgetBytes, blockBytes: bytesPerBlock, blockSize: blockSize)
@@ -78,10 +90,15 @@ public final class KVCacheAllocator {
         self.fingerprint = fingerprint
         // malloc, not `allocate`, so a budget the system refuses is an error rather than a trap.
         guard let raw = malloc(count * bytesPerBlock) else { throw KVCacheError.cannotReserve(bytes: count * bytesPerBlock) }
-        storage = raw.bindMemory(to: Float.self, capacity: count * blockStride)
+        // Bound to Float for an f32 cache's reads; the other types only load and store bytes.
+        raw.bindMemory(to: Float.self, capacity: count * blockStride / 4)
+        storage = raw
     }
 
-    deinit { releaseStorage(UnsafeMutableRawPointer(storage)) }
+    deinit { releaseStorage(storage) }
+
+    /// Bytes one position takes over all layers, as stored.
+    public var bytesPerPosition: Int { widths.reduce(0) { $0 + dtype.bytes($1.0) + dtype.bytes($1.1) } }
 
     /// Blocks that hold `positions` positions.
     public func blocks(forPositions positions: Int) -> Int { (positions + blockSize - 1) / blockSize }
@@ -135,7 +152,7 @@ public final class KVCacheAllocator {
             let i = seq.length / blockSize, old = Int(seq.table[i])
             if pool.refCount(old) > 1 || pool.key(old) != nil {
                 if let fresh = pool.allocate() {
-                    (storage + fresh * blockStride).update(from: storage + old * blockStride, count: blockStride)
+                    (storage + fresh * blockStride).copyMemory(from: storage + old * blockStride, byteCount: blockStride)
                     pool.release(old)
                     seq.table[i] = Int32(fresh)
                 } else if pool.refCount(old) == 1 {
@@ -191,7 +208,7 @@ public final class KVCacheAllocator {
     func view(_ seq: PagedKVCache, layer: Int) -> KVLayerView {
         let (oa, ob) = offsets[layer]
         return KVLayerView(a: storage + oa, b: storage + ob, blockStride: blockStride, blocks: seq.table,
-                           blockSize: blockSize, widthA: widths[layer].0, widthB: widths[layer].1)
+                           blockSize: blockSize, widthA: widths[layer].0, widthB: widths[layer].1, dtype: dtype)
     }
 }
 

@@ -15,6 +15,7 @@ final class ServerMetrics: Sendable {
     let running: Gauge
     let waiting: Gauge
     let kvBytes: Gauge
+    let kvBytesPerToken: Gauge
     let nodesAlive: Gauge
     let nodesKnown: Gauge
     let steps: Gauge
@@ -41,6 +42,8 @@ final class ServerMetrics: Sendable {
         running = registry.makeGauge(name: "farside_running_sequences", help: "Sequences being generated.")
         waiting = registry.makeGauge(name: "farside_waiting_requests", help: "Requests queued for admission.")
         kvBytes = registry.makeGauge(name: "farside_kv_cache_bytes", help: "Bytes of KV cache blocks held by sequences.")
+        kvBytesPerToken = registry.makeGauge(name: "farside_kv_cache_bytes_per_token",
+                                             help: "Bytes one position's KV takes over all layers, as stored (--kv-dtype).")
         nodesAlive = registry.makeGauge(name: "farside_expert_nodes_alive", help: "Expert nodes serving.")
         nodesKnown = registry.makeGauge(name: "farside_expert_nodes_known", help: "Expert nodes registered, alive or not.")
         steps = registry.makeGauge(name: "farside_engine_steps", help: "Forward steps run since start.")
@@ -67,6 +70,9 @@ final class ServerMetrics: Sendable {
         running.set(Double(s.running))
         waiting.set(Double(s.waiting))
         kvBytes.set(Double(s.kvBytes))
+        kvBytesPerToken.set(Double(s.kvBytesPerToken))
+        registry.makeGauge(name: "farside_kv_cache_dtype", labels: [("dtype", s.kvDType.rawValue)],
+                           help: "1 for the type KV rows are stored in (--kv-dtype).").set(Double(1))
         steps.set(Double(s.steps))
         prefixHits.set(Double(s.prefixHits))
         prefixCachedTokens.set(Double(s.prefixTokensReused))

@@ -38,6 +38,9 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Measure with the paged KV cache (the server's) in blocks of N positions; 0: the contiguous cache (generate's).")
     var kvBlockSize: Int = 0
 
+    @Option(name: .customLong("kv-dtype"), help: "How KV rows are stored: \(KVDType.names) (f32: as computed).")
+    var kvDType: KVDType = .f32
+
     @Flag(name: .long, help: "With --local-nodes: also run every measurement with the experts in this process, alternating with the nodes run by run (ABBA), and report the per-run ratios. The pair of a run is measured seconds apart, so slow drifts of memory bandwidth cancel out of its ratio.")
     var alternateInProcess = false
 
@@ -149,9 +152,9 @@ struct Bench: ParsableCommand {
             // Paged: one allocator sized for exactly one run's blocks, reused run after run.
             let paged = try kvBlockSize == 0 ? nil : m.makeKVAllocator(
                 blockSize: kvBlockSize, budgetBytes: CheckedSize.saturatingSum(promptTokens, decodeTokens + kvBlockSize)
-                    * m.layers.reduce(0) { $0 + ($1.attention.cacheWidths.0 + $1.attention.cacheWidths.1) * 4 })
+                    * m.kvBytesPerPosition(kvDType), dtype: kvDType)
             func measure() throws -> (prefill: Double, decode: Double) {
-                let cache: any KVStore = paged?.sequence() ?? m.makeCache(capacity: promptTokens + decodeTokens)
+                let cache: any KVStore = try paged?.sequence() ?? m.makeCache(capacity: promptTokens + decodeTokens, dtype: kvDType)
                 defer { if let p = cache as? PagedKVCache { p.allocator.free(p) } }
                 let t0 = Self.now()
                 var logits = try m.forward(prompt, cache: cache, logits: .last)
@@ -218,6 +221,7 @@ struct Bench: ParsableCommand {
             printJSON("""
             {"model": "\(model ?? "default")", "architecture": "\(m.architecture)", "threads": \(ThreadPool.shared.threadCount), "micro_batches": \(microBatches), \
             "prompt_tokens": \(promptTokens), "decode_tokens": \(decodeTokens), "runs": \(runs), \
+            "kv_dtype": "\(kvDType)", "kv_block_size": \(kvBlockSize), "kv_bytes_per_token": \(m.kvBytesPerPosition(kvDType)), \
             "prefill_tok_s": \(String(format: "%.2f", Self.median(prefill))), "decode_tok_s": \(String(format: "%.2f", d)), \
             "prefill_runs": [\(prefill.map { String(format: "%.2f", $0) }.joined(separator: ", "))], \
             "decode_runs": [\(decode.map { String(format: "%.2f", $0) }.joined(separator: ", "))], \

@@ -2,6 +2,7 @@ import ArgumentParser
 import Coordinator
 import ExpertNode
 import Foundation
+import Kernels
 import Models
 import Tokenizer
 import Transport
@@ -51,6 +52,9 @@ struct Farside: ParsableCommand {
         }
     }
 }
+
+/// `--kv-dtype`: a value outside `KVDType.names` is refused with the flag and the allowed values named.
+extension KVDType: ExpressibleByArgument {}
 
 /// `--threads N`: worker threads of this process's pool (and of the expert nodes it starts),
 /// the flag form of `FARSIDE_THREADS`. Set before the pool's first use, which reads it.
@@ -283,6 +287,9 @@ struct Logits: ParsableCommand {
     @Flag(name: .long, help: "Print one row per input position instead of the last only (streamed as computed).")
     var allPositions = false
 
+    @Option(name: .customLong("kv-dtype"), help: "How KV rows are stored: \(KVDType.names) (f32: as computed), to see the error a cache type adds.")
+    var kvDType: KVDType = .f32
+
     /// Positions computed per forward pass with --all-positions: bounds the logits held at once
     /// (`chunk × vocab` floats) however long the input.
     static let chunk = 128
@@ -295,7 +302,7 @@ struct Logits: ParsableCommand {
             // Checked before the first row is printed, so an error never follows partial output.
             guard ids.count <= model.maxPositions else { throw ModelError.contextOverflow(needed: ids.count, limit: model.maxPositions) }
             for t in ids where t < 0 || t >= v { throw ModelError.tokenOutOfRange(token: t, vocab: v) }
-            let cache = model.makeCache(capacity: ids.count)
+            let cache = try model.makeCache(capacity: ids.count, dtype: kvDType)
             var out = StreamedOutput()
             out.append("{\"logits\": [")
             var rowsWritten = 0
@@ -380,6 +387,9 @@ struct Generate: ParsableCommand {
     @Option(name: .long, help: "With --chat: a Jinja chat template file to use instead of the model's own.")
     var chatTemplate: String?
 
+    @Option(name: .customLong("kv-dtype"), help: "How KV rows are stored: \(KVDType.names) (f32: as computed).")
+    var kvDType: KVDType = .f32
+
     func validate() throws {
         guard format == "json" || format == "text" else { throw ValidationError("--format must be json or text, got '\(format)'") }
         if chat && !options.hasText { throw ValidationError("--chat needs the user's message as --prompt TEXT or --prompt-file PATH") }
@@ -402,6 +412,7 @@ struct Generate: ParsableCommand {
             let tokenizer = options.hasText ? try openTokenizer(path: try options.modelPath()) : nil
             var stream = tokenizer.map { StreamingDetokenizer($0, skipSpecial: true) }
             let gen = Generator(model: model)
+            gen.kvDType = kvDType
             let result = try gen.run(prompt: ids, maxTokens: maxTokens, sampling: sampling.parameters, ignoreEOS: ignoreEos) { tok in
                 if format == "text" {
                     let piece = stream != nil ? stream!.push(tok) : "\(tok) "

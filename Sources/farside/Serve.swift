@@ -3,6 +3,7 @@ import ChatTemplate
 import Coordinator
 import Deploy
 import Foundation
+import Kernels
 import Logging
 import Models
 import Server
@@ -55,6 +56,9 @@ struct Serve: ParsableCommand {
 
     @Option(name: .long, help: "Memory for KV cache blocks, all sequences and the prefix cache together (e.g. 512MiB, 4GiB).")
     var kvBudget: String = "1GiB"
+
+    @Option(name: .customLong("kv-dtype"), help: "How KV rows are stored: \(KVDType.names). f16 and bf16 take half the bytes of f32 (so --kv-budget holds twice the positions), q8_0 34 bytes per 32 values.")
+    var kvDType: KVDType = .f32
 
     @Flag(name: .long, inversion: .prefixedNo, help: "Keep KV blocks cached for later requests that share a prefix (a system prompt, earlier chat turns).")
     var prefixCache = true
@@ -187,6 +191,7 @@ struct Serve: ParsableCommand {
             opts.maxWaiting = maxWaiting
             opts.kvBlockSize = kvBlockSize
             opts.kvBudgetBytes = try kvBudgetBytes()
+            opts.kvDType = kvDType
             opts.prefixCaching = prefixCache
             opts.modelIdentity = path
             if let cluster {
@@ -198,6 +203,8 @@ struct Serve: ParsableCommand {
                 opts.idleWork = { [cluster] in cluster.tend() }
             }
             let engine = try Engine(model: m, options: opts)
+            let kvState = engine.snapshot()
+            logger.info("KV cache: \(kvState.kvDType), \(kvState.kvBytesPerToken) bytes per token, \(kvState.kvBlocksTotal) blocks of \(kvBlockSize) positions (\(engine.kvCapacity) positions)")
             engine.start()
             let name = servedModelName ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
             let served = ServedModel(

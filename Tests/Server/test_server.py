@@ -653,3 +653,38 @@ def test_kv_budget_limits_are_clear_errors():
         assert r["usage"]["completion_tokens"] == 32 - 20 + 1
     finally:
         assert s.stop() == 0
+
+
+def test_kv_dtype_q8_0_serves_and_bad_values_are_refused():
+    """`--kv-dtype q8_0` stores KV as ggml's Q8_0 blocks (34 bytes per 32 values: SmolLM2's
+    46,080 bytes per position become 12,240), answers through the OpenAI client, reports its
+    dtype and bytes per token in the metrics and its start-up log, and a request's tokens do
+    not depend on what runs beside it. An unknown value, or q8_0 for a model whose heads are not
+    whole 32-value blocks, stops the server at start with a message naming the flag."""
+    # Without the prefix cache, the concurrent round below computes its prompts again, in one batch.
+    s = Server("--kv-dtype", "q8_0", "--kv-budget", "64MiB", "--max-batch-tokens", "128", "--no-prefix-cache")
+    try:
+        model = s.client().models.list().data[0].id
+        r = s.client().chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=24, temperature=0)
+        assert "Paris" in r.choices[0].message.content, r.choices[0].message.content
+        m = s.metrics()
+        assert m['farside_kv_cache_dtype{dtype="q8_0"}'] == 1
+        assert m["farside_kv_cache_bytes_per_token"] == 12240
+        # 64 MiB of 16-position blocks of 12,240 bytes per position.
+        assert m["farside_kv_cache_blocks_total"] == (64 << 20) // (16 * 12240)
+        prompts = [[(i * 31 + 7 * k) % 40000 + 50 for i in range(30 + k)] for k in range(3)]
+        alone = [complete_token_ids(s, p, 8)[0] for p in prompts]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            together = [ids for ids, _ in pool.map(lambda p: complete_token_ids(s, p, 8), prompts)]
+        assert together == alone
+    finally:
+        assert s.stop() == 0
+    assert any("KV cache: q8_0, 12240 bytes per token" in line for line in s.stderr_lines), "".join(s.stderr_lines)
+    r = subprocess.run([str(BIN), "serve", "--model", str(DEFAULT_MODEL), "--port", "0", "--kv-dtype", "q4"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--kv-dtype" in r.stderr and "q8_0" in r.stderr and "bf16" in r.stderr, r.stderr
+    r = subprocess.run([str(BIN), "serve", "--model", str(FIXTURES / "llama"), "--port", "0", "--kv-dtype", "q8_0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--kv-dtype q8_0" in r.stderr and "16 values" in r.stderr, r.stderr
