@@ -106,6 +106,7 @@ public enum ClusterConfig {
         Key(path: "kv.block_size", flag: "--kv-block-size", kind: .integer),
         Key(path: "kv.budget", flag: "--kv-budget", kind: .size),
         Key(path: "kv.prefix_cache", flag: "--prefix-cache", kind: .flag(off: "--no-prefix-cache")),
+        Key(path: "kv.dtype", flag: "--kv-dtype", kind: .choice(["f32", "f16", "bf16", "q8_0"])),
         Key(path: "placement", flag: "--placement", kind: .choice(["memory"])),
         Key(path: "keys.secret_key_file", flag: "--secret-key-file", kind: .path),
         Key(path: "keys.allowed_nodes_file", flag: "--allowed-nodes-file", kind: .path),
