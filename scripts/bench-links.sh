@@ -4,13 +4,13 @@
 # dense FFNs cut into slices on the nodes) and the ~1 GB synthetic DeepSeek-V3-shaped MoE, at 1
 # stream (decode) and 16 streams (scripts/load.py, streaming /v1/completions, ignore_eos).
 # ROUNDS interleaved rounds, medians reported with the per-round ratios. Loopback only.
-# Usage: scripts/bench-links.sh [ROUNDS]
+# Usage: [FARSIDE_BIN=PATH] scripts/bench-links.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 scripts/setup.sh >&2
-swift build -c release --product farside >&2
-bin=.build/release/farside
+# FARSIDE_BIN: a farside binary already built (default: build .build/release/farside).
+if [ -n "${FARSIDE_BIN:-}" ]; then bin=$FARSIDE_BIN; else swift build -c release --product farside >&2; bin=.build/release/farside; fi
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 moe=models/synth-deepseek_v3-1g
 [ -f "$moe/config.json" ] || "$bin" synth --arch deepseek_v3 --preset 1g --dtype bf16 --out "$moe" >&2

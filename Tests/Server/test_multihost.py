@@ -99,10 +99,10 @@ out.close()
 
 CLIENT = r"""
 import json, sys, urllib.request
-body = json.dumps({"prompt": json.loads(sys.argv[2]), "max_tokens": int(sys.argv[3]), "temperature": 0,
-                   "ignore_eos": True, "return_token_ids": True}).encode()
-r = urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/v1/completions", body, {"Content-Type": "application/json"}), timeout=300)
-print(json.dumps(json.loads(r.read())["choices"][0]["token_ids"]))
+body = json.dumps({"messages": [{"role": "user", "content": sys.argv[2]}], "max_tokens": int(sys.argv[3]),
+                   "temperature": 0, "ignore_eos": True}).encode()
+r = urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/v1/chat/completions", body, {"Content-Type": "application/json"}), timeout=300)
+print(json.dumps(json.loads(r.read())["choices"][0]["message"]["content"]))
 """
 
 
@@ -153,7 +153,7 @@ class Cluster:
         return r.wait(30) == 0
 
     def complete(self, prompt, n):
-        p = self.hosts.run("coord", PYTHON, "-c", CLIENT, self.url, json.dumps(prompt), str(n),
+        p = self.hosts.run("coord", PYTHON, "-c", CLIENT, self.url, prompt, str(n),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return p
 
@@ -193,12 +193,13 @@ MODEL = DEFAULT_MODEL
 # The mechanism field of a ZMTP 3 greeting: the name, NUL-padded to 20 bytes.
 CURVE_GREETING = b"CURVE".ljust(20, b"\0")
 NULL_GREETING = b"NULL".ljust(20, b"\0")
-PROMPT = [5, 17, 3, 42, 8]
+PROMPT = "Name three colors."
 
 
 def in_process(n):
-    return json.loads(farside("generate", "--model", str(MODEL), "--tokens", ",".join(map(str, PROMPT)),
-                              "--max-tokens", str(n), "--ignore-eos", "--format", "json"))["tokens"]
+    """The chat answer `farside generate --chat` gives in process, greedy."""
+    return json.loads(farside("generate", "--model", str(MODEL), "--chat", "--prompt", PROMPT,
+                              "--max-tokens", str(n), "--ignore-eos", "--format", "json"))["text"]
 
 
 def sniff(hosts, name, seconds, path):
@@ -209,7 +210,7 @@ def sniff(hosts, name, seconds, path):
 
 
 def finish(client):
-    """The token ids a `Cluster.complete` client process printed."""
+    """The answer a `Cluster.complete` client process printed."""
     out, err = client.communicate(timeout=300)
     assert client.returncode == 0, err
     return json.loads(out)
@@ -222,7 +223,7 @@ def stop_sniffing(sniffer, capture):
 
 
 def test_three_nodes_in_three_namespaces(hosts, keys):
-    """Same tokens as in process through 3 nodes in 3 namespaces, over encrypted links; the
+    """A chat request gets the same answer as in process through 3 nodes in 3 namespaces, over encrypted links; the
     rogue node (a key not on the allowlist) is refused and gets no work; a sniffer on a node's
     link from before it connects sees CURVE greetings and none of the text that the same traffic
     shows with --insecure-links (next test); cutting a node's link mid-generation loses no
@@ -239,7 +240,9 @@ def test_three_nodes_in_three_namespaces(hosts, keys):
         assert len(wire) > 100_000, f"the sniffer saw {len(wire)} bytes"
         addr = hosts.addr["n1"].encode()
         assert CURVE_GREETING in wire and NULL_GREETING not in wire
-        assert b"n1#" not in wire and b"tcp://" + addr not in wire
+        # The node's connection id ("n1#PID-..."): long enough that random bytes never hold it.
+        identity = f"n1#{c.nodes['n1'].pid}-".encode()
+        assert identity not in wire and b"tcp://" + addr not in wire
         rogue_key = Path(keys, "rogue.pub").read_text().split()[0]
         wait_for(lambda: rogue_key in c.log(), 30, "the rogue node's refusal")
         log = c.log()
@@ -270,7 +273,7 @@ def test_the_sniffer_does_see_plaintext_links(hosts, keys):
         wait_for(c.ready, 180, "the coordinator to serve")
         assert finish(c.complete(PROMPT, 20)) == want
         wire = stop_sniffing(s, cap)
-        assert NULL_GREETING in wire and b"n1#" in wire and b"tcp://" + hosts.addr["n1"].encode() in wire
+        assert NULL_GREETING in wire and f"n1#{c.nodes['n1'].pid}-".encode() in wire and b"tcp://" + hosts.addr["n1"].encode() in wire
     finally:
         if s.poll() is None:
             s.kill()
