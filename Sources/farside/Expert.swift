@@ -112,7 +112,6 @@ struct Expert: ParsableCommand {
             throw ValidationError("--max-unread-reply-bytes '\(maxUnreadReplyBytes)' must be at least 1 byte (e.g. 256MiB)")
         }
         _ = try parseBytes(memoryBudget)
-        _ = try curve()
         for (flag, v, binding) in [("--listen", listen, true), ("--coordinator", coordinator, false)] {
             guard v.hasPrefix("tcp://") || v.hasPrefix("ipc://") else {
                 throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
@@ -123,6 +122,8 @@ struct Expert: ParsableCommand {
                 throw ValidationError("\(flag): \(error)")
             }
         }
+        // Last: what is wrong with the flags themselves is said before what is missing.
+        _ = try curve()
     }
 
     /// This node's keys and its coordinator's public key, or nil with --insecure-links. Secrets
