@@ -69,9 +69,6 @@ public final class ExpertCluster: ExpertBackend {
         /// `nodeTimeout`, also between steps and while placing experts.
         var events: ZMQSocket?
         var alive = true
-        /// Asked to leave (its Drain message): its experts move to the other nodes, then it is
-        /// told to shut down.
-        var leaving = false
         var experts: [(layer: Int, expert: Int)] = []
         var acknowledgedEpoch: UInt64 = 0
         var ackError: String?
@@ -97,8 +94,6 @@ public final class ExpertCluster: ExpertBackend {
     var nextRequest: UInt64 = 1
     /// Set when a node joins or comes back after placement: the next step spreads experts anew.
     var rebalancePending = false
-    /// Set when a node asks to leave: the next step moves its experts (and only those).
-    var leavePending = false
     let log: (String) -> Void
     /// Bytes sent and received on the data plane (headers and payloads), for accounting.
     public private(set) var bytesSent = 0
@@ -222,15 +217,6 @@ public final class ExpertCluster: ExpertBackend {
                 }
             case .heartbeat(let h):
                 node?.busySeconds += h.busySeconds
-            case .drain:
-                // From a node, Drain means "I am stopping": systemd's stop, SIGTERM. Its
-                // experts move to the live nodes between steps, then it is told to shut down.
-                if let n = node, n.alive, !n.leaving {
-                    n.leaving = true
-                    leavePending = !placement.isEmpty
-                    log("node \(n.id) is leaving: moving its \(n.experts.count) experts to the other nodes")
-                    if placement.isEmpty { retireLeavingNodes() }
-                }
             default:
                 log("control: ignored a message from \(id)")
             }
@@ -270,7 +256,6 @@ public final class ExpertCluster: ExpertBackend {
             n.memoryBudget = memory
             n.experts = []
             n.alive = true
-            n.leaving = false
             n.data = socket
             rebalancePending = !placement.isEmpty
             log("node \(id) re-registered at \(endpoint)")
@@ -338,33 +323,12 @@ public final class ExpertCluster: ExpertBackend {
         pumpEvents()
         do {
             try pumpControl(timeout: 0)
-            try placeIfPending()
+            if rebalancePending && steps.isEmpty {
+                rebalancePending = false
+                try place(rebalance: true)
+            }
         } catch {
             log("could not take in a joining node: \(error)")
-        }
-    }
-
-    /// Places experts again when a node joined (a rebalance over every live node) or asked to
-    /// leave (its experts only), if no step is in flight; then lets leaving nodes go.
-    func placeIfPending() throws {
-        guard (rebalancePending || leavePending) && steps.isEmpty else { return }
-        let rebalance = rebalancePending
-        rebalancePending = false
-        leavePending = false
-        try place(rebalance: rebalance)
-        retireLeavingNodes()
-    }
-
-    /// Tells every leaving node that holds no experts any more to shut down, and forgets it.
-    func retireLeavingNodes() {
-        for n in nodes where n.alive && n.leaving && n.experts.isEmpty {
-            try? control.send([.data(n.route), try envelope(.shutdown(Farside_V1_Shutdown()))], flags: .dontWait)
-            n.alive = false
-            n.data?.close()
-            n.data = nil
-            n.events?.close()
-            n.events = nil
-            log("node \(n.id) left the cluster")
         }
     }
 
@@ -372,15 +336,7 @@ public final class ExpertCluster: ExpertBackend {
     /// (equal shares when budgets are unset), keeping experts where they already are when their
     /// node is alive, then sends each node its complete assignment and waits for the loads.
     func place(rebalance: Bool = false) throws {
-        var live = nodes.indices.filter { nodes[$0].alive && !nodes[$0].leaving }
-        if live.isEmpty {
-            // Nobody to hand the experts to: leaving nodes stay until another node joins.
-            live = nodes.indices.filter { nodes[$0].alive }
-            for i in live where nodes[i].leaving {
-                nodes[i].leaving = false
-                log("node \(nodes[i].id) asked to leave, but no other node can take its experts: it stays")
-            }
-        }
+        let live = nodes.indices.filter { nodes[$0].alive }
         guard !live.isEmpty else { throw ClusterError.noLiveNodes }
         var bytes = [Int](repeating: 0, count: nodes.count)
         var newPlacement: [Int: [Int]] = [:]
@@ -392,7 +348,7 @@ public final class ExpertCluster: ExpertBackend {
         for (layer, count, _) in model.sparseLayers {
             var row = [Int](repeating: -1, count: count)
             for e in 0..<count {
-                if !rebalance, let old = placement[layer]?[e], old >= 0, live.contains(old) {
+                if !rebalance, let old = placement[layer]?[e], old >= 0, nodes[old].alive {
                     row[e] = old
                 } else {
                     row[e] = live.min { Double(bytes[$0]) / share($0) < Double(bytes[$1]) / share($1) }!
@@ -403,7 +359,7 @@ public final class ExpertCluster: ExpertBackend {
         }
         placement = newPlacement
         epoch += 1
-        for i in nodes.indices where nodes[i].alive {
+        for i in live {
             nodes[i].experts = []
             nodes[i].ackError = nil
         }
@@ -534,7 +490,10 @@ public final class ExpertCluster: ExpertBackend {
         // Send nothing to a node known to be gone (its dropped connection is news here first).
         pumpEvents()
         // A rebalance moves experts off nodes; only safe when no step still needs them there.
-        try placeIfPending()
+        if rebalancePending && steps.isEmpty {
+            rebalancePending = false
+            try place(rebalance: true)
+        }
         let step = Step(layer: layer, batch: batch, input: input, output: output)
         let id = nextStep
         nextStep += 1

@@ -121,7 +121,6 @@ public enum ClusterConfig {
         Key(path: "memory_budget", flag: "--memory-budget", kind: .size),
         Key(path: "threads", flag: "--threads", kind: .integer),
         Key(path: "coordinator_timeout", flag: "--coordinator-timeout", kind: .number),
-        Key(path: "drain_timeout", flag: "--drain-timeout", kind: .number),
         Key(path: "power.device", flag: "--power-device", kind: .text),
         Key(path: "power.idle_watts", flag: "--idle-watts", kind: .number),
         Key(path: "power.busy_watts", flag: "--busy-watts", kind: .number),

@@ -62,9 +62,6 @@ struct Expert: ParsableCommand {
                                             discussion: "The node asks the kernel to kill it when its parent exits (PR_SET_PDEATHSIG), and exits at once if PID is no longer its parent. Local nodes (--local-nodes, cluster up) get it."))
     var parentPid: Int32?
 
-    @Option(name: .long, help: "Seconds SIGTERM waits for the coordinator to move this node's experts elsewhere before the node stops anyway.")
-    var drainTimeout: Double = 30
-
     @Option(name: .long, help: "What this node computes on, as reported to the coordinator (e.g. cpu, h100).")
     var powerDevice: String = "cpu"
 
@@ -100,7 +97,6 @@ struct Expert: ParsableCommand {
         guard coordinatorTimeout >= 0 && coordinatorTimeout.isFinite else {
             throw ValidationError("--coordinator-timeout must be a number of seconds >= 0, got \(coordinatorTimeout)")
         }
-        guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ValidationError("--drain-timeout must be a finite number of seconds >= 0, got \(drainTimeout)") }
         guard !powerDevice.isEmpty && powerDevice.utf8.count <= 64 else { throw ValidationError("--power-device must be 1 to 64 bytes, got '\(powerDevice)'") }
         for (flag, w) in [("--idle-watts", idleWatts), ("--busy-watts", busyWatts)] where !(w >= 0 && w <= 1e6) {
             throw ValidationError("\(flag) must be a number of watts in 0...1000000, got \(w)")
@@ -162,7 +158,6 @@ struct Expert: ParsableCommand {
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
                                                    memoryBudget: try parseBytes(memoryBudget),
                                                    power: (powerDevice, idleWatts, busyWatts))
-            options.drainTimeout = drainTimeout
             options.curve = try curve()
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
@@ -194,9 +189,9 @@ struct Expert: ParsableCommand {
                 }
             }
             notify.status("loaded the model; registering with the coordinator at \(coordinator)")
-            // A node started on its own (by systemd, by hand) leaves gracefully on SIGTERM or
-            // SIGINT: its experts move to other nodes first. A local node (--parent-pid) keeps
-            // the default action: its coordinator is stopping it and needs nothing moved.
+            // A node started on its own (by systemd, by hand) stops cleanly on SIGTERM or SIGINT
+            // (STOPPING=1, status 0). A local node (--parent-pid) keeps the default action: its
+            // coordinator is the one stopping it.
             var signalSources: [DispatchSourceSignal] = []
             if parentPid == nil {
                 for sig in [SIGTERM, SIGINT] {

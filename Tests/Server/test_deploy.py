@@ -105,10 +105,10 @@ def test_serve_speaks_sd_notify_and_sigterm_drains(abstract):
         n.close()
 
 
-def test_node_speaks_sd_notify_and_leaves_gracefully_on_sigterm():
-    """A node started on its own says READY=1 once it holds experts; on SIGTERM it says STOPPING=1,
-    the coordinator moves its experts to the other node, releases it, and it exits 0 at once (not
-    after its drain timeout); a generation running meanwhile gets the same tokens as in process."""
+def test_node_speaks_sd_notify_and_stops_cleanly_on_sigterm():
+    """A node started on its own says READY=1 once it holds experts; on SIGTERM it says STOPPING=1
+    and exits 0 at once; the coordinator moves its experts to the other node, and a generation
+    running meanwhile gets the same tokens as in process, as does the next one."""
     port = free_port()
     model = FIXTURES / "qwen3_moe"
     prompt = [5, 17, 3, 42, 8]
@@ -119,7 +119,7 @@ def test_node_speaks_sd_notify_and_leaves_gracefully_on_sigterm():
     for name in ["coordinator", "leaver"]:
         farside("keys", "generate", "--out", keys, "--name", name)
     node = subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", f"tcp://127.0.0.1:{port}",
-                             "--model", str(model), "--node-id", "leaver", "--drain-timeout", "60",
+                             "--model", str(model), "--node-id", "leaver",
                              "--secret-key-file", f"{keys}/leaver.key", "--coordinator-public-key", f"{keys}/coordinator.pub"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NOTIFY_SOCKET": n.env, "WATCHDOG_USEC": "400000"})
@@ -140,14 +140,21 @@ def test_node_speaks_sd_notify_and_leaves_gracefully_on_sigterm():
             start = time.monotonic()
             node.send_signal(signal.SIGTERM)
             assert node.wait(timeout=30) == 0
-            assert time.monotonic() - start < 20, "the node waited for its drain timeout instead of being released"
+            assert time.monotonic() - start < 5
             t.join(120)
             assert result["r"][0] == want
             assert "STOPPING=1" in n.assignments()
+            # Noticed at the next step, or within the engine's idle tick (0.2 s) when none runs.
+            deadline = time.monotonic() + 10
+            while "node leaver declared dead" not in "".join(s.stderr_lines) and time.monotonic() < deadline:
+                time.sleep(0.1)
             log = "".join(s.stderr_lines)
-            assert "node leaver is leaving" in log and "node leaver left the cluster" in log, log[-3000:]
+            assert "node leaver declared dead: its connection dropped" in log, log[-3000:]
             # Served by the remaining node alone, still the same tokens.
-            assert complete_ids(s, prompt, 30)[0] == want
+            status, _, body = s.request("POST", "/v1/completions", {"prompt": prompt, "max_tokens": 30, "temperature": 0,
+                                                                     "ignore_eos": True, "return_token_ids": True})
+            assert status == 200, (body, "".join(l for l in s.stderr_lines if "coordinator" in l or "node" in l)[-6000:])
+            assert json.loads(body)["choices"][0]["token_ids"] == want
         finally:
             assert s.stop() == 0
     finally:

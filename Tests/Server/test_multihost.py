@@ -97,12 +97,26 @@ while time.time() < end:
 out.close()
 """
 
+# Streams a greedy chat answer; says "started" once 5 pieces arrived (the test cuts a link then),
+# and prints the whole answer as JSON at the end.
 CLIENT = r"""
 import json, sys, urllib.request
 body = json.dumps({"messages": [{"role": "user", "content": sys.argv[2]}], "max_tokens": int(sys.argv[3]),
-                   "temperature": 0, "ignore_eos": True}).encode()
+                   "temperature": 0, "ignore_eos": True, "stream": True}).encode()
 r = urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/v1/chat/completions", body, {"Content-Type": "application/json"}), timeout=300)
-print(json.dumps(json.loads(r.read())["choices"][0]["message"]["content"]))
+text, pieces = "", 0
+for line in r:
+    line = line.decode().strip()
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        continue
+    delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+    text += delta
+    pieces += 1
+    if pieces == 5:
+        print("started", flush=True)
+if pieces < 5:
+    print("started", flush=True)
+print(json.dumps(text), flush=True)
 """
 
 
@@ -209,11 +223,16 @@ def sniff(hosts, name, seconds, path):
     return p
 
 
+def started(client):
+    """Waits until a `Cluster.complete` client has received the first pieces of its answer."""
+    assert client.stdout.readline().strip() == "started", client.stderr.read()
+
+
 def finish(client):
     """The answer a `Cluster.complete` client process printed."""
     out, err = client.communicate(timeout=300)
     assert client.returncode == 0, err
-    return json.loads(out)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def stop_sniffing(sniffer, capture):
@@ -228,14 +247,14 @@ def test_three_nodes_in_three_namespaces(hosts, keys):
     link from before it connects sees CURVE greetings and none of the text that the same traffic
     shows with --insecure-links (next test); cutting a node's link mid-generation loses no
     request and changes no token."""
-    want = in_process(100)
+    want = in_process(200)
     cap = Path(keys, "secure.pcap")
     s = sniff(hosts, "n1", 600, str(cap))
     c = Cluster(hosts, keys, secure=True, model=MODEL)
     try:
         wait_for(c.ready, 180, "the coordinator to serve")
         rogue = c.start_node("rogue", keys, secure=True)
-        assert finish(c.complete(PROMPT, 100)) == want
+        assert finish(c.complete(PROMPT, 200)) == want
         wire = stop_sniffing(s, cap)
         assert len(wire) > 100_000, f"the sniffer saw {len(wire)} bytes"
         addr = hosts.addr["n1"].encode()
@@ -248,8 +267,8 @@ def test_three_nodes_in_three_namespaces(hosts, keys):
         log = c.log()
         assert "node rogue" not in log and "rogue=" not in log, log[-3000:]
         # Cut n2's link mid-generation: its slices move, the step is re-sent, same tokens.
-        got = c.complete(PROMPT, 100)
-        time.sleep(1.0)
+        got = c.complete(PROMPT, 200)
+        started(got)
         sh("ip", "-n", hosts.sw, "link", "set", hosts.port("n2"), "down")
         assert finish(got) == want
         wait_for(lambda: "node n2 declared dead" in c.log(), 30, "n2 to be declared dead")
