@@ -107,12 +107,14 @@ public final class ExpertNodeServer {
     var running = true
     /// Experts of the current assignment.
     var heldExperts = 0
-    /// Set by `leave()` from any thread; the serving thread reads it at its next poll.
+    /// Whether `.ready` went out (with the first assignment loaded).
+    var announcedReady = false
+    /// Set by `leave()` from any thread; the serving thread reads it every 50 ms.
     private let leaveLock = NSLock()
     private var leaveAsked = false
     /// What the node is doing, for a supervisor (systemd's notify protocol): `.ready` once it
-    /// holds its first assignment, `.status` on changes, `.alive` at every poll (at least every
-    /// 100 ms), `.stopping` when it starts to leave.
+    /// holds its first assignment, `.status` on later ones, `.alive` every 50-100 ms, `.stopping`
+    /// when it stops on request.
     public enum Event: Sendable {
         case ready(String)
         case status(String)
@@ -201,7 +203,7 @@ public final class ExpertNodeServer {
         var connected = false
         var disconnectedSince = now()
         var lastWarning = now()
-        var announcedReady = false
+        var lastHousekeeping = -Double.infinity
         while running {
             // Yield-poll only within the window after the last request, so an idle node sleeps.
             let window = max(0, lastRequest + options.pollYieldWindow - now())
@@ -230,23 +232,24 @@ public final class ExpertNodeServer {
                 }
             }
             let t = now()
-            onEvent(.alive)
-            if experts != nil && !announcedReady {
-                announcedReady = true
-                onEvent(.ready("serving \(heldExperts) experts (epoch \(epoch)) for the coordinator at \(options.coordinator)"))
-            }
-            leaveLock.lock()
-            let asked = leaveAsked
-            leaveLock.unlock()
-            if asked {
-                // The coordinator notices the dropped connections at once and moves this
-                // node's experts to the live nodes, re-sending any step in flight, so no
-                // request is lost. (Handing experts back before leaving is left for the
-                // placement work: its first version lost a node's data link under CURVE.)
-                onEvent(.stopping("stopping: the coordinator moves this node's experts to the other nodes"))
-                log("stopping on request; the coordinator moves this node's experts")
-                running = false
-                continue
+            // Supervisor housekeeping at most every 50 ms, not at every request (at decode one
+            // arrives per layer): the watchdog's sign of life and whether SIGTERM asked to stop.
+            if t - lastHousekeeping >= 0.05 {
+                lastHousekeeping = t
+                onEvent(.alive)
+                leaveLock.lock()
+                let asked = leaveAsked
+                leaveLock.unlock()
+                if asked {
+                    // The coordinator notices the dropped connections at once and moves this
+                    // node's experts to the live nodes, re-sending any step in flight, so no
+                    // request is lost. (Handing experts back before leaving is left for the
+                    // placement work: its first version lost a node's data link under CURVE.)
+                    onEvent(.stopping("stopping: the coordinator moves this node's experts to the other nodes"))
+                    log("stopping on request; the coordinator moves this node's experts")
+                    running = false
+                    continue
+                }
             }
             // These ends are thrown, and the command prints them as its error (also with --quiet).
             if let parent = options.parentPID, getppid() != parent {
@@ -343,7 +346,10 @@ public final class ExpertNodeServer {
                 experts = held
                 epoch = a.epoch
                 heldExperts = a.experts.count
-                onEvent(.status("serving \(heldExperts) experts (epoch \(a.epoch)) for the coordinator at \(options.coordinator)"))
+                let status = "serving \(heldExperts) experts (epoch \(a.epoch)) for the coordinator at \(options.coordinator)"
+                // The first assignment loaded makes the node ready; later ones change its status.
+                if announcedReady { onEvent(.status(status)) } else { onEvent(.ready(status)) }
+                announcedReady = true
                 ack.loadedBytes = UInt64(held.weightBytes)
                 log("assignment epoch \(a.epoch): \(a.experts.count) experts, \(held.weightBytes) bytes")
             } catch {
