@@ -55,9 +55,11 @@ let package = Package(
         // Model architectures, one file each, plus their shared blocks and the KV cache.
         .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: checkedFlags),
         // The expert side: holds routed experts and computes them for batches of rows.
-        .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport"], swiftSettings: checkedFlags),
+        // Expert placement as a pure planner (no sockets, no weights): strategies, power model.
+        .target(name: "Placement", swiftSettings: checkedFlags),
+        .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport", "Placement"], swiftSettings: checkedFlags),
         // The attention side's driver: generation, sampling, request scheduling.
-        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport"], swiftSettings: checkedFlags),
+        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport", "Placement"], swiftSettings: checkedFlags),
         // The OpenAI API's request bodies, validated, and its error shape: no HTTP server in it, so
         // the request fuzz target builds without Hummingbird and NIO.
         .target(
@@ -68,7 +70,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Checkpoint", "Models", "Coordinator", "Tokenizer", "ChatTemplate", "OpenAIAPI",
+                "Checkpoint", "Models", "Coordinator", "Tokenizer", "ChatTemplate", "OpenAIAPI", "Placement",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -81,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "farside",
             dependencies: [
-                "Deploy", "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport",
+                "Deploy", "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport", "Placement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -143,9 +143,10 @@ public final class Engine: @unchecked Sendable {
         /// to read the expert backend's state, which only that thread may touch: expert nodes
         /// alive and known.
         public var nodeProbe: (@Sendable () -> (alive: Int, known: Int))?
-        /// Called on the engine thread while it has nothing to run, about five times a second:
-        /// lets the expert backend take in nodes that register with a running server
-        /// (`ExpertCluster.tend`), which it otherwise only hears from during steps.
+        /// Called on the engine thread between steps, and while it has nothing to run about five
+        /// times a second: lets the expert backend take in nodes that register with a running
+        /// server, heartbeats, and move a placement forward (`ExpertCluster.tend`), which may
+        /// only happen while no step is in flight.
         public var idleWork: (@Sendable () -> Void)?
         public init() {}
     }
@@ -165,6 +166,8 @@ public final class Engine: @unchecked Sendable {
         public var kvBlocksCached = 0
         public var steps = 0
         public var stepTokens = 0
+        /// Tokens sampled (generated) since the start.
+        public var generatedTokens = 0
         /// Requests admitted that reused cached KV, and the prompt tokens they did not compute.
         public var prefixHits = 0
         public var prefixTokensReused = 0
@@ -185,6 +188,8 @@ public final class Engine: @unchecked Sendable {
     /// Guards everything below it, shared with callers' threads.
     private let lock = NSCondition()
     private var inbox: [Sequence] = []
+    /// Work for the engine thread from other threads (`perform`), run between steps.
+    private var chores: [() -> Void] = []
     private var cancelled: Set<Int> = []
     private var waitingCount = 0
     private var nextID = 0
@@ -307,6 +312,16 @@ public final class Engine: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Runs `work` on the engine thread between two steps (at once when idle): the way other
+    /// threads reach state only that thread may touch, such as the expert backend's. Keep it
+    /// short; it delays the next step. Dropped once the engine has stopped.
+    public func perform(_ work: @escaping () -> Void) {
+        lock.lock()
+        chores.append(work)
+        lock.signal()
+        lock.unlock()
+    }
+
     /// Current counters and gauges.
     public func snapshot() -> Snapshot {
         lock.lock()
@@ -319,7 +334,7 @@ public final class Engine: @unchecked Sendable {
     private func loop() {
         while true {
             lock.lock()
-            while inbox.isEmpty && cancelled.isEmpty && scheduler.isIdle && !stopping {
+            while inbox.isEmpty && cancelled.isEmpty && chores.isEmpty && scheduler.isIdle && !stopping {
                 if !lock.wait(until: Date().addingTimeInterval(0.2)) {
                     lock.unlock()
                     options.idleWork?()
@@ -329,11 +344,16 @@ public final class Engine: @unchecked Sendable {
             }
             let arrived = inbox
             inbox.removeAll()
+            let work = chores
+            chores.removeAll()
             let cancels = cancelled
             cancelled.removeAll()
             let overdue = stopping && Date() >= (drainDeadline ?? .distantPast)
             lock.unlock()
 
+            for w in work { w() }
+            // Between steps: the expert backend's control plane (a few non-blocking reads).
+            if !work.isEmpty || !scheduler.isIdle { options.idleWork?() }
             for s in arrived {
                 sequences[s.id] = s
                 scheduler.enqueue(s.id)
@@ -413,6 +433,12 @@ public final class Engine: @unchecked Sendable {
         }
         let vocab = model.vocabSize
         var row = 0
+        var sampled = 0
+        defer {
+            lock.lock()
+            stats.generatedTokens += sampled
+            lock.unlock()
+        }
         for (s, k) in members {
             s.computed += k
             guard s.computed == s.tokens.count else { continue }
@@ -425,6 +451,7 @@ public final class Engine: @unchecked Sendable {
                 return GeneratedToken(id: id, logprob: lp, top: top, isStop: s.stops.contains(id))
             }
             row += 1
+            sampled += 1
             s.tokens.append(next.id)
             s.generated += 1
             s.onEvent(.token(next))

@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import Models
+import Placement
 import Protocol
 import Transport
 
@@ -10,6 +11,7 @@ public enum ClusterError: Error, CustomStringConvertible {
     case noLiveNodes
     case nodeRefused(node: String, reason: String)
     case remote(node: String, message: String)
+    case placement(String)
 
     public var description: String {
         switch self {
@@ -21,6 +23,8 @@ public enum ClusterError: Error, CustomStringConvertible {
             return "expert node \(n) refused its assignment: \(why)"
         case .remote(let n, let m):
             return "expert node \(n): \(m)"
+        case .placement(let why):
+            return "cannot place the routed experts: \(why)"
         }
     }
 }
@@ -51,6 +55,10 @@ public final class ExpertCluster: ExpertBackend {
         /// each data connection) is encrypted, this side is the CURVE server, and the context's
         /// ZAP handler (`CurveAuthenticator`) decides which node keys get in. Nil: plaintext.
         public var curve: CurveKeyPair?
+        /// How experts are placed (`--placement`, `--redundant-experts`).
+        public var strategy = PlacementStrategy.memory
+        /// Seconds between re-placements from the routing statistics (`--rebalance-every`); 0: never.
+        public var rebalanceEvery = 0.0
         public init() {}
     }
 
@@ -69,16 +77,28 @@ public final class ExpertCluster: ExpertBackend {
         /// `nodeTimeout`, also between steps and while placing experts.
         var events: ZMQSocket?
         var alive = true
+        /// Being drained: gets no expert in new placements.
+        var draining = false
+        /// Drained and told to exit: no longer part of the cluster.
+        var left = false
+        /// Asked to leave (it is stopping): to be drained when no other re-placement runs.
+        var leaving = false
         var experts: [(layer: Int, expert: Int)] = []
         var acknowledgedEpoch: UInt64 = 0
         var ackError: String?
-        var busySeconds = 0.0
-        init(id: String, route: Data, endpoint: String, memoryBudget: UInt64) {
+        var profile: PowerProfile
+        /// Energy accounting from the node's heartbeats (busy seconds per interval).
+        var energy = NodeEnergy()
+        var lastHeartbeat: Double?
+        /// Round trip of the node's data requests, smoothed (seconds; 0 before the first).
+        var roundTrip = 0.0
+        init(id: String, route: Data, endpoint: String, memoryBudget: UInt64, profile: PowerProfile) {
             self.id = id
             self.route = route
             self.endpoint = endpoint
             onThisMachine = ExpertCluster.isLocal(endpoint: endpoint)
             self.memoryBudget = memoryBudget
+            self.profile = profile
         }
     }
 
@@ -88,12 +108,21 @@ public final class ExpertCluster: ExpertBackend {
     let fingerprint: String
     let control: ZMQSocket
     var nodes: [Node] = []
-    /// `placement[layer][expert]` = index into `nodes`.
-    var placement: [Int: [Int]] = [:]
+    /// `placement[layer][expert]` = the indices into `nodes` of the expert's replicas (≥ 1).
+    var placement: [Int: [[Int]]] = [:]
     var epoch: UInt64 = 0
     var nextRequest: UInt64 = 1
-    /// Set when a node joins or comes back after placement: the next step spreads experts anew.
+    /// Set when a node joins or comes back after placement: experts are spread anew between steps.
     var rebalancePending = false
+    /// The placement strategy of rebalances (`Options.strategy`, or the last one asked for).
+    public internal(set) var strategy: PlacementStrategy
+    /// Tokens routed per (MoE layer, expert) over a moving window.
+    public internal(set) var statistics: RoutingStatistics
+    /// Layer index -> position in `model.sparseLayers` (the statistics' and planner's index).
+    let layerPosition: [Int: Int]
+    /// A placement being applied (make-before-break), if any.
+    var transition: Transition?
+    var lastRebalance = 0.0
     let log: (String) -> Void
     /// Bytes sent and received on the data plane (headers and payloads), for accounting.
     public private(set) var bytesSent = 0
@@ -107,6 +136,10 @@ public final class ExpertCluster: ExpertBackend {
         self.fingerprint = fingerprint
         self.options = options
         self.log = log
+        strategy = options.strategy
+        let sparse = model.sparseLayers
+        statistics = RoutingStatistics(layers: sparse.count, experts: sparse.map(\.experts).max() ?? 0)
+        layerPosition = Dictionary(uniqueKeysWithValues: sparse.enumerated().map { ($1.layer, $0) })
         control = try ZMQSocket(kind: .router)
         try control.setLinger(0)
         if let keys = options.curve { try control.makeCurveServer(keys) }
@@ -149,9 +182,9 @@ public final class ExpertCluster: ExpertBackend {
     /// Data-plane endpoints of the live nodes.
     public var nodeEndpoints: [String] { nodes.filter(\.alive).map(\.endpoint) }
 
-    /// Node ids and their live state, for status output.
+    /// Node ids and their live state, for status output (drained nodes left out).
     public var nodeStates: [(id: String, alive: Bool, experts: Int)] {
-        nodes.map { ($0.id, $0.alive, $0.experts.count) }
+        nodes.filter { !$0.left }.map { ($0.id, $0.alive, $0.experts.count) }
     }
 
     static func now() -> Double {
@@ -202,7 +235,8 @@ public final class ExpertCluster: ExpertBackend {
                     reply.accepted = false
                     reply.reason = "registration without a node id"
                     log("refused a node: \(reply.reason)")
-                } else if let refusal = register(id: r.nodeID, route: route, endpoint: r.endpoint, memory: r.memoryBudgetBytes) {
+                } else if let refusal = register(id: r.nodeID, route: route, endpoint: r.endpoint, memory: r.memoryBudgetBytes,
+                                                 power: r.hasPower ? r.power : nil) {
                     reply.accepted = false
                     reply.reason = refusal
                     log("refused node \(r.nodeID): \(refusal)")
@@ -216,7 +250,19 @@ public final class ExpertCluster: ExpertBackend {
                     n.ackError = a.error.isEmpty ? nil : a.error
                 }
             case .heartbeat(let h):
-                node?.busySeconds += h.busySeconds
+                guard let n = node else { break }
+                // The interval is measured here, between arrivals: the node's clock is its own.
+                let t = Self.now()
+                if let last = n.lastHeartbeat, h.busySeconds >= 0, h.busySeconds.isFinite {
+                    n.energy.add(profile: n.profile, busySeconds: h.busySeconds, intervalSeconds: t - last)
+                }
+                n.lastHeartbeat = t
+            case .drain:
+                // The node is stopping (SIGTERM) and hands its experts back first.
+                if let n = node, n.alive, !n.draining {
+                    n.leaving = true
+                    log("node \(n.id) asks to leave: moving its experts first")
+                }
             default:
                 log("control: ignored a message from \(id)")
             }
@@ -233,7 +279,17 @@ public final class ExpertCluster: ExpertBackend {
     /// so. The same process saying hello again (after a lost control connection) changes
     /// nothing; a process at the same endpoint (the node restarted there: the old one cannot
     /// hold the port any more) or under the id of a dead node is taken back, empty.
-    func register(id: String, route: Data, endpoint: String, memory: UInt64) -> String? {
+    func register(id: String, route: Data, endpoint: String, memory: UInt64, power: Farside_V1_PowerProfile?) -> String? {
+        let profile = PowerProfile(device: power?.device ?? "unknown", idleWatts: power?.idleWatts ?? 0,
+                                   busyWatts: power?.activeWatts ?? 0, memoryBandwidth: power?.memoryBandwidth ?? 0,
+                                   flopsPerSecond: power?.flopsPerSecond ?? 0,
+                                   pricePerKWh: power?.pricePerKwh ?? 0, carbonPerKWh: power?.carbonPerKwh ?? 0,
+                                   pue: (power?.pue ?? 0) == 0 ? 1 : power!.pue)
+        do { try profile.validate() } catch { return "its power profile is invalid: \(error)" }
+        let bytes = layout.expertBytes
+        if memory > 0 && memory < bytes {
+            return "its memory budget (\(memory) bytes) fits no expert (one takes \(bytes) bytes); give it a larger --memory-budget"
+        }
         if let n = nodes.first(where: { $0.id == id }), n.alive {
             if n.route == route && n.endpoint == endpoint { return nil }
             if n.route != route && n.endpoint != endpoint {
@@ -254,13 +310,20 @@ public final class ExpertCluster: ExpertBackend {
             n.route = route
             n.endpoint = endpoint
             n.memoryBudget = memory
+            n.profile = profile
             n.experts = []
             n.alive = true
+            n.draining = false
+            n.left = false
+            n.leaving = false
+            n.lastHeartbeat = Self.now()
             n.data = socket
             rebalancePending = !placement.isEmpty
             log("node \(id) re-registered at \(endpoint)")
         } else {
-            let n = Node(id: id, route: route, endpoint: endpoint, memoryBudget: memory)
+            let n = Node(id: id, route: route, endpoint: endpoint, memoryBudget: memory, profile: profile)
+            // Energy is accounted from registration on: the node draws power from then.
+            n.lastHeartbeat = Self.now()
             n.data = socket
             n.events = events
             nodes.append(n)
@@ -323,80 +386,38 @@ public final class ExpertCluster: ExpertBackend {
         pumpEvents()
         do {
             try pumpControl(timeout: 0)
-            if rebalancePending && steps.isEmpty {
-                rebalancePending = false
-                try place(rebalance: true)
-            }
         } catch {
-            log("could not take in a joining node: \(error)")
+            log("control: \(error)")
         }
-    }
-
-    /// Spreads every routed expert over the live nodes in proportion to their memory budgets
-    /// (equal shares when budgets are unset), keeping experts where they already are when their
-    /// node is alive, then sends each node its complete assignment and waits for the loads.
-    func place(rebalance: Bool = false) throws {
-        let live = nodes.indices.filter { nodes[$0].alive }
-        guard !live.isEmpty else { throw ClusterError.noLiveNodes }
-        var bytes = [Int](repeating: 0, count: nodes.count)
-        var newPlacement: [Int: [Int]] = [:]
-        let expertBytes = try model.sparseLayers.first.map { try model.expertLoader($0.layer, 0).weightBytes } ?? 0
-        func share(_ i: Int) -> Double {
-            let budget = nodes[i].memoryBudget
-            return budget == 0 ? 1 : Double(budget)
-        }
-        for (layer, count, _) in model.sparseLayers {
-            var row = [Int](repeating: -1, count: count)
-            for e in 0..<count {
-                if !rebalance, let old = placement[layer]?[e], old >= 0, nodes[old].alive {
-                    row[e] = old
-                } else {
-                    row[e] = live.min { Double(bytes[$0]) / share($0) < Double(bytes[$1]) / share($1) }!
-                }
-                bytes[row[e]] += expertBytes
+        guard steps.isEmpty else { return }
+        advanceTransition()
+        guard transition == nil, !placement.isEmpty else { return }
+        let now = Self.now()
+        if let i = nodes.indices.first(where: { nodes[$0].leaving && available($0) }) {
+            nodes[i].leaving = false
+            let id = nodes[i].id
+            drain(node: id) { [weak self] error in
+                guard let self, let error else { return }
+                // It goes anyway: its experts are placed again as for a node that died.
+                self.log("could not move the experts of leaving node \(id) first: \(error)")
+                guard let j = self.nodes.firstIndex(where: { $0.id == id && $0.alive }) else { return }
+                self.sendShutdown(j)
+                self.markDead(j, "it left before its experts could be moved")
             }
-            newPlacement[layer] = row
+        } else if rebalancePending {
+            // A node joined: it gets its share at once (make-before-break, as a rebalance).
+            rebalancePending = false
+            lastRebalance = now
+            rebalance { [log] error in if let error { log("could not give the joining node experts: \(error)") } }
+        } else if options.rebalanceEvery > 0 && now - lastRebalance >= options.rebalanceEvery && statistics.total > 0 {
+            lastRebalance = now
+            rebalance { [log] error in if let error { log("periodic rebalance: \(error)") } }
         }
-        placement = newPlacement
-        epoch += 1
-        for i in live {
-            nodes[i].experts = []
-            nodes[i].ackError = nil
-        }
-        for (layer, row) in placement.sorted(by: { $0.key < $1.key }) {
-            for (e, i) in row.enumerated() { nodes[i].experts.append((layer, e)) }
-        }
-        for i in live {
-            var a = Farside_V1_Assignment()
-            a.epoch = epoch
-            a.experts = nodes[i].experts.map { key in
-                var k = Farside_V1_ExpertKey()
-                k.layer = UInt32(key.layer)
-                k.expert = UInt32(key.expert)
-                return k
-            }
-            try control.send([.data(nodes[i].route), try envelope(.assignment(a))], flags: .dontWait)
-        }
-        let deadline = Self.now() + max(options.nodeTimeout * 5, 10)
-        while true {
-            // A node that died meanwhile holds part of this placement: place again without it.
-            if live.contains(where: { !nodes[$0].alive }) { return try place() }
-            let pending = live.filter { nodes[$0].alive && nodes[$0].acknowledgedEpoch < epoch }
-            if let bad = live.first(where: { nodes[$0].ackError != nil }) {
-                throw ClusterError.nodeRefused(node: nodes[bad].id, reason: nodes[bad].ackError!)
-            }
-            if pending.isEmpty { break }
-            if Self.now() > deadline {
-                for i in pending { markDead(i, "did not load its assignment in time") }
-                return try place()
-            }
-            try pumpControl(timeout: 0.05)
-        }
-        log("placement epoch \(epoch): \(live.map { "\(nodes[$0].id)=\(nodes[$0].experts.count)" }.joined(separator: " "))")
     }
 
     func markDead(_ i: Int, _ why: String) {
         guard nodes[i].alive else { return }
+        if nodes[i].draining { nodes[i].draining = false }
         nodes[i].alive = false
         nodes[i].data?.close()
         nodes[i].data = nil
@@ -489,10 +510,9 @@ public final class ExpertCluster: ExpertBackend {
         }
         // Send nothing to a node known to be gone (its dropped connection is news here first).
         pumpEvents()
-        // A rebalance moves experts off nodes; only safe when no step still needs them there.
-        if rebalancePending && steps.isEmpty {
-            rebalancePending = false
-            try place(rebalance: true)
+        if let pos = layerPosition[layer] {
+            statistics.advance(to: Self.now())
+            for e in batch.experts { statistics.record(position: pos, expert: Int(e)) }
         }
         let step = Step(layer: layer, batch: batch, input: input, output: output)
         let id = nextStep
@@ -585,9 +605,14 @@ public final class ExpertCluster: ExpertBackend {
         }
         // Routes come token-major, so each node sees its tokens in ascending order and a token's
         // routes together: its row in the request is the last one appended, or a new one.
+        // A replicated expert's token goes to the replica whose node has the fewest routes of
+        // this step so far (the first listed on a tie): deterministic, and every replica
+        // computes the same bits, so the choice never changes a result.
         for r in 0..<(batch.rows * k) {
             let t = Int32(r / k), e = batch.experts[r]
-            let node = row[Int(e)]
+            let replicas = row[Int(e)]
+            var node = replicas[0]
+            for i in replicas.dropFirst() where work[i].routes.count < work[node].routes.count { node = i }
             if work[node].tokens.last != t { work[node].tokens.append(t) }
             work[node].routes.append((e, UInt32(work[node].tokens.count - 1), batch.weights[r]))
         }
@@ -691,6 +716,7 @@ public final class ExpertCluster: ExpertBackend {
                     owner.results[node, default: []].append((p.tokens, frames[1]))
                     let at = Self.now()
                     owner.lastReply = (at, at - p.sentAt, rep.computeSeconds)
+                    nodes[node].roundTrip = nodes[node].roundTrip == 0 ? at - p.sentAt : 0.9 * nodes[node].roundTrip + 0.1 * (at - p.sentAt)
                     owner.pending[rep.requestID] = nil
                     requestStep[rep.requestID] = nil
                 case .error(let e):

@@ -1,5 +1,6 @@
 import Foundation
 import Models
+import Placement
 import Protocol
 import Transport
 
@@ -37,8 +38,12 @@ public final class ExpertNodeServer {
         public var coordinator: String
         public var nodeID: String
         public var memoryBudget: Int
-        public var power: (device: String, idleWatts: Double, activeWatts: Double)
+        /// What this node is (power, site price and carbon, measured bandwidth), sent with its
+        /// registration for power-aware placement and energy accounting.
+        public var power: PowerProfile
         public var heartbeatInterval: Double = 0.5
+        /// Seconds a leaving node (SIGTERM) waits for its coordinator to take its experts back.
+        public var leaveTimeout: Double = 15
         /// Inbound messages larger than this are refused by libzmq (the peer is disconnected).
         public var maxMessageBytes: Int64 = 1 << 30
         /// Limits on one data-plane request, checked before anything is allocated for it; a
@@ -87,7 +92,7 @@ public final class ExpertNodeServer {
         /// other server (its bound data socket refuses anyone else). Nil: plaintext.
         public var curve: (keys: CurveKeyPair, coordinatorKey: String)?
         public init(listen: String, coordinator: String, nodeID: String, memoryBudget: Int,
-                    power: (String, Double, Double) = ("cpu", 10, 60)) {
+                    power: PowerProfile = PowerProfile(device: "cpu", idleWatts: 10, busyWatts: 60)) {
             self.listen = listen
             self.coordinator = coordinator
             self.nodeID = nodeID
@@ -112,6 +117,9 @@ public final class ExpertNodeServer {
     /// Set by `leave()` from any thread; the serving thread reads it every 50 ms.
     private let leaveLock = NSLock()
     private var leaveAsked = false
+    /// Set when the node has asked its coordinator to take its experts back (SIGTERM): it
+    /// stops at the coordinator's Shutdown, or at this time.
+    private var leaveDeadline: Double?
     /// What the node is doing, for a supervisor (systemd's notify protocol): `.ready` once it
     /// holds its first assignment, `.status` on later ones, `.alive` every 50-100 ms, `.stopping`
     /// when it stops on request.
@@ -143,9 +151,10 @@ public final class ExpertNodeServer {
                                  uniquingKeysWith: { a, _ in a })
     }
 
-    /// Asks the node to stop (SIGTERM): `run` returns at its next poll (within 100 ms), after
-    /// `.stopping`. Its coordinator sees the connection drop and moves its experts to the other
-    /// live nodes, re-sending any step in flight. Thread-safe.
+    /// Asks the node to stop (SIGTERM): after `.stopping`, it asks its coordinator to move its
+    /// experts to the other nodes and serves until the coordinator's Shutdown (or
+    /// `leaveTimeout`), then `run` returns. A node holding nothing, or not registered, returns at
+    /// its next poll. Thread-safe.
     public func leave() {
         leaveLock.lock()
         leaveAsked = true
@@ -191,7 +200,12 @@ public final class ExpertNodeServer {
         var power = Farside_V1_PowerProfile()
         power.device = options.power.device
         power.idleWatts = options.power.idleWatts
-        power.activeWatts = options.power.activeWatts
+        power.activeWatts = options.power.busyWatts
+        power.memoryBandwidth = options.power.memoryBandwidth
+        power.flopsPerSecond = options.power.flopsPerSecond
+        power.pricePerKwh = options.power.pricePerKWh
+        power.carbonPerKwh = options.power.carbonPerKWh
+        power.pue = options.power.pue
         register.power = power
         // The Register goes out when the connection is up (the monitor's handshake event), and
         // again after every reconnection: a coordinator that restarted knows nothing of us.
@@ -240,13 +254,25 @@ public final class ExpertNodeServer {
                 leaveLock.lock()
                 let asked = leaveAsked
                 leaveLock.unlock()
-                if asked {
-                    // The coordinator notices the dropped connections at once and moves this
-                    // node's experts to the live nodes, re-sending any step in flight, so no
-                    // request is lost. (Handing experts back before leaving is left for the
-                    // placement work: its first version lost a node's data link under CURVE.)
-                    onEvent(.stopping("stopping: the coordinator moves this node's experts to the other nodes"))
-                    log("stopping on request; the coordinator moves this node's experts")
+                if asked && leaveDeadline == nil {
+                    onEvent(.stopping("stopping: handing this node's experts back to the coordinator"))
+                    if registered && connected && heldExperts > 0 {
+                        // Hand back before leaving: the coordinator moves the experts to the other
+                        // nodes (they load them before routing switches), then sends Shutdown.
+                        // Serving goes on meanwhile. A coordinator that does not answer in time
+                        // (or cannot place them elsewhere) is left to notice the dropped
+                        // connection, which also loses no request.
+                        try? send(control, [], .drain(Farside_V1_Drain()))
+                        leaveDeadline = t + options.leaveTimeout
+                        log("stopping on request: asked the coordinator to move this node's experts")
+                    } else {
+                        log("stopping on request")
+                        running = false
+                        continue
+                    }
+                }
+                if let d = leaveDeadline, t >= d {
+                    warn("the coordinator did not take this node's experts back within \(options.leaveTimeout) s; stopping anyway")
                     running = false
                     continue
                 }

@@ -9,7 +9,10 @@ import Kernels
 /// against a `TensorRecorder`, which notes every tensor (name and config-implied shape) it asks
 /// for, so a synthetic checkpoint always has exactly the tensors its loader reads.
 public enum SyntheticModel {
-    /// Named shapes. `tiny` ones are for smoke runs; `1g` ones are ~1 GB in bf16 for benchmarks.
+    /// Named shapes. `tiny` ones are for smoke runs; `1g` ones are ~1 GB in bf16 for benchmarks;
+    /// `k2` (deepseek_v3/kimi_k2 only) has Kimi K2's routing (384 routed experts, top 8, one
+    /// group, one shared expert, first layer dense) at a small width (~300 MB in bf16), for
+    /// placement benchmarks.
     public static func preset(_ name: String, arch: String) throws -> [String: Any] {
         var c: [String: Any] = [
             "vocab_size": 4096, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
@@ -17,9 +20,9 @@ public enum SyntheticModel {
             "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": false,
             "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
         ]
-        let big = name == "1g"
-        guard name == "tiny" || big else {
-            throw ModelError.invalidConfig("unknown preset '\(name)' (known: tiny, 1g)")
+        let big = name == "1g", k2 = name == "k2"
+        guard name == "tiny" || big || (k2 && (arch == "deepseek_v3" || arch == "kimi_k2")) else {
+            throw ModelError.invalidConfig("unknown preset '\(name)' (known: tiny, 1g; k2 for deepseek_v3 and kimi_k2)")
         }
         switch arch {
         case "llama":
@@ -60,6 +63,15 @@ public enum SyntheticModel {
                          "qk_rope_head_dim": 32, "v_head_dim": 64, "n_routed_experts": 40, "num_experts_per_tok": 6,
                          "moe_intermediate_size": 512, "intermediate_size": 2816, "n_group": 8, "topk_group": 4]) { $1 }
             }
+            if k2 {
+                // Kimi K2's config: 384 routed experts, 8 per token, n_group 1, 1 shared, first
+                // layer dense; routed_scaling_factor 2.827. Width and depth scaled down.
+                c.merge(["vocab_size": 8192, "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+                         "num_key_value_heads": 8, "q_lora_rank": 192, "kv_lora_rank": 128, "qk_nope_head_dim": 32,
+                         "qk_rope_head_dim": 16, "v_head_dim": 32, "n_routed_experts": 384, "num_experts_per_tok": 8,
+                         "moe_intermediate_size": 128, "intermediate_size": 1024, "n_group": 1, "topk_group": 1,
+                         "routed_scaling_factor": 2.827]) { $1 }
+            }
         default:
             throw ModelError.unknownModelType(arch, known: ModelRegistry.loaders.keys.sorted())
         }
@@ -70,7 +82,12 @@ public enum SyntheticModel {
     /// Writes `config` (model_type set) and random weights of `dtype` to `directory`.
     /// Returns the number of parameters written.
     @discardableResult
-    public static func write(config: [String: Any], dtype: TensorDType, seed: UInt64, to directory: URL) throws -> Int {
+    /// `routerSkew` > 0 makes routing uneven, as real traffic is: the expert of rank r in a seeded
+    /// random order of each layer's experts gets `routerSkew · exp(-4r/E)` added to its router
+    /// bias (DeepSeek's `e_score_correction_bias`, which steers selection only), so a few
+    /// experts, at random ids as in trained models, are hot.
+    public static func write(config: [String: Any], dtype: TensorDType, seed: UInt64, routerSkew: Float = 0,
+                             to directory: URL) throws -> Int {
         guard [.f32, .f16, .bf16].contains(dtype) else {
             throw ModelError.invalidConfig("synthetic weights must be F32, F16 or BF16, not \(dtype.rawValue)")
         }
@@ -90,7 +107,12 @@ public enum SyntheticModel {
             let count = t.shape.reduce(1, *)
             params += count
             var rng = SplitMix64(seed: seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15)
-            let values = t.values(count: count, rng: &rng)
+            var values = t.values(count: count, rng: &rng)
+            if t.kind == .routerBias && routerSkew != 0 {
+                var order = Array(0..<count)
+                order.shuffle(using: &rng)
+                for (rank, e) in order.enumerated() { values[e] += routerSkew * expf(-4 * Float(rank) / Float(count)) }
+            }
             writer.add(name: t.name, dtype: dtype, shape: t.shape, bytes: encode(values, dtype))
         }
         try writer.write(to: directory.appendingPathComponent("model.safetensors"))

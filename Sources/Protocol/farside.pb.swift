@@ -242,17 +242,34 @@ public nonisolated struct Farside_V1_Envelope: Sendable {
   public init() {}
 }
 
-/// How a node's power draw scales with its utilisation (P = idle + (active - idle) * u).
+/// What a node is, for power-aware placement and energy accounting: its draw scales with its
+/// utilisation (P = (idle + (active - idle) * u) * pue), its site sets price and carbon.
 public nonisolated struct Farside_V1_PowerProfile: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// a hardware class name or a free label
   public var device: String = String()
 
   public var idleWatts: Double = 0
 
   public var activeWatts: Double = 0
+
+  /// bytes/s the node reads weights at (measured at its start), 0 unknown
+  public var memoryBandwidth: Double = 0
+
+  /// $/kWh of its site
+  public var pricePerKwh: Double = 0
+
+  /// gCO2/kWh of its site's grid
+  public var carbonPerKwh: Double = 0
+
+  /// power usage effectiveness of its site (>= 1; 0 means 1)
+  public var pue: Double = 0
+
+  /// arithmetic rate for expert GEMMs, 0 unknown
+  public var flopsPerSecond: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -720,7 +737,7 @@ nonisolated extension Farside_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Farside_V1_PowerProfile: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PowerProfile"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{3}idle_watts\0\u{3}active_watts\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{3}idle_watts\0\u{3}active_watts\0\u{3}memory_bandwidth\0\u{3}price_per_kwh\0\u{3}carbon_per_kwh\0\u{1}pue\0\u{3}flops_per_second\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -731,6 +748,11 @@ nonisolated extension Farside_V1_PowerProfile: SwiftProtobuf.Message, SwiftProto
       case 1: try { try decoder.decodeSingularStringField(value: &self.device) }()
       case 2: try { try decoder.decodeSingularDoubleField(value: &self.idleWatts) }()
       case 3: try { try decoder.decodeSingularDoubleField(value: &self.activeWatts) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.memoryBandwidth) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.pricePerKwh) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.carbonPerKwh) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.pue) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.flopsPerSecond) }()
       default: break
       }
     }
@@ -746,6 +768,21 @@ nonisolated extension Farside_V1_PowerProfile: SwiftProtobuf.Message, SwiftProto
     if self.activeWatts.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.activeWatts, fieldNumber: 3)
     }
+    if self.memoryBandwidth.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.memoryBandwidth, fieldNumber: 4)
+    }
+    if self.pricePerKwh.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.pricePerKwh, fieldNumber: 5)
+    }
+    if self.carbonPerKwh.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.carbonPerKwh, fieldNumber: 6)
+    }
+    if self.pue.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.pue, fieldNumber: 7)
+    }
+    if self.flopsPerSecond.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.flopsPerSecond, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -753,6 +790,11 @@ nonisolated extension Farside_V1_PowerProfile: SwiftProtobuf.Message, SwiftProto
     if lhs.device != rhs.device {return false}
     if lhs.idleWatts != rhs.idleWatts {return false}
     if lhs.activeWatts != rhs.activeWatts {return false}
+    if lhs.memoryBandwidth != rhs.memoryBandwidth {return false}
+    if lhs.pricePerKwh != rhs.pricePerKwh {return false}
+    if lhs.carbonPerKwh != rhs.carbonPerKwh {return false}
+    if lhs.pue != rhs.pue {return false}
+    if lhs.flopsPerSecond != rhs.flopsPerSecond {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

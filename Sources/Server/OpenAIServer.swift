@@ -6,6 +6,7 @@ import Logging
 import Models
 import NIOCore
 import OpenAIAPI
+import Placement
 import Prometheus
 import ServiceLifecycle
 import Tokenizer
@@ -23,10 +24,13 @@ public struct ServedModel: Sendable {
     public let isReady: @Sendable () -> Bool
     /// Tokens that end an assistant turn in a chat (the tokenizer's EOS), besides the model's EOS.
     public let chatStopTokens: Set<Int>
+    /// The expert nodes, for the admin API (`/admin/cluster*`); nil when experts run in process.
+    public let cluster: ClusterControl?
 
     public init(id: String, engine: Engine, tokenizer: BPETokenizer?, chat: (@Sendable ([ChatMessage]) throws -> [Int])?,
-                chatStopTokens: Set<Int>, isReady: @escaping @Sendable () -> Bool) {
+                chatStopTokens: Set<Int>, isReady: @escaping @Sendable () -> Bool, cluster: ClusterControl? = nil) {
         self.id = id
+        self.cluster = cluster
         self.engine = engine
         self.tokenizer = tokenizer
         self.chat = chat
@@ -39,7 +43,7 @@ public struct ServedModel: Sendable {
 public struct ServerOptions: Sendable {
     public var host = "127.0.0.1"
     public var port = 8000
-    /// When set, `/v1/*` needs `Authorization: Bearer <apiKey>`.
+    /// When set, `/v1/*` and `/admin/*` need `Authorization: Bearer <apiKey>`.
     public var apiKey: String?
     /// Request bodies larger than this get 413.
     public var maxBodyBytes = 4 << 20
@@ -127,6 +131,7 @@ public final class OpenAIServer: Sendable {
         router.post("/v1/completions") { request, _ -> Response in
             try await self.complete(request, chat: false)
         }
+        addAdminRoutes(router)
         return router
     }
 
@@ -441,7 +446,7 @@ struct OpenAIErrors: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
-            if let apiKey, request.uri.path.hasPrefix("/v1/") {
+            if let apiKey, request.uri.path.hasPrefix("/v1/") || request.uri.path.hasPrefix("/admin/") {
                 guard request.headers[.authorization] == "Bearer \(apiKey)" else { throw APIError.unauthorized() }
             }
             return try await next(request, context)

@@ -83,6 +83,35 @@ final class ServerMetrics: Sendable {
         preemptions.set(Double(s.preemptions))
         nodesAlive.set(Double(s.nodesAlive))
         nodesKnown.set(Double(s.nodesKnown))
+        if let c = model.cluster?.lastStatus { renderCluster(c) }
         return registry.emitToString()
+    }
+
+    /// Per-node energy accounting and placement, from the cluster's cached status.
+    func renderCluster(_ c: ClusterStatus) {
+        func gauge(_ name: String, _ help: String, _ node: String, _ v: Double) {
+            registry.makeGauge(name: name, labels: [("node", node)], help: help).set(v)
+        }
+        for n in c.nodes {
+            gauge("farside_node_experts", "Routed experts a node holds.", n.id, Double(n.experts))
+            gauge("farside_node_utilisation", "Fraction of time a node reported busy computing experts.", n.id, n.utilisation)
+            gauge("farside_node_watts", "A node's modelled draw (its profile at its utilisation, times PUE).", n.id, n.watts)
+            gauge("farside_node_energy_joules", "A node's modelled energy since it joined.", n.id, n.joules)
+            gauge("farside_node_energy_dollars", "A node's modelled electricity cost since it joined.", n.id, n.dollars)
+            gauge("farside_node_carbon_grams", "A node's modelled emissions (gCO2) since it joined.", n.id, n.gramsCO2)
+            gauge("farside_node_round_trip_seconds", "Smoothed round trip of a node's expert requests.", n.id, n.roundTripMs / 1000)
+        }
+        if let v = c.joulesPerMillionTokens {
+            registry.makeGauge(name: "farside_cluster_joules_per_million_tokens", help: "Modelled node energy per million generated tokens.").set(v)
+        }
+        if let v = c.dollarsPerMillionTokens {
+            registry.makeGauge(name: "farside_cluster_dollars_per_million_tokens", help: "Modelled node electricity cost per million generated tokens.").set(v)
+        }
+        if let v = c.gramsCO2PerMillionTokens {
+            registry.makeGauge(name: "farside_cluster_carbon_grams_per_million_tokens", help: "Modelled node emissions (gCO2) per million generated tokens.").set(v)
+        }
+        if let v = c.measuredJoules {
+            registry.makeGauge(name: "farside_measured_energy_joules", help: "RAPL package energy of the coordinator's machine since the server started.").set(v)
+        }
     }
 }

@@ -3,7 +3,9 @@ import Checkpoint
 import Deploy
 import ExpertNode
 import Foundation
+import Kernels
 import Models
+import Placement
 import Transport
 
 /// Parses sizes such as 8GiB, 512MiB, 2GB, 1.5GiB, 1000000 into bytes. Rejects, with a message
@@ -62,14 +64,29 @@ struct Expert: ParsableCommand {
                                             discussion: "The node asks the kernel to kill it when its parent exits (PR_SET_PDEATHSIG), and exits at once if PID is no longer its parent. Local nodes (--local-nodes, cluster up) get it."))
     var parentPid: Int32?
 
-    @Option(name: .long, help: "What this node computes on, as reported to the coordinator (e.g. cpu, h100).")
-    var powerDevice: String = "cpu"
+    @Option(name: .long, help: "A built-in hardware class for this node's power profile: \(HardwareClass.names.joined(separator: ", ")) (public figures; the flags below override them).")
+    var hardwareClass: String?
 
-    @Option(name: .long, help: "This node's power draw when idle, in watts.")
-    var idleWatts: Double = 10
+    @Option(name: .long, help: "What this node computes on, as reported to the coordinator (default: the hardware class, else cpu).")
+    var powerDevice: String?
 
-    @Option(name: .long, help: "This node's power draw when computing, in watts.")
-    var busyWatts: Double = 60
+    @Option(name: .long, help: "This node's power draw when idle, in watts (default: the hardware class's, else 10).")
+    var idleWatts: Double?
+
+    @Option(name: .long, help: "This node's power draw when computing, in watts (default: the hardware class's, else 60).")
+    var busyWatts: Double?
+
+    @Option(name: .long, help: "The rate this node reads expert weights at, in GB/s (default: measured when the node starts).")
+    var memoryBandwidthGbs: Double?
+
+    @Option(name: .customLong("price-per-kwh"), help: "Electricity price at this node's site, $/kWh.")
+    var pricePerKWh: Double = HardwareClass.defaultPricePerKWh
+
+    @Option(name: .customLong("carbon-per-kwh"), help: "Carbon intensity of this node's grid, gCO2/kWh.")
+    var carbonPerKWh: Double = HardwareClass.defaultCarbonPerKWh
+
+    @Option(name: .long, help: "Power usage effectiveness of this node's site (1 ... 5).")
+    var pue: Double = HardwareClass.defaultPUE
 
     @Option(name: .long, help: "This node's CurveZMQ secret key (`farside keys generate`; default: $FARSIDE_NODE_SECRET_KEY).")
     var secretKeyFile: String?
@@ -97,11 +114,11 @@ struct Expert: ParsableCommand {
         guard coordinatorTimeout >= 0 && coordinatorTimeout.isFinite else {
             throw ValidationError("--coordinator-timeout must be a number of seconds >= 0, got \(coordinatorTimeout)")
         }
-        guard !powerDevice.isEmpty && powerDevice.utf8.count <= 64 else { throw ValidationError("--power-device must be 1 to 64 bytes, got '\(powerDevice)'") }
-        for (flag, w) in [("--idle-watts", idleWatts), ("--busy-watts", busyWatts)] where !(w >= 0 && w <= 1e6) {
-            throw ValidationError("\(flag) must be a number of watts in 0...1000000, got \(w)")
+        if let d = powerDevice, d.isEmpty || d.utf8.count > 64 { throw ValidationError("--power-device must be 1 to 64 bytes, got '\(d)'") }
+        if let b = memoryBandwidthGbs, !(b > 0 && b <= 1e6) {
+            throw ValidationError("--memory-bandwidth-gbs must be a number of GB/s in (0, 1000000], got \(b)")
         }
-        guard busyWatts >= idleWatts else { throw ValidationError("--busy-watts (\(busyWatts)) must not be below --idle-watts (\(idleWatts))") }
+        _ = try profile(measuredBandwidth: 1)
         if let p = parentPid, p <= 1 { throw ValidationError("--parent-pid must be a process id above 1, got \(p)") }
         guard maxMessageBytes >= 1024 else { throw ValidationError("--max-message-bytes must be at least 1024") }
         guard try parseBytes(maxUnreadReplyBytes, flag: "--max-unread-reply-bytes") >= 1 else {
@@ -120,6 +137,29 @@ struct Expert: ParsableCommand {
         }
         // Last: what is wrong with the flags themselves is said before what is missing.
         _ = try curve()
+    }
+
+    /// This node's power profile: the hardware class's figures (or 10/60 W "cpu"), overridden by
+    /// the flags given, with this site's price, carbon and PUE. Bandwidth: the flag's, else
+    /// `measuredBandwidth` (bytes/s).
+    func profile(measuredBandwidth: Double) throws -> PowerProfile {
+        do {
+            var p = try hardwareClass.map { try HardwareClass.profile(named: $0) }
+                ?? PowerProfile(device: "cpu", idleWatts: 10, busyWatts: 60)
+            if let d = powerDevice { p.device = d }
+            if let w = idleWatts { p.idleWatts = w }
+            if let w = busyWatts { p.busyWatts = w }
+            // A class's bandwidth is its hardware's (a GPU's HBM, not this CPU's); without a
+            // class, what this process reaches is measured.
+            p.memoryBandwidth = memoryBandwidthGbs.map { $0 * 1e9 } ?? (hardwareClass == nil ? measuredBandwidth : p.memoryBandwidth)
+            p.pricePerKWh = pricePerKWh
+            p.carbonPerKWh = carbonPerKWh
+            p.pue = pue
+            try p.validate()
+            return p
+        } catch let e as PlacementError {
+            throw ValidationError("\(e)")
+        }
     }
 
     /// This node's keys and its coordinator's public key, or nil with --insecure-links. Secrets
@@ -157,7 +197,7 @@ struct Expert: ParsableCommand {
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
                                                    memoryBudget: try parseBytes(memoryBudget),
-                                                   power: (powerDevice, idleWatts, busyWatts))
+                                                   power: try profile(measuredBandwidth: memoryBandwidthGbs == nil && hardwareClass == nil ? MemoryBandwidth.measure() : 0))
             options.curve = try curve()
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
@@ -226,37 +266,4 @@ func dieWithParent(_ parent: Int32) throws {
     }
     #endif
     guard getppid() == parent else { throw ExpertNodeError.parentGone(pid: parent) }
-}
-
-struct Cluster: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Kept for old scripts: `cluster up` is `farside serve --local-nodes N` now.", subcommands: [Up.self])
-
-    struct Up: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "The same as `farside serve --local-nodes N`: the model served over HTTP with N local expert nodes until Ctrl-C or SIGTERM.")
-
-        @Option(name: .long, help: "A GGUF file or a Hugging Face checkpoint directory (default: the default model).")
-        var model: String?
-
-        @Option(name: .long, help: "Number of expert-node processes.")
-        var nodes: Int = 2
-
-        @Option(name: .long, help: "Address to listen on.")
-        var host: String = "127.0.0.1"
-
-        @Option(name: .long, help: "Port to listen on (0: any free port; the chosen one is printed).")
-        var port: Int = 8000
-
-        func validate() throws {
-            guard nodes >= 1 && nodes <= 64 else { throw ValidationError("--nodes must be in 1...64, got \(nodes)") }
-        }
-
-        func run() throws {
-            var args = ["--local-nodes", "\(nodes)", "--host", host, "--port", "\(port)"]
-            if let model { args += ["--model", model] }
-            FileHandle.standardError.write(Data("cluster up: running `farside serve \(args.joined(separator: " "))`\n".utf8))
-            try Serve.parse(args).run()
-        }
-    }
 }

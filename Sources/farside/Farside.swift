@@ -4,6 +4,7 @@ import ExpertNode
 import Foundation
 import Kernels
 import Models
+import Placement
 import Tokenizer
 import Transport
 import ChatTemplate
@@ -192,7 +193,8 @@ private func sliced(_ model: DecoderModel, fingerprint: String, denseSlices: Int
 /// stderr without FARSIDE_LOG, as a long-running server should.
 func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDense: Int? = nil,
                remoteNodes: Int = 0, controlEndpoint: String? = nil,
-               logNodeEvents: Bool = false, links: NodeLinks = .curve(coordinator: nil, allowed: [])) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
+               logNodeEvents: Bool = false, links: NodeLinks = .curve(coordinator: nil, allowed: []),
+               strategy: PlacementStrategy = .memory, rebalanceEvery: Double = 0) throws -> (model: DecoderModel, cluster: ExpertCluster?) {
     let (whole, wholeFingerprint) = try ModelRegistry.load(path: URL(fileURLWithPath: path))
     let nodeCount = localNodes + remoteNodes
     var slices = splitDense
@@ -206,6 +208,8 @@ func loadModel(path: String, localNodes: Int, nodeTimeout: Double = 2, splitDens
     let verbose = ProcessInfo.processInfo.environment["FARSIDE_LOG"] != nil
     var opts = ExpertCluster.Options()
     opts.nodeTimeout = nodeTimeout
+    opts.strategy = strategy
+    opts.rebalanceEvery = rebalanceEvery
     if let controlEndpoint { opts.controlEndpoint = controlEndpoint }
     var nodeArguments = slices.map { ["--split-dense", "\($0)"] } ?? []
     var nodeEnvironment: [String: String] = [:]

@@ -6,6 +6,7 @@ import Foundation
 import Kernels
 import Logging
 import Models
+import Placement
 import Server
 import Transport
 
@@ -69,8 +70,15 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Read the API key from this file (its first line), so that it appears in no command line.")
     var apiKeyFile: String?
 
-    @Option(name: .long, help: "How routed experts are spread over the nodes: memory (in proportion to each node's --memory-budget).")
+    @Option(name: .long, help: ArgumentHelp("How routed experts are placed on the nodes: memory, balanced[:R] or power[:energy|cost|carbon].",
+                                            discussion: "memory: one copy of each, in proportion to each node's --memory-budget. balanced: DeepSeek's EPLB over the routing statistics, with R extra replicas of the hottest experts per layer (or --redundant-experts). power: the least predicted energy (or $, or gCO2) per token from the nodes' power profiles, within a bound on the slowest node's work per step."))
     var placement: String = "memory"
+
+    @Option(name: .long, help: "Extra replicas of hot experts per MoE layer for --placement balanced.")
+    var redundantExperts: Int?
+
+    @Option(name: .long, help: "Seconds between re-placements from the live routing statistics (0: only when asked, `farside cluster rebalance`).")
+    var rebalanceEvery: Double = 0
 
     @Option(name: .long, help: "The coordinator's CurveZMQ secret key (`farside keys generate`); links to expert nodes are encrypted with it.")
     var secretKeyFile: String?
@@ -131,7 +139,18 @@ struct Serve: ParsableCommand {
                 + "(the coordinator's, from `farside keys generate`) and --allowed-nodes-file (the nodes' public keys), or --insecure-links for plaintext")
         }
         if secretKeyFile != nil || allowedNodesFile != nil { _ = try nodeLinks() }
-        guard placement == "memory" else { throw ValidationError("--placement must be memory, got '\(placement)'") }
+        _ = try placementStrategy()
+        guard rebalanceEvery >= 0 && rebalanceEvery.isFinite else { throw ValidationError("--rebalance-every must be a number of seconds >= 0, got \(rebalanceEvery)") }
+    }
+
+    /// `--placement` with `--redundant-experts`.
+    func placementStrategy() throws -> PlacementStrategy {
+        let s: PlacementStrategy
+        do { s = try PlacementStrategy(parsing: placement) } catch { throw ValidationError("--placement: \(error)") }
+        guard let r = redundantExperts else { return s }
+        guard (0...4096).contains(r) else { throw ValidationError("--redundant-experts must be in 0...4096, got \(r)") }
+        guard case .balanced = s else { throw ValidationError("--redundant-experts applies to --placement balanced, not \(s)") }
+        return .balanced(redundantExperts: r)
     }
 
     /// How node links are secured: plaintext with --insecure-links, else CurveZMQ with the key
@@ -180,7 +199,7 @@ struct Serve: ParsableCommand {
             let path = try model ?? DefaultModel.path()
             let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense,
                                              remoteNodes: nodes, controlEndpoint: nodeListen, logNodeEvents: true,
-                                             links: try nodeLinks())
+                                             links: try nodeLinks(), strategy: try placementStrategy(), rebalanceEvery: rebalanceEvery)
             let tokenizer = try? openTokenizer(path: path)
             let format = try? ChatFormat(modelPath: path, override: chatTemplate)
             if chatTemplate != nil && format == nil {
@@ -194,15 +213,19 @@ struct Serve: ParsableCommand {
             opts.kvDType = kvDType
             opts.prefixCaching = prefixCache
             opts.modelIdentity = path
+            // Set once the engine exists (it is the cluster's thread); read by that thread only.
+            nonisolated(unsafe) var control: ClusterControl?
             if let cluster {
                 opts.nodeProbe = { [cluster] in
                     let states = cluster.nodeStates
                     return (states.filter(\.alive).count, states.count)
                 }
-                // Nodes started elsewhere may register at --node-listen while the server runs.
-                opts.idleWork = { [cluster] in cluster.tend() }
+                // Nodes started elsewhere may register at --node-listen while the server runs;
+                // placements move on, heartbeats are read, between steps.
+                opts.idleWork = { control?.tend() }
             }
             let engine = try Engine(model: m, options: opts)
+            if let cluster { control = ClusterControl(engine: engine, cluster: cluster) }
             let kvState = engine.snapshot()
             logger.info("KV cache: \(kvState.kvDType), \(kvState.kvBytesPerToken) bytes per token, \(kvState.kvBlocksTotal) blocks of \(kvBlockSize) positions (\(engine.kvCapacity) positions)")
             engine.start()
@@ -211,7 +234,7 @@ struct Serve: ParsableCommand {
                 id: name, engine: engine, tokenizer: tokenizer,
                 chat: format.map { f in { @Sendable messages in try f.tokens(messages) } },
                 chatStopTokens: format?.stopTokens ?? [],
-                isReady: { true })
+                isReady: { true }, cluster: control)
             var server = ServerOptions()
             server.host = host
             server.port = port

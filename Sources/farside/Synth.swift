@@ -10,7 +10,7 @@ struct Synth: ParsableCommand {
     @Option(name: .long, help: "Architecture: deepseek_v3, kimi_k2, mixtral, qwen3_moe, qwen2_moe or llama.")
     var arch: String
 
-    @Option(name: .long, help: "Named shape: tiny or 1g (~1 GB in bf16).")
+    @Option(name: .long, help: "Named shape: tiny, 1g (~1 GB in bf16), or k2 (Kimi K2's 384-expert top-8 routing at a small width; deepseek_v3, kimi_k2).")
     var preset: String?
 
     @Option(name: .long, help: "A Hugging Face config.json giving the shape instead of a preset.")
@@ -22,6 +22,9 @@ struct Synth: ParsableCommand {
     @Option(name: .long, help: "Random seed.")
     var seed: UInt64 = 0
 
+    @Option(name: .long, help: "Skewed routing: adds S·exp(-4r/E) to the router bias of the expert of rank r in a seeded random order (deepseek_v3, kimi_k2), so a few experts are hot (0: uniform).")
+    var routerSkew: Float = 0
+
     @Option(name: .long, help: "Output directory (created; must be empty or absent unless --force).")
     var out: String
 
@@ -30,6 +33,7 @@ struct Synth: ParsableCommand {
 
     func validate() throws {
         guard (preset == nil) != (config == nil) else { throw ValidationError("give exactly one of --preset or --config") }
+        guard routerSkew.isFinite && abs(routerSkew) <= 100 else { throw ValidationError("--router-skew must be a number in -100...100, got \(routerSkew)") }
         guard ["bf16", "f16", "f32"].contains(dtype) else { throw ValidationError("--dtype must be bf16, f16 or f32, got '\(dtype)'") }
         guard ModelRegistry.loaders[arch] != nil else {
             throw ValidationError("--arch '\(arch)' is not supported; choose one of \(ModelRegistry.loaders.keys.sorted().joined(separator: ", "))")
@@ -52,7 +56,7 @@ struct Synth: ParsableCommand {
             }
             try Self.prepareOutput(URL(fileURLWithPath: out), force: force)
             let t: TensorDType = dtype == "f32" ? .f32 : dtype == "f16" ? .f16 : .bf16
-            let params = try SyntheticModel.write(config: cfg, dtype: t, seed: seed, to: URL(fileURLWithPath: out))
+            let params = try SyntheticModel.write(config: cfg, dtype: t, seed: seed, routerSkew: routerSkew, to: URL(fileURLWithPath: out))
             printJSON("{\"out\": \"\(out)\", \"parameters\": \(params), \"bytes\": \(params * (t == .f32 ? 4 : 2))}")
         }
     }

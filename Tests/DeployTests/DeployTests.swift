@@ -107,13 +107,13 @@ final class ClusterConfigTests: XCTestCase {
     func testErrorsNameTheKeyAndLine() {
         let cases: [(String, ConfigError)] = [
             ("coordinator:\n  htp:\n    port: 1\n", .unknownKey(file: "c.yaml", line: 2, key: "coordinator.htp",
-                                                             known: ["batching", "chat_template", "http", "keys", "kv", "model", "nodes", "placement", "served_model_name", "threads"])),
+                                                             known: ["batching", "chat_template", "http", "keys", "kv", "model", "nodes", "placement", "rebalance_every", "redundant_experts", "served_model_name", "threads"])),
             ("coordinator:\n  http:\n    port: \"80\"\n", .wrongType(file: "c.yaml", line: 3, key: "coordinator.http.port", expected: "an integer", got: "'80'")),
             ("coordinator:\n  http: 5\n", .notMapping(file: "c.yaml", line: 2, key: "coordinator.http")),
             ("coordinator:\n  kv:\n    budget: lots\n", .wrongType(file: "c.yaml", line: 3, key: "coordinator.kv.budget", expected: "a size such as 4GiB or 512MiB", got: "'lots'")),
             ("coordinator:\n  http:\n    port: [1]\n", .wrongType(file: "c.yaml", line: 3, key: "coordinator.http.port", expected: "an integer", got: "a list")),
             ("coordinator:\n  nodes:\n    timeout: .nan\n", .wrongType(file: "c.yaml", line: 3, key: "coordinator.nodes.timeout", expected: "a number", got: "'.nan'")),
-            ("coordinator:\n  placement: power\n", .wrongType(file: "c.yaml", line: 2, key: "coordinator.placement", expected: "one of memory", got: "'power'")),
+            ("coordinator:\n  redundant_experts: some\n", .wrongType(file: "c.yaml", line: 2, key: "coordinator.redundant_experts", expected: "an integer", got: "'some'")),
             ("coordinator:\n  model: /nonexistent/m.gguf\n", .missingModel(file: "c.yaml", line: 2, key: "coordinator.model", path: "/nonexistent/m.gguf")),
         ]
         for (text, want) in cases {

@@ -106,9 +106,10 @@ def test_serve_speaks_sd_notify_and_sigterm_drains(abstract):
 
 
 def test_node_speaks_sd_notify_and_stops_cleanly_on_sigterm():
-    """A node started on its own says READY=1 once it holds experts; on SIGTERM it says STOPPING=1
-    and exits 0 at once; the coordinator moves its experts to the other node, and a generation
-    running meanwhile gets the same tokens as in process, as does the next one."""
+    """A node started on its own says READY=1 once it holds experts; on SIGTERM it says STOPPING=1,
+    hands its experts back (the coordinator moves them to the other node, which loads them before
+    routing switches), and exits 0 when the coordinator tells it to; a generation running
+    meanwhile gets the same tokens as in process, as does the next one."""
     port = free_port()
     model = FIXTURES / "qwen3_moe"
     prompt = [5, 17, 3, 42, 8]
@@ -140,16 +141,13 @@ def test_node_speaks_sd_notify_and_stops_cleanly_on_sigterm():
             start = time.monotonic()
             node.send_signal(signal.SIGTERM)
             assert node.wait(timeout=30) == 0
-            assert time.monotonic() - start < 5
+            assert time.monotonic() - start < 10
             t.join(120)
             assert result["r"][0] == want
             assert "STOPPING=1" in n.assignments()
-            # Noticed at the next step, or within the engine's idle tick (0.2 s) when none runs.
-            deadline = time.monotonic() + 10
-            while "node leaver declared dead" not in "".join(s.stderr_lines) and time.monotonic() < deadline:
-                time.sleep(0.1)
             log = "".join(s.stderr_lines)
-            assert "node leaver declared dead: its connection dropped" in log, log[-3000:]
+            assert "node leaver asks to leave" in log and "node leaver drained" in log, log[-3000:]
+            assert "declared dead" not in log, log[-3000:]
             # Served by the remaining node alone, still the same tokens.
             status, _, body = s.request("POST", "/v1/completions", {"prompt": prompt, "max_tokens": 30, "temperature": 0,
                                                                      "ignore_eos": True, "return_token_ids": True})
