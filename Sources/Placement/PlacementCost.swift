@@ -67,7 +67,8 @@ public enum PlacementCost {
     }
 
     /// Predicts `placement` on `nodes` under `load` (uniform one token per expert per step when
-    /// nil). Nodes holding nothing are charged per `released`.
+    /// nil). Nodes holding nothing are charged per `released`. The placement's node indices index
+    /// `nodes`, and its and the load's shapes are the layout's (as `Planner.plan` returns them).
     public static func predict(layout: ExpertLayout, nodes: [PlacementNode], placement: ExpertPlacement,
                                load: ExpertLoad?, released: ReleasedNodePower = .off) -> PlacementPrediction {
         let load = load ?? .uniform(layout)

@@ -45,6 +45,24 @@ public struct PowerProfile: Sendable, Equatable, Codable {
         self.pue = pue
     }
 
+    private enum CodingKeys: String, CodingKey {
+        case device, idleWatts, busyWatts, memoryBandwidth, flopsPerSecond, pricePerKWh, carbonPerKWh, pue
+    }
+
+    /// Decodes a profile from a config file: `device`, `idleWatts` and `busyWatts` are required;
+    /// a missing speed figure is 0 (unknown) and missing site figures take `HardwareClass`'s defaults.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(device: try c.decode(String.self, forKey: .device),
+                  idleWatts: try c.decode(Double.self, forKey: .idleWatts),
+                  busyWatts: try c.decode(Double.self, forKey: .busyWatts),
+                  memoryBandwidth: try c.decodeIfPresent(Double.self, forKey: .memoryBandwidth) ?? 0,
+                  flopsPerSecond: try c.decodeIfPresent(Double.self, forKey: .flopsPerSecond) ?? 0,
+                  pricePerKWh: try c.decodeIfPresent(Double.self, forKey: .pricePerKWh) ?? HardwareClass.defaultPricePerKWh,
+                  carbonPerKWh: try c.decodeIfPresent(Double.self, forKey: .carbonPerKWh) ?? HardwareClass.defaultCarbonPerKWh,
+                  pue: try c.decodeIfPresent(Double.self, forKey: .pue) ?? HardwareClass.defaultPUE)
+    }
+
     /// Throws the first problem found: a NaN or infinite figure, a negative figure, watts above
     /// `maximumWatts`, busy below idle, or a PUE outside 1...`maximumPUE`.
     public func validate() throws {

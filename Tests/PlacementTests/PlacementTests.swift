@@ -388,6 +388,10 @@ final class PlacementErrorTests: XCTestCase {
         }
         let site = try HardwareClass.profile(named: "H100", pricePerKWh: 0.3, carbonPerKWh: 50, pue: 1.3)
         XCTAssertEqual([site.pricePerKWh, site.carbonPerKWh, site.pue], [0.3, 50, 1.3])
+        XCTAssertEqual(try JSONDecoder().decode(PowerProfile.self, from: JSONEncoder().encode(site)), site)
+        // A config file may give only the watts: the rest is unknown speed and default site figures.
+        let short = try JSONDecoder().decode(PowerProfile.self, from: Data(#"{"device":"box","idleWatts":40,"busyWatts":90}"#.utf8))
+        XCTAssertEqual(short, PowerProfile(device: "box", idleWatts: 40, busyWatts: 90))
     }
 }
 
