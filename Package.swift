@@ -78,6 +78,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The pure expert placement planner (issue 15): strategies, power profiles, the cost model.
+        // Foundation only, so the live coordinator and a simulator share it.
+        .target(name: "Placement", swiftSettings: checkedFlags),
         // Running as a service: systemd's notify protocol, the cluster config file (YAML).
         .target(name: "Deploy", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: checkedFlags),
         .executableTarget(
@@ -102,6 +105,7 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Checkpoint"]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"]),
         .testTarget(name: "DeployTests", dependencies: ["Deploy"]),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
     ],
     swiftLanguageModes: [.v5]
 )
