@@ -55,8 +55,6 @@ let package = Package(
         // Model architectures, one file each, plus their shared blocks and the KV cache.
         .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: checkedFlags),
         // The expert side: holds routed experts and computes them for batches of rows.
-        // Expert placement as a pure planner (no sockets, no weights): strategies, power model.
-        .target(name: "Placement", swiftSettings: checkedFlags),
         .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport", "Placement"], swiftSettings: checkedFlags),
         // The attention side's driver: generation, sampling, request scheduling.
         .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport", "Placement"], swiftSettings: checkedFlags),

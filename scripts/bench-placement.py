@@ -57,7 +57,8 @@ def status(url):
 
 def load(port, clients, duration, max_tokens):
     r = subprocess.run([str(PY), str(REPO / "scripts/load.py"), "--port", str(port), "--clients", str(clients), "--requests", "0",
-                        "--duration", str(duration), "--max-tokens", str(max_tokens), "--token-prompts", "8192"],
+                        "--duration", str(duration), "--max-tokens", str(max_tokens), "--token-prompts", "8192",
+                        "--prompt-tokens", str(ARGS.prompt_tokens)],
                        capture_output=True, text=True, timeout=duration * 4 + 300)
     if r.returncode != 0:
         sys.exit(f"load.py: {r.stderr}")
@@ -76,7 +77,9 @@ def steps(port):
 def run(strategy, args):
     listen = f"tcp://127.0.0.1:{free_port()}"
     server = subprocess.Popen([str(BIN), "serve", "--model", str(MODEL), "--port", "0", "--nodes", "3", "--node-listen", listen,
-                               "--insecure-links", "--placement", strategy, "--max-seqs", str(args.clients)],
+                               "--insecure-links", "--placement", strategy, "--max-seqs", str(args.clients),
+                               # Every request computes its whole prompt (the load repeats prompts).
+                               "--no-prefix-cache"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     nodes = [subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", listen, "--model", str(MODEL),
                                "--node-id", name, "--insecure-links", "--quiet", "--whole-experts", *flags],
@@ -132,10 +135,13 @@ def main():
     ap.add_argument("--duration", type=float, default=30)
     ap.add_argument("--warmup", type=float, default=15)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--skew", type=float, default=1.0)
     ap.add_argument("--strategies", default="memory,balanced:96,power:cost")
     args = ap.parse_args()
+    global ARGS
+    ARGS = args
     if not (MODEL / "config.json").exists():
         farside("synth", "--arch", "kimi_k2", "--preset", "k2", "--router-skew", str(args.skew), "--out", str(MODEL), "--force")
     results = {s: [] for s in args.strategies.split(",")}

@@ -46,9 +46,10 @@ def peak_rss_kib(pid):
     return None
 
 
-def token_prompts(vocab):
-    """Prompts as token ids (for a model without a tokenizer), as long as the text ones."""
-    return [[(i * 31 + k * 17) % (vocab - 10) + 5 for k in range(14 + 2 * i)] for i in range(len(PROMPTS))]
+def token_prompts(vocab, length=0):
+    """Prompts as token ids (for a model without a tokenizer), as long as the text ones or
+    `length` tokens each."""
+    return [[(i * 31 + k * 17) % (vocab - 10) + 5 for k in range(length or 14 + 2 * i)] for i in range(len(PROMPTS))]
 
 
 def stream_one(host, port, prompt, max_tokens, model):
@@ -103,6 +104,7 @@ def main():
     ap.add_argument("--pid", type=int, default=None, help="the server's pid, for its peak RSS")
     ap.add_argument("--token-prompts", type=int, default=0, metavar="VOCAB",
                     help="send prompts as token ids below VOCAB (a model without a tokenizer)")
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="with --token-prompts: prompts of this many tokens")
     a = ap.parse_args()
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("load.py sends traffic to loopback only")
@@ -113,7 +115,7 @@ def main():
     tokens = [0]
     first_start, last_end = [None], [None]
     stop_at = time.perf_counter() + a.duration if a.duration > 0 else None
-    prompts = token_prompts(a.token_prompts) if a.token_prompts > 10 else PROMPTS
+    prompts = token_prompts(a.token_prompts, a.prompt_tokens) if a.token_prompts > 10 else PROMPTS
 
     def client(i):
         n = 0

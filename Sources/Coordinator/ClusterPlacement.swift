@@ -45,11 +45,19 @@ extension ExpertCluster {
     /// The model's routed experts as the planner sees them: MoE layers by position (in
     /// `model.sparseLayers` order), each expert's weight bytes (packed, as stored) and FLOPs.
     var layout: ExpertLayout {
+        if let l = layoutCache { return l }
+        let l = makeLayout()
+        layoutCache = l
+        return l
+    }
+
+    func makeLayout() -> ExpertLayout {
         let sparse = model.sparseLayers
         let experts = sparse.map(\.experts).max() ?? 0
         let ffn = sparse.first.flatMap { try? model.expertLoader($0.layer, 0) }
         return ExpertLayout(layers: sparse.count, experts: experts, expertBytes: UInt64(ffn?.weightBytes ?? 0),
-                            expertFlopsPerToken: Double(6 * (ffn?.hidden ?? 0) * (ffn?.intermediate ?? 0)))
+                            expertFlopsPerToken: Double(6 * (ffn?.hidden ?? 0) * (ffn?.intermediate ?? 0)),
+                            expertsPerToken: sparse.first?.router.topK ?? 1)
     }
 
     /// `placement` keyed by layer position, as the planner takes it (dead replicas left out).

@@ -122,6 +122,8 @@ public final class ExpertCluster: ExpertBackend {
     let layerPosition: [Int: Int]
     /// A placement being applied (make-before-break), if any.
     var transition: Transition?
+    /// The routed experts' layout (`layout`), worked out once.
+    var layoutCache: ExpertLayout?
     var lastRebalance = 0.0
     let log: (String) -> Void
     /// Bytes sent and received on the data plane (headers and payloads), for accounting.
@@ -512,6 +514,7 @@ public final class ExpertCluster: ExpertBackend {
         pumpEvents()
         if let pos = layerPosition[layer] {
             statistics.advance(to: Self.now())
+            if pos == 0 { statistics.recordStep() }
             for e in batch.experts { statistics.record(position: pos, expert: Int(e)) }
         }
         let step = Step(layer: layer, batch: batch, input: input, output: output)

@@ -15,6 +15,8 @@ public struct RoutingStatistics: Sendable {
     private var counts: [[UInt64]]
     /// The interval number each bucket holds (-1: never used).
     private var interval: [Int]
+    /// Forward steps counted in each bucket (a step is counted at its first MoE layer).
+    private var steps: [UInt64]
     private var current = 0
     /// Tokens counted since the start (routes, i.e. token × top-k).
     public private(set) var total: UInt64 = 0
@@ -25,6 +27,7 @@ public struct RoutingStatistics: Sendable {
         self.bucketSeconds = bucketSeconds
         counts = Array(repeating: Array(repeating: 0, count: layers * experts), count: max(1, buckets))
         interval = Array(repeating: -1, count: max(1, buckets))
+        steps = Array(repeating: 0, count: max(1, buckets))
     }
 
     /// Seconds the window spans.
@@ -37,10 +40,14 @@ public struct RoutingStatistics: Sendable {
         let b = k % counts.count
         if interval[b] != k {
             for i in counts[b].indices { counts[b][i] = 0 }
+            steps[b] = 0
             interval[b] = k
         }
         current = b
     }
+
+    /// Counts one forward step (call at its first MoE layer).
+    public mutating func recordStep() { steps[current] &+= 1 }
 
     /// Counts one routed token for `expert` of the MoE layer at `position`.
     @inline(__always)
@@ -53,11 +60,16 @@ public struct RoutingStatistics: Sendable {
     public func load(now: Double) -> ExpertLoad {
         let k = Int(now / bucketSeconds)
         var tokens = Array(repeating: Array(repeating: 0.0, count: experts), count: layers)
+        var stepCount = 0.0, buckets = 0
         for b in counts.indices where interval[b] >= 0 && k - interval[b] < counts.count {
             for l in 0..<layers {
                 for e in 0..<experts { tokens[l][e] += Double(counts[b][l * experts + e]) }
             }
+            stepCount += Double(steps[b])
+            buckets += 1
         }
-        return ExpertLoad(tokens: tokens)
+        // The window's wall time: whole buckets, the newest counted as half gone.
+        let seconds = buckets > 0 ? (Double(buckets) - 0.5) * bucketSeconds : nil
+        return ExpertLoad(tokens: tokens, steps: max(1, stepCount), seconds: seconds)
     }
 }
