@@ -6,9 +6,9 @@
 /// block's bf16 scale into eight fp32 lanes. Unlike the ggml types (`QuantizedLinear.swift`), the
 /// activations are never rounded: rounding them to int16 per block moved the `kimi_k2_int4`
 /// fixture's logits by up to 3.6e-4 of transformers' (BENCHMARKS.md, "INT4 experts"); this
-/// arithmetic differs from a float reference by fp32 rounding only. Decode reads 4.5 bits a
-/// weight, so the widening (a byte widen, a convert and an FMA per eight weights) stays close to
-/// what memory delivers.
+/// arithmetic differs from a float reference by fp32 rounding only. The price is arithmetic: a
+/// widen, a mask or shift, two float ops and an FMA per eight weights, so on this machine decode
+/// is bound by the cores rather than by memory (BENCHMARKS.md).
 ///
 /// Canonical arithmetic of `y[t, r]` (row `r`, token `t`), the same for every token count, thread
 /// split and grouping of rows or tokens, so a token's result has the same bits alone or in any
@@ -21,19 +21,24 @@
 extension Linear {
     typealias Int4Levels = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
 
-    /// The 32 levels `q − 8` of the block at `blk` (`v0 … v3` above). Built element by element:
-    /// every operation here is `@_transparent`, so it always inlines and compiles to `vpmovzxbd`
-    /// (the generic `SIMD8<Int32>(truncatingIfNeeded:)` may stay an out-of-line call).
+    /// The 32 levels `q − 8` of the block at `blk` (`v0 … v3` above), exact. Bytes 0-7 and 8-15
+    /// are widened to 32-bit lanes (`vpmovzxbd`), where a mask gives the low nibble and a shift the
+    /// high one; the float is `(2²³ + q) − (2²³ + 8)`, `2²³ + q` being `q` ORed into the bits of
+    /// 2²³, one integer op where a convert (`vcvtdq2ps`) and the subtraction of 8 would compete
+    /// with the FMAs for the same ports (faster, BENCHMARKS.md "INT4 experts").
+    /// Built element by element: every operation here is `@_transparent`, so it always inlines
+    /// (the generic `SIMD8<UInt32>(truncatingIfNeeded:)` may stay an out-of-line call).
     @inline(__always)
     static func int4Levels(_ blk: UnsafeRawPointer) -> Int4Levels {
-        let a = blk.loadUnaligned(fromByteOffset: 2, as: SIMD8<UInt8>.self)
-        let b = blk.loadUnaligned(fromByteOffset: 10, as: SIMD8<UInt8>.self)
-        let low = SIMD8<UInt8>(repeating: 15), eight = SIMD8<Int32>(repeating: 8)
-        @inline(__always) func widen(_ u: SIMD8<UInt8>) -> SIMD8<Float> {
-            SIMD8<Float>(SIMD8<Int32>(Int32(u[0]), Int32(u[1]), Int32(u[2]), Int32(u[3]),
-                                      Int32(u[4]), Int32(u[5]), Int32(u[6]), Int32(u[7])) &- eight)
+        @inline(__always) func widen(_ offset: Int) -> SIMD8<UInt32> {
+            let u = blk.loadUnaligned(fromByteOffset: offset, as: SIMD8<UInt8>.self)
+            return SIMD8(UInt32(u[0]), UInt32(u[1]), UInt32(u[2]), UInt32(u[3]), UInt32(u[4]), UInt32(u[5]), UInt32(u[6]), UInt32(u[7]))
         }
-        return (widen(a & low), widen(b & low), widen(a &>> 4), widen(b &>> 4))
+        let a = widen(2), b = widen(10)
+        let low = SIMD8<UInt32>(repeating: 15), two23 = SIMD8<UInt32>(repeating: 0x4B00_0000)
+        let bias = SIMD8<Float>(repeating: 8_388_616)  // 2²³ + 8
+        @inline(__always) func level(_ q: SIMD8<UInt32>) -> SIMD8<Float> { unsafeBitCast(q | two23, to: SIMD8<Float>.self) - bias }
+        return (level(a & low), level(b & low), level(a &>> 4), level(b &>> 4))
     }
 
     /// The block's bf16 scale in every lane.
