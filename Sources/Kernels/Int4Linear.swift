@@ -58,9 +58,9 @@ extension Linear {
         a.addProduct(s, d)
     }
 
-    /// Rows `lo ..< hi` for one token: four rows at a time (four weight streams sharing the
-    /// activation loads, with the rows two groups ahead prefetched: the next rows a thread reads
-    /// are a row stride apart, too far for the hardware prefetcher to guess), then one at a time.
+    /// Rows `lo ..< hi` for one token: four rows at a time (four weight streams in flight, with the
+    /// rows two groups ahead prefetched: the next rows a thread reads are a row stride apart, too
+    /// far for the hardware prefetcher to guess), then one at a time.
     static func int4Rows(_ w: Matrix, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ acc: Bool,
                          _ lo: Int, _ hi: Int) {
         let blocks = w.cols / 32, stride = w.rowStride, bb = DType.int4.blockBytes
@@ -109,6 +109,7 @@ extension Linear {
                 var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
                 for b in 0..<blocks {
                     let blk = p + b * bb, o = 128 * b
+                    // The first token tile reads the row group from memory: two rows ahead.
                     prefetch(blk + 2 * stride)
                     let v = int4Levels(blk), d = int4Scale(blk)
                     int4Step(v, d, x0 + o, &a0)
