@@ -1,9 +1,7 @@
 // See include/quantdot.h. Block layouts (ggml): Q4_1 = f16 d, f16 m, 16 bytes of nibbles (low
 // nibble: value j, high nibble: value j + 16), w = d*q + m; Q4_0 = f16 d, 16 bytes, w = d*(q - 8);
-// Q8_0 = f16 d, 32 int8, w = d*q; INT4 (compressed-tensors pack-quantized, symmetric, group 32,
-// regrouped by Kernels' Int4Packing) = bf16 d, 16 bytes laid out as Q4_0's, w = d*(q - 8).
-// With x ≈ dx*qx (int16), a block contributes d*dx*Σ q*qx (+ m*Σx for Q4_1, - 8d*Σx for Q4_0;
-// INT4 takes q - 8 into the integer dot instead).
+// Q8_0 = f16 d, 32 int8, w = d*q.
+// With x ≈ dx*qx (int16), a block contributes d*dx*Σ q*qx (+ m*Σx for Q4_1, - 8d*Σx for Q4_0).
 #include "quantdot.h"
 
 #include <math.h>
@@ -31,13 +29,6 @@ static inline float half_to_float(uint16_t h) {
 
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 static void quantize_i16_scalar(const float *x, int blocks, int16_t *q, float *scale, float *sum) {
     for (int b = 0; b < blocks; b++) {
         const float *xb = x + 32 * b;
@@ -52,7 +43,7 @@ static void quantize_i16_scalar(const float *x, int blocks, int16_t *q, float *s
 
 // ---- portable reference (any CPU) ----
 
-enum kind { Q4_1, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, INT4 };
+enum kind { Q4_1, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K };
 
 static float row_scalar(enum kind k, const uint8_t *row, int blocks, const int16_t *q, const float *scale, const float *sum) {
     float acc = 0;
@@ -66,10 +57,9 @@ static float row_scalar(enum kind k, const uint8_t *row, int blocks, const int16
             for (int j = 0; j < 32; j++) s += (int32_t)(int8_t)p[2 + j] * qx[j];
         } else {
             const uint8_t *p = row + (k == Q4_1 ? 20 : 18) * b;
-            d = k == INT4 ? bf16_to_float(load_u16(p)) : half_to_float(load_u16(p));
+            d = half_to_float(load_u16(p));
             const uint8_t *n = p + (k == Q4_1 ? 4 : 2);
-            int bias = k == INT4 ? 8 : 0;
-            for (int j = 0; j < 16; j++) s += ((int32_t)(n[j] & 0x0F) - bias) * qx[j] + ((int32_t)(n[j] >> 4) - bias) * qx[j + 16];
+            for (int j = 0; j < 16; j++) s += (int32_t)(n[j] & 0x0F) * qx[j] + (int32_t)(n[j] >> 4) * qx[j + 16];
             off = k == Q4_1 ? half_to_float(load_u16(p + 2)) * sum[b] : k == Q4_0 ? -8.0f * d * sum[b] : 0.0f;
         }
         acc += d * scale[b] * (float)s + off;
@@ -137,7 +127,7 @@ static void gemv_scalar(enum kind k, const uint8_t *w, size_t stride, int rows, 
                         const int16_t *q, const float *scale, const float *sum, float *y, int accumulate) {
     for (int r = 0; r < rows; r++) {
         const uint8_t *row = w + (size_t)r * stride;
-        float v = k >= Q4_K && k != INT4 ? row_k_scalar(k, row, blocks, q, scale, sum) : row_scalar(k, row, blocks, q, scale, sum);
+        float v = k >= Q4_K ? row_k_scalar(k, row, blocks, q, scale, sum) : row_scalar(k, row, blocks, q, scale, sum);
         y[r] = accumulate ? y[r] + v : v;
     }
 }
@@ -167,16 +157,8 @@ AVX2 static inline float decode_block(enum kind k, const uint8_t *blk, __m256i *
         *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
     } else {
         nibbles(blk + (k == Q4_1 ? 4 : 2), lo, hi);
-        if (k == INT4) {
-            // Signed values (q - 8) in the integer dot, rather than Q4_0's -8d*Σx offset: the
-            // offset pairs the exact Σx with the rounded activations, and that mismatch (each
-            // int16 rounding error weighted by q ≈ 8 instead of q - 8 ≈ 0) measured 2-3x larger
-            // logit errors on the INT4 fixture.
-            *lo = _mm256_sub_epi16(*lo, _mm256_set1_epi16(8));
-            *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(8));
-        }
     }
-    return k == INT4 ? bf16_to_float(load_u16(blk)) : _cvtsh_ss(load_u16(blk));
+    return _cvtsh_ss(load_u16(blk));
 }
 
 // One block's contribution to a row's eight lanes `a` and offset sum `o`, against one token's
@@ -226,7 +208,6 @@ AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, con
 GEMV_AVX2(gemv_q4_1_avx2, Q4_1, 20)
 GEMV_AVX2(gemv_q4_0_avx2, Q4_0, 18)
 GEMV_AVX2(gemv_q8_0_avx2, Q8_0, 34)
-GEMV_AVX2(gemv_int4_avx2, INT4, 18)
 
 // Batches: one row at a time against a tile of up to four tokens, so each weight block is
 // decoded once per tile. Per row and token this is the GEMV's exact instruction sequence (the
@@ -268,7 +249,6 @@ AVX2 static void NAME(const uint8_t *w, size_t stride, int rows, int blocks, int
 GEMM_AVX2(gemm_q4_1_avx2, Q4_1, 20)
 GEMM_AVX2(gemm_q4_0_avx2, Q4_0, 18)
 GEMM_AVX2(gemm_q8_0_avx2, Q8_0, 34)
-GEMM_AVX2(gemm_int4_avx2, INT4, 18)
 
 
 // k-quants: two rows at a time share the activation loads; a left-over row is computed twice
@@ -426,8 +406,6 @@ void fs_gemv_q4_0(const uint8_t *w, size_t stride, int rows, int blocks, const i
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q4_0_avx2, Q4_0) }
 void fs_gemv_q8_0(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q8_0_avx2, Q8_0) }
-void fs_gemv_int4(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
-                  const float *sum, float *y, int accumulate) { DISPATCH(gemv_int4_avx2, INT4) }
 void fs_gemv_q4_k(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
                   const float *sum, float *y, int accumulate) { DISPATCH(gemv_q4k_avx2, Q4_K) }
 void fs_gemv_q5_k(const uint8_t *w, size_t stride, int rows, int blocks, const int16_t *q, const float *scale,
@@ -459,5 +437,3 @@ void fs_gemm_q4_0(const uint8_t *w, size_t stride, int rows, int blocks, int n, 
                   const float *sum, float *y, size_t y_stride, int accumulate) { GEMM_DISPATCH(gemm_q4_0_avx2, fs_gemv_q4_0) }
 void fs_gemm_q8_0(const uint8_t *w, size_t stride, int rows, int blocks, int n, const int16_t *q, const float *scale,
                   const float *sum, float *y, size_t y_stride, int accumulate) { GEMM_DISPATCH(gemm_q8_0_avx2, fs_gemv_q8_0) }
-void fs_gemm_int4(const uint8_t *w, size_t stride, int rows, int blocks, int n, const int16_t *q, const float *scale,
-                  const float *sum, float *y, size_t y_stride, int accumulate) { GEMM_DISPATCH(gemm_int4_avx2, fs_gemv_int4) }

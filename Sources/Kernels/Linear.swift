@@ -128,8 +128,8 @@ private func loadX(_ x: UnsafePointer<Float>, _ c: Int) -> SIMD8<Float> {
 ///   summed one at a time from 0 by fused multiply-adds, and that sum is added to the block's;
 /// - `y[t, r]` is the first block's sum (plus the old `y[t, r]` with `accumulate`, in that
 ///   order), then each further block's sum is added in column order.
-/// Quantized weights follow their own canonical order, the int16 block dot of
-/// `QuantizedLinear.swift`, for every token count. `KernelsTests.BatchInvarianceTests` checks
+/// Quantized weights follow their own canonical order, for every token count: the int16 block
+/// dot of `QuantizedLinear.swift` (ggml types) or the fp32 block dot of `Int4Linear.swift` (INT4). `KernelsTests.BatchInvarianceTests` checks
 /// all of this bitwise.
 ///
 /// The paths, chosen by the number of tokens, all compute that order:

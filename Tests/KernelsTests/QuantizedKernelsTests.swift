@@ -90,6 +90,31 @@ final class QuantizedKernelsTests: XCTestCase {
         }
     }
 
+    /// `Linear.forward` of `n` tokens `x` through `w` (adding to `old` in every output when
+    /// given) against a fp64 dot of the decoded weights: the worst error relative to
+    /// Σ|w·x| + |old|.
+    func worstError(_ w: QuantMatrix, _ x: [Float], _ n: Int, old: Float?) -> Double {
+        let rows = w.rows, cols = w.cols
+        var y = [Float](repeating: old ?? .nan, count: n * rows)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                Linear.forward(w.matrix, input: xp.baseAddress!, count: n, output: yp.baseAddress!, accumulate: old != nil)
+            }
+        }
+        var worst = 0.0
+        for t in 0..<n {
+            for r in 0..<rows {
+                var s = Double(old ?? 0), mag = Double(abs(old ?? 0))
+                for c in 0..<cols {
+                    let p = Double(w.values[r * cols + c]) * Double(x[t * cols + c])
+                    s += p; mag += abs(p)
+                }
+                worst = max(worst, abs(Double(y[t * rows + r]) - s) / max(mag, 1e-30))
+            }
+        }
+        return worst
+    }
+
     /// Every batch size and path against a fp64 dot product of the decoded weights, with and
     /// without accumulation. Tolerance: fp32 accumulation over `cols` products of magnitude
     /// ≤ |w|·|x| allows ~cols·2⁻²⁴ relative to Σ|w·x|, and the decode GEMV's int16 activations
@@ -102,26 +127,31 @@ final class QuantizedKernelsTests: XCTestCase {
                 for n in [1, 2, 3, 5, 17, 48, 64, 130] {
                     let x = inputs(n * cols, seed: UInt64(n))
                     for accumulate in [false, true] {
-                        var y = [Float](repeating: accumulate ? 0.5 : .nan, count: n * rows)
-                        x.withUnsafeBufferPointer { xp in
-                            y.withUnsafeMutableBufferPointer { yp in
-                                Linear.forward(w.matrix, input: xp.baseAddress!, count: n, output: yp.baseAddress!, accumulate: accumulate)
-                            }
-                        }
-                        var worst = 0.0
-                        for t in 0..<n {
-                            for r in 0..<rows {
-                                var s = 0.0, mag = 0.0
-                                for c in 0..<cols {
-                                    let p = Double(w.values[r * cols + c]) * Double(x[t * cols + c])
-                                    s += p; mag += abs(p)
-                                }
-                                let got = Double(y[t * rows + r]) - (accumulate ? 0.5 : 0)
-                                worst = max(worst, abs(got - s) / max(mag, 1e-30))
-                            }
-                        }
+                        let worst = worstError(w, x, n, old: accumulate ? 0.5 : nil)
                         XCTAssertLessThan(worst, 2e-5, "\(dtype) \(rows)x\(cols) n=\(n) accumulate=\(accumulate)")
                     }
+                }
+            }
+        }
+    }
+
+    /// INT4 multiplies its exact levels with the fp32 activations themselves (no int16 rounding),
+    /// so every path (one token: 4-row groups and 1-3 tail rows; batches: 4-token tiles and 1-3
+    /// tail tokens; serial, row-split and token-split) lands within fp32 rounding of a fp64 dot
+    /// of the scalar decoder's weights. Bound: a row's sum passes through at most 4 FMAs in a
+    /// block, one per block into its lane and 3 adds across lanes, each rounding by ≤ 2⁻²⁴ of
+    /// Σ|w·x| (+ one for the old value with accumulate; inputs with one value in seven 40×
+    /// larger, as the int16 blocks would round their neighbours by up to 1.5e-5 of it).
+    func testInt4MatchesScalarReferenceOnOddShapes() {
+        let shapes = [(1, 32), (3, 96), (5, 224), (7, 32), (13, 1056), (37, 1056), (129, 2080)]
+        for (rows, cols) in shapes {
+            let w = QuantMatrix(rows: rows, cols: cols, dtype: .int4, seed: UInt64(rows * 131 + cols))
+            let bound = Double(4 + cols / 32 + 3 + 1) * 0x1p-24
+            for n in [1, 2, 3, 4, 5, 6, 7, 9] {
+                let x = BatchInvarianceTests.inputs(n * cols, seed: UInt64(n * 7 + rows))
+                for accumulate in [false, true] {
+                    let worst = worstError(w, x, n, old: accumulate ? 0.25 : nil)
+                    XCTAssertLessThanOrEqual(worst, bound, "INT4 \(rows)x\(cols) n=\(n) accumulate=\(accumulate)")
                 }
             }
         }

@@ -34,14 +34,6 @@ enum Fixtures {
 
     static func directory(_ name: String) -> URL { root.appendingPathComponent(name) }
 
-    /// How far a fixture's logits (and routing weights) may be from transformers': 1e-4
-    /// (`assertClose`), except for kimi_k2_int4. Its INT4 experts run the Q4 kernels' arithmetic,
-    /// activations rounded to int16 per 32-value block (to 1/65534 of the block's largest value);
-    /// that rounding alone, simulated in Python on this fixture, moves the logits by up to 3.3e-4
-    /// (Farside: 3.6e-4), so 5e-4 there. A wrong packing order or scale layout moves them by
-    /// their own size (~1).
-    static func tolerance(_ name: String) -> Float { name == "kimi_k2_int4" ? 5e-4 : 1e-4 }
-
     static func reference(_ name: String) throws -> Reference {
         let data = try Data(contentsOf: directory(name).appendingPathComponent("reference.json"))
         return try JSONDecoder().decode(Reference.self, from: data)
@@ -92,7 +84,7 @@ final class FixtureTests: XCTestCase {
             XCTAssertEqual(model.architecture, ref.model_class, name)
             for (ci, c) in ref.cases.enumerated() {
                 let logits = try model.forward(c.tokens, cache: model.makeCache(), logits: .all)
-                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens)", tolerance: Fixtures.tolerance(name))
+                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens)")
             }
         }
     }
@@ -108,8 +100,7 @@ final class FixtureTests: XCTestCase {
             model.pingPongMinTokens = 2
             for (ci, c) in ref.cases.enumerated() where c.tokens.count >= 2 {
                 let logits = try model.forward(c.tokens, cache: model.makeCache(), logits: .all)
-                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens) in two micro-batches",
-                            tolerance: Fixtures.tolerance(name))
+                assertClose(logits, c.logits.flatMap { $0 }, "\(name) case \(ci) (\(c.tokens.count) tokens) in two micro-batches")
                 split += 1
             }
         }
@@ -127,10 +118,10 @@ final class FixtureTests: XCTestCase {
             let cache = model.makeCache(capacity: 4)
             let split = tokens.count / 3
             let first = try model.forward(Array(tokens[..<split]), cache: cache, logits: .all)
-            assertClose(first, full[..<split].flatMap { $0 }, "\(name) prefill", tolerance: Fixtures.tolerance(name))
+            assertClose(first, full[..<split].flatMap { $0 }, "\(name) prefill")
             for p in split..<tokens.count {
                 let step = try model.forward([tokens[p]], cache: cache, logits: .last)
-                assertClose(step, full[p], "\(name) decode at position \(p)", tolerance: Fixtures.tolerance(name))
+                assertClose(step, full[p], "\(name) decode at position \(p)")
             }
             XCTAssertEqual(cache.length, tokens.count)
         }
@@ -156,7 +147,7 @@ final class FixtureTests: XCTestCase {
                 let trace = RouteTrace()
                 _ = try model.forward(ref.cases[r.case].tokens, cache: model.makeCache(), logits: .none, trace: trace)
                 let entries = trace.entries.filter { $0.layer == r.layer }.sorted { $0.position < $1.position }
-                assertRoutes(entries, match: r, name, tolerance: Fixtures.tolerance(name))
+                assertRoutes(entries, match: r, name)
                 checked += 1
             }
         }

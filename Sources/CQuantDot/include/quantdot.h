@@ -1,5 +1,4 @@
-// Integer dot products of ggml weight blocks (Q4_1, Q4_0, Q8_0; Q4_K, Q5_K, Q6_K) and of INT4
-// group-32 blocks (compressed-tensors' symmetric pack-quantized, regrouped) with activations
+// Integer dot products of ggml weight blocks (Q4_1, Q4_0, Q8_0; Q4_K, Q5_K, Q6_K) with activations
 // quantized to int16 per 32-value block: the decode GEMV behind Kernels' QuantizedLinear.
 //
 // Why C: the kernel needs vpmaddwd (16-bit multiply, pairwise add into 32-bit lanes). Swift's
@@ -26,9 +25,6 @@ void fs_gemv_q4_0(const uint8_t *w, size_t row_stride, int rows, int blocks,
                   const int16_t *q, const float *scale, const float *sum, float *y, int accumulate);
 void fs_gemv_q8_0(const uint8_t *w, size_t row_stride, int rows, int blocks,
                   const int16_t *q, const float *scale, const float *sum, float *y, int accumulate);
-/// Kernels' `DType.int4` blocks (18 bytes: bf16 scale d, then nibbles as Q4_0's; w = d*(q - 8)).
-void fs_gemv_int4(const uint8_t *w, size_t row_stride, int rows, int blocks,
-                  const int16_t *q, const float *scale, const float *sum, float *y, int accumulate);
 /// k-quants (256-value super-blocks): `blocks` still counts 32-value activation blocks and must
 /// be a multiple of 8.
 void fs_gemv_q4_k(const uint8_t *w, size_t row_stride, int rows, int blocks,
@@ -47,8 +43,6 @@ void fs_gemm_q4_1(const uint8_t *w, size_t row_stride, int rows, int blocks, int
 void fs_gemm_q4_0(const uint8_t *w, size_t row_stride, int rows, int blocks, int n, const int16_t *q,
                   const float *scale, const float *sum, float *y, size_t y_stride, int accumulate);
 void fs_gemm_q8_0(const uint8_t *w, size_t row_stride, int rows, int blocks, int n, const int16_t *q,
-                  const float *scale, const float *sum, float *y, size_t y_stride, int accumulate);
-void fs_gemm_int4(const uint8_t *w, size_t row_stride, int rows, int blocks, int n, const int16_t *q,
                   const float *scale, const float *sum, float *y, size_t y_stride, int accumulate);
 
 #ifdef __cplusplus
