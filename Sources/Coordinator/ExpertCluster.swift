@@ -391,6 +391,14 @@ public final class ExpertCluster: ExpertBackend {
         } catch {
             log("control: \(error)")
         }
+        moveOn()
+    }
+
+    /// Between steps (none in flight): moves a placement in progress on, and starts the next
+    /// one that is due — a leaving node's drain, a joining node's share, a periodic rebalance.
+    /// Called by `tend` and at the first MoE layer of every step, so a caller that drives the
+    /// cluster without an engine (a `Generator`) gets the same behaviour.
+    func moveOn() {
         guard steps.isEmpty else { return }
         advanceTransition()
         guard transition == nil, !placement.isEmpty else { return }
@@ -514,7 +522,10 @@ public final class ExpertCluster: ExpertBackend {
         pumpEvents()
         if let pos = layerPosition[layer] {
             statistics.advance(to: Self.now())
-            if pos == 0 { statistics.recordStep() }
+            if pos == 0 {
+                statistics.recordStep()
+                moveOn()
+            }
             for e in batch.experts { statistics.record(position: pos, expert: Int(e)) }
         }
         let step = Step(layer: layer, batch: batch, input: input, output: output)

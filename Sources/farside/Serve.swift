@@ -149,7 +149,10 @@ struct Serve: ParsableCommand {
         do { s = try PlacementStrategy(parsing: placement) } catch { throw ValidationError("--placement: \(error)") }
         guard let r = redundantExperts else { return s }
         guard (0...4096).contains(r) else { throw ValidationError("--redundant-experts must be in 0...4096, got \(r)") }
-        guard case .balanced = s else { throw ValidationError("--redundant-experts applies to --placement balanced, not \(s)") }
+        guard case .balanced = s else {
+            if r == 0 { return s }
+            throw ValidationError("--redundant-experts applies to --placement balanced, not \(s)")
+        }
         return .balanced(redundantExperts: r)
     }
 
