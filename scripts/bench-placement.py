@@ -115,6 +115,9 @@ def run(strategy, args):
             "tpot_p50_ms": out["tpot_p50_ms"], "tpot_p99_ms": out["tpot_p99_ms"], "errors": out.get("errors"),
             "experts": {i: v["experts"] for i, v in per_node.items()},
             "slowest_busy_ms_per_step": max(v["busy_seconds"] for v in per_node.values()) / (s1 - s0) * 1e3,
+            # The planner's cost model on the recorded load (deterministic given the load).
+            "predicted_slowest_ms_per_step": (after.get("predicted_slowest_node_step_seconds") or 0) * 1e3,
+            "predicted_expert_step_ms": (after.get("predicted_expert_step_seconds") or 0) * 1e3,
             "joules_per_mtok": sum(v["joules"] for v in per_node.values()) * k,
             "dollars_per_mtok": sum(v["dollars"] for v in per_node.values()) * k,
             "grams_per_mtok": sum(v["grams_co2"] for v in per_node.values()) * k,
@@ -154,11 +157,12 @@ def main():
     med = lambda s, k: statistics.median(x[k] for x in results[s])
     base = args.strategies.split(",")[0]
     print()
-    print("| strategy | tok/s | TPOT p50 / p99 ms | slowest node busy ms/step | J / Mtok | $ / Mtok | gCO2 / Mtok | $ / Mtok, empty nodes stopped |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| strategy | tok/s | TPOT p50 / p99 ms | slowest node busy ms/step (measured) | slowest node ms/step (predicted) | J / Mtok | $ / Mtok | gCO2 / Mtok | $ / Mtok, empty nodes stopped |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s in results:
         print(f"| {s} | {med(s, 'tokens_per_s'):.1f} | {med(s, 'tpot_p50_ms'):.1f} / {med(s, 'tpot_p99_ms'):.1f} | "
               f"{med(s, 'slowest_busy_ms_per_step'):.2f} ({med(s, 'slowest_busy_ms_per_step') / med(base, 'slowest_busy_ms_per_step'):.2f}×) | "
+              f"{med(s, 'predicted_slowest_ms_per_step'):.2f} ({med(s, 'predicted_slowest_ms_per_step') / max(1e-12, med(base, 'predicted_slowest_ms_per_step')):.2f}×) | "
               f"{med(s, 'joules_per_mtok'):.0f} | {med(s, 'dollars_per_mtok'):.4f} ({med(s, 'dollars_per_mtok') / med(base, 'dollars_per_mtok'):.2f}×) | "
               f"{med(s, 'grams_per_mtok'):.1f} | {med(s, 'dollars_per_mtok_stopped'):.4f} "
               f"({med(s, 'dollars_per_mtok_stopped') / med(base, 'dollars_per_mtok_stopped'):.2f}×) |")

@@ -34,6 +34,12 @@ public struct ClusterStatus: Codable, Sendable {
     }
     public var strategy: String
     public var epoch: UInt64
+    /// The planner's prediction for the current placement at the load of the statistics window
+    /// (`PlacementCost.predict`, the model every strategy optimises): routed-expert seconds per
+    /// step of the busiest node, and of a step's critical path (the slowest node of each layer).
+    /// Nil before any traffic.
+    public var predictedSlowestNodeStepSeconds: Double?
+    public var predictedExpertStepSeconds: Double?
     public var replacing: Bool
     public var statisticsWindowSeconds: Double
     public var nodes: [Node]
@@ -75,7 +81,13 @@ extension ExpertCluster {
         }
         let j = out.reduce(0) { $0 + $1.joules }, d = out.reduce(0) { $0 + $1.dollars }, g = out.reduce(0) { $0 + $1.gramsCO2 }
         let perMillion = generatedTokens > 0 ? 1e6 / Double(generatedTokens) : nil
-        return ClusterStatus(strategy: strategy.description, epoch: epoch, replacing: transition != nil,
+        var prediction: PlacementPrediction?
+        if statistics.total > 0, let current = currentPlacement(liveOnly: false) {
+            prediction = PlacementCost.predict(layout: layout, nodes: planNodes(), placement: current, load: load)
+        }
+        return ClusterStatus(strategy: strategy.description, epoch: epoch,
+                             predictedSlowestNodeStepSeconds: prediction?.slowestNodeWork,
+                             predictedExpertStepSeconds: prediction?.stepSeconds, replacing: transition != nil,
                              statisticsWindowSeconds: statistics.windowSeconds, nodes: out, generatedTokens: generatedTokens,
                              joules: j, dollars: d, gramsCO2: g,
                              joulesPerMillionTokens: perMillion.map { j * $0 }, dollarsPerMillionTokens: perMillion.map { d * $0 },

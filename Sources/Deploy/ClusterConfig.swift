@@ -119,6 +119,7 @@ public enum ClusterConfig {
         Key(path: "id", flag: "--node-id", kind: .text),
         Key(path: "model", flag: "--model", kind: .model),
         Key(path: "listen", flag: "--listen", kind: .endpoint),
+        Key(path: "advertise", flag: "--advertise", kind: .endpoint),
         Key(path: "coordinator", flag: "--coordinator", kind: .endpoint),
         Key(path: "memory_budget", flag: "--memory-budget", kind: .size),
         Key(path: "threads", flag: "--threads", kind: .integer),

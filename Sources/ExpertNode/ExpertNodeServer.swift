@@ -44,6 +44,9 @@ public final class ExpertNodeServer {
         public var heartbeatInterval: Double = 0.5
         /// Seconds a leaving node (SIGTERM) waits for its coordinator to take its experts back.
         public var leaveTimeout: Double = 15
+        /// The data endpoint registered with the coordinator instead of the bound one (NAT, a
+        /// port forward, a relay); nil: the bound endpoint.
+        public var advertise: String?
         /// Inbound messages larger than this are refused by libzmq (the peer is disconnected).
         public var maxMessageBytes: Int64 = 1 << 30
         /// Limits on one data-plane request, checked before anything is allocated for it; a
@@ -194,7 +197,7 @@ public final class ExpertNodeServer {
         log("expert node \(options.nodeID) serving \(endpoint), coordinator \(options.coordinator)")
         var register = Farside_V1_Register()
         register.nodeID = options.nodeID
-        register.endpoint = endpoint
+        register.endpoint = options.advertise ?? endpoint
         register.memoryBudgetBytes = UInt64(max(0, options.memoryBudget))
         register.modelFingerprint = fingerprint
         var power = Farside_V1_PowerProfile()

@@ -33,6 +33,9 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "The coordinator's control endpoint, e.g. tcp://127.0.0.1:5500.")
     var coordinator: String
 
+    @Option(name: .long, help: "The data endpoint to give the coordinator instead of the one bound (behind NAT, a port forward or a relay), e.g. tcp://203.0.113.7:5600.")
+    var advertise: String?
+
     @Option(name: .long, help: "This node's local copy of the model: a GGUF file or a Hugging Face checkpoint directory (default: the default model).")
     var model: String?
 
@@ -125,7 +128,7 @@ struct Expert: ParsableCommand {
             throw ValidationError("--max-unread-reply-bytes '\(maxUnreadReplyBytes)' must be at least 1 byte (e.g. 256MiB)")
         }
         _ = try parseBytes(memoryBudget)
-        for (flag, v, binding) in [("--listen", listen, true), ("--coordinator", coordinator, false)] {
+        for (flag, v, binding) in [("--listen", listen, true), ("--coordinator", coordinator, false)] + (advertise.map { [("--advertise", $0, false)] } ?? []) {
             guard v.hasPrefix("tcp://") || v.hasPrefix("ipc://") else {
                 throw ValidationError("\(flag) '\(v)' is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
             }
@@ -199,6 +202,7 @@ struct Expert: ParsableCommand {
                                                    memoryBudget: try parseBytes(memoryBudget),
                                                    power: try profile(measuredBandwidth: memoryBandwidthGbs == nil && hardwareClass == nil ? MemoryBandwidth.measure() : 0))
             options.curve = try curve()
+            options.advertise = advertise
             options.maxMessageBytes = maxMessageBytes
             options.splitExpertRows = !wholeExperts
             options.pollYieldWindow = Double(pollYieldUs) * 1e-6
