@@ -29,10 +29,12 @@ BIN = Path(os.environ.get("FARSIDE_BIN", REPO / ".build/release/farside"))
 MODEL = REPO / "models/synth-k2-skew"
 PY = REPO / ".venv/bin/python"
 
-# Three different machines: a big CPU server, a mid one on a cheap green grid, a small one on an
-# expensive coal-heavy grid (declared: they all run on this VM's cores).
+# Three different machines by their power and site: a big server, a mid one on a cheap green
+# grid, a small one on an expensive coal-heavy grid. They all run on this VM's cores, so each
+# declares watts and lets its bandwidth be measured (a hardware class would declare its own
+# hardware's bandwidth, which these processes do not have).
 PROFILES = {
-    "big": ["--hardware-class", "cpu-2s", "--price-per-kwh", "0.20", "--carbon-per-kwh", "350", "--pue", "1.3"],
+    "big": ["--idle-watts", "200", "--busy-watts", "850", "--price-per-kwh", "0.20", "--carbon-per-kwh", "350", "--pue", "1.3"],
     "green": ["--idle-watts", "40", "--busy-watts", "150", "--price-per-kwh", "0.08", "--carbon-per-kwh", "30", "--pue", "1.1"],
     "small": ["--idle-watts", "15", "--busy-watts", "60", "--price-per-kwh", "0.35", "--carbon-per-kwh", "700", "--pue", "1.6"],
 }
@@ -106,6 +108,7 @@ def run(strategy, args):
             o = b[n["id"]]
             per_node[n["id"]] = {k: n[k] - o[k] for k in ["joules", "dollars", "grams_co2", "busy_seconds"]}
             per_node[n["id"]]["experts"] = n["experts"]
+            per_node[n["id"]]["routed"] = n["routed_tokens"]
         tokens = after["generated_tokens"] - before["generated_tokens"]
         k = 1e6 / tokens
         held = [i for i, v in per_node.items() if v["experts"] > 0]
@@ -115,6 +118,9 @@ def run(strategy, args):
             "tpot_p50_ms": out["tpot_p50_ms"], "tpot_p99_ms": out["tpot_p99_ms"], "errors": out.get("errors"),
             "experts": {i: v["experts"] for i, v in per_node.items()},
             "slowest_busy_ms_per_step": max(v["busy_seconds"] for v in per_node.values()) / (s1 - s0) * 1e3,
+            # EPLB's measure: the busiest node's share of the routed tokens (the window's load
+            # under the current placement), against an even split (1.0).
+            "max_token_share": max(v["routed"] for v in per_node.values()) / (sum(v["routed"] for v in per_node.values()) / len(per_node)),
             # The planner's cost model on the recorded load (deterministic given the load).
             "predicted_slowest_ms_per_step": (after.get("predicted_slowest_node_step_seconds") or 0) * 1e3,
             "predicted_expert_step_ms": (after.get("predicted_expert_step_seconds") or 0) * 1e3,
@@ -157,10 +163,11 @@ def main():
     med = lambda s, k: statistics.median(x[k] for x in results[s])
     base = args.strategies.split(",")[0]
     print()
-    print("| strategy | tok/s | TPOT p50 / p99 ms | slowest node busy ms/step (measured) | slowest node ms/step (predicted) | J / Mtok | $ / Mtok | gCO2 / Mtok | $ / Mtok, empty nodes stopped |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| strategy | tok/s | TPOT p50 / p99 ms | busiest node's tokens / mean | slowest node busy ms/step (measured) | slowest node ms/step (predicted) | J / Mtok | $ / Mtok | gCO2 / Mtok | $ / Mtok, empty nodes stopped |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for s in results:
         print(f"| {s} | {med(s, 'tokens_per_s'):.1f} | {med(s, 'tpot_p50_ms'):.1f} / {med(s, 'tpot_p99_ms'):.1f} | "
+              f"{med(s, 'max_token_share'):.2f} | "
               f"{med(s, 'slowest_busy_ms_per_step'):.2f} ({med(s, 'slowest_busy_ms_per_step') / med(base, 'slowest_busy_ms_per_step'):.2f}×) | "
               f"{med(s, 'predicted_slowest_ms_per_step'):.2f} ({med(s, 'predicted_slowest_ms_per_step') / max(1e-12, med(base, 'predicted_slowest_ms_per_step')):.2f}×) | "
               f"{med(s, 'joules_per_mtok'):.0f} | {med(s, 'dollars_per_mtok'):.4f} ({med(s, 'dollars_per_mtok') / med(base, 'dollars_per_mtok'):.2f}×) | "
