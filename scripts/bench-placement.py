@@ -31,8 +31,9 @@ PY = REPO / ".venv/bin/python"
 
 # Three different machines by their power and site: a big server, a mid one on a cheap green
 # grid, a small one on an expensive coal-heavy grid. They all run on this VM's cores, so each
-# declares watts and lets its bandwidth be measured (a hardware class would declare its own
-# hardware's bandwidth, which these processes do not have).
+# declares watts and the same bandwidth (a hardware class would declare its own hardware's
+# bandwidth, which these processes do not have; measuring it at each node's start on a loaded
+# machine gave the planner a different speed per node and run).
 PROFILES = {
     "big": ["--idle-watts", "200", "--busy-watts", "850", "--price-per-kwh", "0.20", "--carbon-per-kwh", "350", "--pue", "1.3"],
     "green": ["--idle-watts", "40", "--busy-watts", "150", "--price-per-kwh", "0.08", "--carbon-per-kwh", "30", "--pue", "1.1"],
@@ -84,7 +85,8 @@ def run(strategy, args):
                                "--no-prefix-cache"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     nodes = [subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", listen, "--model", str(MODEL),
-                               "--node-id", name, "--insecure-links", "--quiet", "--whole-experts", *flags],
+                               "--node-id", name, "--insecure-links", "--quiet", "--whole-experts", "--memory-bandwidth-gbs", "15",
+                               *flags],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for name, flags in PROFILES.items()]
     try:
