@@ -446,6 +446,18 @@ public final class ExpertCluster: ExpertBackend {
         var routes: [(expert: Int32, local: UInt32, weight: Float)] = []
     }
     var work: [Work] = []
+    /// Per expert of the layer being dispatched: the replica node its tokens go to in this step
+    /// (valid where `replicaStamp[e] == dispatchStamp`); reused across steps, so choosing
+    /// allocates nothing.
+    var replicaNode: [Int] = []
+    var replicaStamp: [UInt64] = []
+    var dispatchStamp: UInt64 = 0
+    /// A replicated expert's tokens stay on one replica until its node has this many more routes
+    /// in the step than the least loaded replica's: each replica that gets a token reads the
+    /// expert's weights, which costs a node about as much as computing several tokens through it
+    /// (expert GEMVs are bandwidth-bound), so a few tokens are cheapest together and only a hot
+    /// expert's many are worth spreading.
+    static let replicaSplitRoutes = 8
     /// The fp64 sum of a step's partial sums, reused by every `finishExperts`.
     var sum: [Double] = []
     /// A step's messages between building and sending: (node, its socket, request id, header, rows).
@@ -619,14 +631,30 @@ public final class ExpertCluster: ExpertBackend {
         }
         // Routes come token-major, so each node sees its tokens in ascending order and a token's
         // routes together: its row in the request is the last one appended, or a new one.
-        // A replicated expert's token goes to the replica whose node has the fewest routes of
-        // this step so far (the first listed on a tie): deterministic, and every replica
-        // computes the same bits, so the choice never changes a result.
+        // A replicated expert's first token goes to the replica whose node has the fewest routes
+        // of this step so far (the first listed on a tie), and its next ones follow it until
+        // that node is `replicaSplitRoutes` ahead of the least loaded replica: deterministic, and
+        // every replica computes the same bits, so the choice never changes a result.
+        dispatchStamp &+= 1
+        if replicaNode.count < row.count {
+            replicaNode = Array(repeating: 0, count: row.count)
+            replicaStamp = Array(repeating: 0, count: row.count)
+        }
         for r in 0..<(batch.rows * k) {
             let t = Int32(r / k), e = batch.experts[r]
             let replicas = row[Int(e)]
             var node = replicas[0]
-            for i in replicas.dropFirst() where work[i].routes.count < work[node].routes.count { node = i }
+            if replicas.count > 1 {
+                var least = replicas[0]
+                for i in replicas.dropFirst() where work[i].routes.count < work[least].routes.count { least = i }
+                node = least
+                if replicaStamp[Int(e)] == dispatchStamp {
+                    let current = replicaNode[Int(e)]
+                    if work[current].routes.count - work[least].routes.count < Self.replicaSplitRoutes { node = current }
+                }
+                replicaNode[Int(e)] = node
+                replicaStamp[Int(e)] = dispatchStamp
+            }
             if work[node].tokens.last != t { work[node].tokens.append(t) }
             work[node].routes.append((e, UInt32(work[node].tokens.count - 1), batch.weights[r]))
         }
