@@ -57,7 +57,14 @@ let package = Package(
         // The expert side: holds routed experts and computes them for batches of rows.
         .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport", "Placement"], swiftSettings: checkedFlags),
         // The attention side's driver: generation, sampling, request scheduling.
-        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport", "Placement"], swiftSettings: checkedFlags),
+        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport", "Placement", "Scheduling"], swiftSettings: checkedFlags),
+        // The continuous-batching policy, pure (no imports): `farside serve` and the simulator run the
+        // same code. Coordinator re-exports it.
+        .target(name: "Scheduling", swiftSettings: checkedFlags),
+        // `farside simulate` (issue 17): a discrete-event simulator that runs the real scheduler and
+        // placement planner on simulated time. No sockets, no weights.
+        .target(name: "Simulator", dependencies: ["Placement", "Scheduling", .product(name: "Yams", package: "Yams")],
+                swiftSettings: checkedFlags),
         // The OpenAI API's request bodies, validated, and its error shape: no HTTP server in it, so
         // the request fuzz target builds without Hummingbird and NIO.
         .target(
@@ -84,7 +91,7 @@ let package = Package(
         .executableTarget(
             name: "farside",
             dependencies: [
-                "Deploy", "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport", "Placement",
+                "Deploy", "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport", "Placement", "Simulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -104,6 +111,7 @@ let package = Package(
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"]),
         .testTarget(name: "DeployTests", dependencies: ["Deploy"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Placement", "Scheduling"]),
     ],
     swiftLanguageModes: [.v5]
 )
