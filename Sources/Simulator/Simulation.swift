@@ -109,12 +109,11 @@ public struct Simulation {
                 rejected += 1
             }
             if step.slices.isEmpty {
-                // Nothing fits: the head of the queue is longer than the whole KV cache.
-                if scheduler.running.isEmpty, let id = scheduler.waiting.first {
+                // Ending an exhausted sequence freed its KV: plan again. Otherwise, with nothing
+                // running (no KV held), the head of the queue is longer than the whole cache.
+                if step.exhausted.isEmpty, scheduler.running.isEmpty, let id = scheduler.waiting.first {
                     scheduler.remove(id)
                     rejected += 1
-                } else if step.exhausted.isEmpty, next < requests.count {
-                    now = max(now, requests[next].arrival)
                 }
                 continue
             }

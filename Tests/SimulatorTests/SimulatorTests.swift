@@ -200,4 +200,33 @@ final class SimulatorTests: XCTestCase {
             guard case SimulatorError.invalidModelConfig("bad.json", _) = error else { return XCTFail("\(error)") }
         }
     }
+
+    /// One strategy on the heterogeneous cluster with a KV cache of `kvBudget`.
+    func run(_ requests: [TraceRequest], kvBudget: String) throws -> StrategyResult {
+        let text = Self.heterogeneous.replacingOccurrences(of: "overhead_us: 100", with: "overhead_us: 100\n  kv_budget: \(kvBudget)")
+        let cluster = try ClusterSpec.parse(text, file: "kv.yaml")
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        XCTAssertEqual(cluster.coordinator.memoryBytes, 20_000_000)
+        let shares = try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 0, seed: 0)
+        return try Comparison.run(model: model, cluster: cluster, requests: requests, traceName: "kv", shares: shares,
+                                  strategies: [.memory], seed: 0).report.results[0]
+    }
+
+    func testARequestLongerThanTheKVCacheIsRefusedNotHung() throws {
+        // 20 MB of KV holds about 100 tokens of this model: the 500-token prompt never fits.
+        let r = try run([TraceRequest(arrival: 0, promptTokens: 500, outputTokens: 4),
+                         TraceRequest(arrival: 0.001, promptTokens: 10, outputTokens: 4)], kvBudget: "20MB")
+        XCTAssertEqual(r.rejected, 1)
+        XCTAssertEqual(r.completed, 1)
+        XCTAssertEqual(r.tokens, 14)
+    }
+
+    func testATightKVCachePreemptsAndStillFinishesEverything() throws {
+        // Four sequences of 60 tokens each in a cache of about 100: some must be preempted.
+        let requests = (0..<4).map { TraceRequest(arrival: Double($0) * 1e-3, promptTokens: 20, outputTokens: 40) }
+        let r = try run(requests, kvBudget: "20MB")
+        XCTAssertGreaterThan(r.preemptions, 0)
+        XCTAssertEqual(r.completed, 4)
+        XCTAssertEqual(r.rejected, 0)
+    }
 }
