@@ -1,4 +1,5 @@
 import Foundation
+import SeededRandom
 
 /// The live server's routing statistics file (`farside cluster load`, `RoutingLoadFile` in the
 /// Coordinator): routed tokens per expert per MoE layer over a window. The simulator reads the

@@ -1,4 +1,5 @@
 import Foundation
+import SeededRandom
 
 /// One request of a trace: when it arrives, its prompt's tokens, the tokens it generates.
 public struct TraceRequest: Sendable, Equatable {
@@ -14,20 +15,7 @@ public struct TraceRequest: Sendable, Equatable {
     }
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator, so a seed gives the same run on
-/// every platform (the system generator is not seedable). The same generator as Models'
-/// `SplitMix64`, which this pure module cannot import (Models links the kernels); internal here so
-/// the two never clash.
-struct SplitMix64: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SplitMix64 {
     /// Uniform in (0, 1]: never 0, so its logarithm is finite.
     mutating func unit() -> Double { (Double(next() >> 11) + 1) / 9_007_199_254_740_992 }
 }
