@@ -45,10 +45,10 @@ extension SimulationReport {
         return out
     }
 
-    /// A self-contained SVG report: $ and energy per million tokens per strategy (bars) and the
-    /// TPOT CDF per strategy.
+    /// A self-contained SVG report: $ per million tokens and energy per strategy (bars), the
+    /// TPOT CDF per strategy and the cluster's wall watts over time per strategy.
     public func svg() -> String {
-        let width = 900.0, height = 640.0
+        let width = 900.0, height = 920.0
         let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
         var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" font-family=\"sans-serif\" font-size=\"12\">\n"
         s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
@@ -81,6 +81,20 @@ extension SimulationReport {
             let color = palette[i % palette.count]
             s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(points)\"/>\n"
             s += "<text x=\"\(cx + 10)\" y=\"\(cy + 16 + Double(i) * 15)\" fill=\"\(color)\">\(Self.escape(r.strategy))</text>\n"
+        }
+        // Cluster watts over time.
+        let (px, py, pw, ph) = (60.0, 650.0, 780.0, 230.0)
+        s += "<text x=\"\(px)\" y=\"\(py - 8)\" font-size=\"13\">cluster wall watts over time</text>\n"
+        s += "<rect x=\"\(px)\" y=\"\(py)\" width=\"\(pw)\" height=\"\(ph)\" fill=\"none\" stroke=\"#999\"/>\n"
+        let peak = max(results.flatMap(\.clusterWatts).max() ?? 1, 1e-9)
+        let span = max(results.map { Double($0.clusterWatts.count) * $0.intervalSeconds }.max() ?? 1, 1e-9)
+        s += "<text x=\"\(px)\" y=\"\(py + 14)\">\(Self.number(peak)) W</text>\n"
+        s += "<text x=\"\(px + pw)\" y=\"\(py + ph + 16)\" text-anchor=\"end\">\(Self.number(span)) s</text>\n"
+        for (i, r) in results.enumerated() {
+            let points = r.clusterWatts.enumerated().map { b, w in
+                String(format: "%.1f,%.1f", px + (Double(b) + 0.5) * r.intervalSeconds / span * pw, py + ph - w / peak * ph)
+            }.joined(separator: " ")
+            s += "<polyline fill=\"none\" stroke=\"\(palette[i % palette.count])\" stroke-width=\"2\" points=\"\(points)\"/>\n"
         }
         return s + "</svg>\n"
     }

@@ -13,6 +13,8 @@ public struct NodeResult: Codable, Sendable, Equatable {
     /// Mean wall watts (PUE included) over the window.
     public var meanWatts: Double
     public var joules: Double
+    /// Mean wall watts in each interval of `StrategyResult.intervalSeconds` (power over time).
+    public var watts: [Double]
 }
 
 /// What one strategy's run gives: energy, money, carbon, throughput and latency.
@@ -41,6 +43,11 @@ public struct StrategyResult: Codable, Sendable, Equatable {
     /// TTFT and TPOT at percentiles 0, 1, …, 100 (for CDF charts).
     public var ttftPercentiles: [Double]
     public var tpotPercentiles: [Double]
+    /// Length of the intervals of `NodeResult.watts` and `clusterWatts`: the trace's span over
+    /// `Simulation.intervals`, the last one cut at the end of the window.
+    public var intervalSeconds: Double
+    /// Wall watts of the whole cluster (coordinator included) per interval.
+    public var clusterWatts: [Double]
     /// The coordinator first, then the expert nodes.
     public var nodes: [NodeResult]
 }
@@ -57,6 +64,8 @@ struct SequenceState {
 /// The discrete-event loop: arrivals and steps on simulated time, the scheduler of `farside serve`
 /// forming each step, the cost model timing it.
 public struct Simulation {
+    /// Intervals the trace's span is cut into for power over time.
+    public static let intervals = 48
     /// Runs `requests` on `cost`'s cluster and placement. `released` says how nodes holding no
     /// expert are charged (as the planner's `releasedNodes`). Returns the result and the number
     /// of events handled (arrivals, steps, completions).
@@ -77,6 +86,10 @@ public struct Simulation {
         var stepsOfSize = [Int](repeating: 0, count: cluster.limits.maxBatchTokens + 1)
         var coordinatorBusy = 0.0
         var stepTokens = 0.0
+        // Busy seconds per interval, [interval][coordinator, nodes…]: a step counts in the
+        // interval it starts in (steps are far shorter than intervals).
+        let interval = max(requests.last?.arrival ?? 0, 1e-3) / Double(intervals)
+        var busyOverTime: [[Double]] = []
 
         while next < requests.count || !scheduler.isIdle {
             while next < requests.count && requests[next].arrival <= now {
@@ -126,6 +139,10 @@ public struct Simulation {
             }
             let attention = cost.attentionSeconds(tokens: count, positions: positions, kvTokens: kvTokens)
             let experts = cost.expertSeconds(tokens: count)
+            let bucket = Int(now / interval)
+            while busyOverTime.count <= bucket { busyOverTime.append([Double](repeating: 0, count: cluster.nodes.count + 1)) }
+            busyOverTime[bucket][0] += attention
+            for n in 0..<cluster.nodes.count { busyOverTime[bucket][n + 1] += experts.busy[n] }
             now += attention + experts.seconds
             coordinatorBusy += attention
             stepsOfSize[min(count, stepsOfSize.count - 1)] += 1
@@ -164,14 +181,22 @@ public struct Simulation {
         let copies = cost.placement.copies(nodeCount: cluster.nodes.count)
         var nodes: [NodeResult] = []
         var joules = 0.0, dollars = 0.0, grams = 0.0
+        let buckets = max(Int((window / interval).rounded(.up)), 1)
+        while busyOverTime.count < buckets { busyOverTime.append([Double](repeating: 0, count: cluster.nodes.count + 1)) }
         func add(_ node: SimulatedNode, busy: Double, experts: Int, charged: Bool) {
+            let column = nodes.count
+            let watts = (0..<buckets).map { b -> Double in
+                let length = min(interval, window - Double(b) * interval)
+                guard charged, length > 0 else { return 0 }
+                return EnergyModel.watts(node.profile, utilisation: busyOverTime[b][column] / length)
+            }
             let j = charged ? EnergyModel.joules(node.profile, busySeconds: busy, intervalSeconds: window) : 0
             joules += j
             dollars += EnergyModel.dollars(joules: j, node.profile)
             grams += EnergyModel.grams(joules: j, node.profile)
             nodes.append(NodeResult(id: node.id, device: node.profile.device, experts: experts,
                                     utilisation: window > 0 ? min(busy / window, 1) : 0,
-                                    meanWatts: window > 0 ? j / window : 0, joules: j))
+                                    meanWatts: window > 0 ? j / window : 0, joules: j, watts: watts))
         }
         add(cluster.coordinator, busy: coordinatorBusy, experts: 0, charged: true)
         for (n, node) in cluster.nodes.enumerated() {
@@ -191,6 +216,8 @@ public struct Simulation {
             tpotP50: percentile(tpot, 50), tpotP99: percentile(tpot, 99),
             ttftPercentiles: (0...100).map { percentile(ttft, Double($0)) },
             tpotPercentiles: (0...100).map { percentile(tpot, Double($0)) },
+            intervalSeconds: interval,
+            clusterWatts: (0..<buckets).map { b in nodes.reduce(0) { $0 + $1.watts[b] } },
             nodes: nodes)
         // What the live server's statistics would have counted: routed tokens per expert.
         let k = Double(model.expertsPerToken)

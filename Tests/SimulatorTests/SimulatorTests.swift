@@ -57,6 +57,11 @@ final class SimulatorTests: XCTestCase {
             XCTAssertLessThanOrEqual(r.tpotP50, r.tpotP99, r.strategy)
             XCTAssertGreaterThan(r.energyKWh, 0, r.strategy)
             XCTAssertEqual(r.tpotPercentiles, r.tpotPercentiles.sorted(), r.strategy)
+            // Power over time integrates to the energy total.
+            let joules = r.clusterWatts.enumerated().reduce(0.0) { sum, b in
+                sum + b.element * min(r.intervalSeconds, r.simulatedSeconds - Double(b.offset) * r.intervalSeconds)
+            }
+            XCTAssertEqual(joules / 3.6e6, r.energyKWh, accuracy: r.energyKWh * 1e-6, r.strategy)
         }
     }
 
