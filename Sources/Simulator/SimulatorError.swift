@@ -4,6 +4,7 @@ import Placement
 /// and says what to change.
 public enum SimulatorError: Error, CustomStringConvertible, Equatable {
     case unreadableFile(file: String, reason: String)
+    case unwritableFile(file: String, reason: String)
     case syntax(file: String, line: Int, problem: String)
     case malformedTraceLine(file: String, line: Int, problem: String)
     case emptyTrace(file: String)
@@ -23,6 +24,8 @@ public enum SimulatorError: Error, CustomStringConvertible, Equatable {
         switch self {
         case let .unreadableFile(file, reason):
             return "\(file): cannot read: \(reason)"
+        case let .unwritableFile(file, reason):
+            return "\(file): cannot write: \(reason)"
         case let .syntax(file, line, problem):
             return "\(file):\(line): \(problem)"
         case let .malformedTraceLine(file, line, problem):

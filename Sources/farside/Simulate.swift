@@ -108,7 +108,7 @@ struct Simulate: ParsableCommand {
                 for path in reportFiles {
                     let text = path.hasSuffix(".json") ? report.json() : path.hasSuffix(".csv") ? report.csv() : report.svg()
                     do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch {
-                        throw SimulatorError.unreadableFile(file: path, reason: "cannot write: \(error.localizedDescription)")
+                        throw SimulatorError.unwritableFile(file: path, reason: error.localizedDescription)
                     }
                 }
                 if timing {
@@ -142,7 +142,9 @@ struct Simulate: ParsableCommand {
                 profile.flopsPerSecond = Self.gemmFlops()
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try e.encode(profile).write(to: URL(fileURLWithPath: out))
+                do { try e.encode(profile).write(to: URL(fileURLWithPath: out)) } catch {
+                    throw SimulatorError.unwritableFile(file: out, reason: error.localizedDescription)
+                }
                 print(String(format: "read bandwidth %.1f GB/s, bf16 GEMM %.1f GFLOP/s; wrote ", profile.memoryBandwidth / 1e9,
                              profile.flopsPerSecond / 1e9) + out)
             }
