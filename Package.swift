@@ -53,11 +53,20 @@ let package = Package(
         .target(name: "Protocol", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
                 exclude: ["farside.proto"]),
         // Model architectures, one file each, plus their shared blocks and the KV cache.
-        .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol"], swiftSettings: checkedFlags),
+        .target(name: "Models", dependencies: ["Kernels", "Checkpoint", "Protocol", "SeededRandom"], swiftSettings: checkedFlags),
+        // The seeded generator the synthetic models and the simulator share (Models re-exports it).
+        .target(name: "SeededRandom", swiftSettings: checkedFlags),
         // The expert side: holds routed experts and computes them for batches of rows.
         .target(name: "ExpertNode", dependencies: ["Kernels", "Checkpoint", "Models", "Protocol", "Transport", "Placement"], swiftSettings: checkedFlags),
         // The attention side's driver: generation, sampling, request scheduling.
-        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport", "Placement"], swiftSettings: checkedFlags),
+        .target(name: "Coordinator", dependencies: ["Kernels", "Models", "Protocol", "ExpertNode", "Transport", "Placement", "Scheduling"], swiftSettings: checkedFlags),
+        // The continuous-batching policy, pure (no imports): `farside serve` and the simulator run the
+        // same code. Coordinator re-exports it.
+        .target(name: "Scheduling", swiftSettings: checkedFlags),
+        // `farside simulate` (issue 17): a discrete-event simulator that runs the real scheduler and
+        // placement planner on simulated time. No sockets, no weights.
+        .target(name: "Simulator", dependencies: ["Placement", "Scheduling", "SeededRandom", .product(name: "Yams", package: "Yams")],
+                swiftSettings: checkedFlags),
         // The OpenAI API's request bodies, validated, and its error shape: no HTTP server in it, so
         // the request fuzz target builds without Hummingbird and NIO.
         .target(
@@ -84,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "farside",
             dependencies: [
-                "Deploy", "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport", "Placement",
+                "Deploy", "Kernels", "Checkpoint", "Models", "Protocol", "ExpertNode", "Coordinator", "Tokenizer", "ChatTemplate", "Server", "Transport", "Placement", "Simulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -104,6 +113,7 @@ let package = Package(
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate"]),
         .testTarget(name: "DeployTests", dependencies: ["Deploy"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Placement", "Scheduling"]),
     ],
     swiftLanguageModes: [.v5]
 )

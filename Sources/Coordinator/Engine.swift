@@ -1,6 +1,9 @@
 import Foundation
 import Kernels
 import Models
+// The scheduling policy lives in its own pure module (the simulator runs it too); users of
+// Coordinator keep seeing `Scheduler` through this module.
+@_exported import Scheduling
 
 /// Why a generation ended, in OpenAI's words where they exist (`Generator` ends with `stop`
 /// or `length` only).

@@ -1,6 +1,8 @@
 import Checkpoint
 import Foundation
 import Kernels
+// SplitMix64 lives in its own pure module (the simulator uses it too); users of Models keep seeing it.
+@_exported import SeededRandom
 
 /// Seeded random models of any supported architecture and shape, in Hugging Face layout, for
 /// benchmarks and scale tests.
@@ -203,18 +205,6 @@ final class TensorRecorder: WeightSource {
     }
 }
 
-/// SplitMix64: small, fast, and reproducible across platforms (unlike `SystemRandomNumberGenerator`).
-public struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 extension SplitMix64 {
     /// Uniform in [-1, 1), from the top 24 bits.

@@ -23,7 +23,7 @@ struct Farside: ParsableCommand {
             FARSIDE_SPIN and FARSIDE_YIELD_US (how long idle workers spin and yield before sleeping).
             """,
         version: version,
-        subcommands: [Generate.self, Chat.self, Serve.self, Tokenize.self, Logits.self, Route.self, Synth.self, Quantize.self, Bench.self, Expert.self, Cluster.self, Config.self, Keys.self])
+        subcommands: [Generate.self, Chat.self, Serve.self, Tokenize.self, Logits.self, Route.self, Synth.self, Quantize.self, Bench.self, Expert.self, Cluster.self, Config.self, Keys.self, Simulate.self])
 
     /// As ArgumentParser's `main`, except that an error a subcommand's `run()` reports as a
     /// `ValidationError` (a bad flag value found only once the model is known) is followed by that

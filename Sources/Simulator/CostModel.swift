@@ -1,0 +1,77 @@
+import Foundation
+import Placement
+
+/// Step time and busy time per node for one placement: the roofline of `PowerProfile.seconds`
+/// plus fixed overheads, as Vidur models an iteration from per-operator costs (Agrawal et al.,
+/// MLSys 2024), here with the operators' costs from public hardware figures or `calibrate`.
+///
+/// Routing uses expected counts: a step of T tokens sends T·k·share[l][e] tokens to expert e of
+/// layer l, split evenly over its copies, and each copy costs `PlacementCost.expertWork` (which
+/// already charges an expert's weights only with the probability that a token reaches it). So the
+/// experts' part of a step depends on T alone and is tabulated once per T.
+public struct CostModel {
+    public let model: ModelSpec
+    public let cluster: ClusterSpec
+    public let placement: ExpertPlacement
+    let shares: RoutingShares
+    /// Per layer, per node: (expert share of the layer's routed tokens, divided by its copies).
+    let perNode: [[[Double]]]
+    /// Tabulated experts' phase per step size T: seconds on the critical path, busy seconds per node.
+    private var table: [(seconds: Double, busy: [Double])?]
+
+    public init(model: ModelSpec, cluster: ClusterSpec, placement: ExpertPlacement, shares: RoutingShares) {
+        self.model = model
+        self.cluster = cluster
+        self.placement = placement
+        self.shares = shares
+        var perNode = [[[Double]]](repeating: [[Double]](repeating: [], count: cluster.nodes.count), count: model.moeLayers)
+        for (l, row) in placement.replicas.enumerated() {
+            for (e, copies) in row.enumerated() where !copies.isEmpty {
+                for n in copies { perNode[l][n].append(shares.shares[l][e] / Double(copies.count)) }
+            }
+        }
+        self.perNode = perNode
+        table = [(seconds: Double, busy: [Double])?](repeating: nil, count: cluster.limits.maxBatchTokens + 1)
+    }
+
+    /// Seconds the coordinator needs for a step's attention and other non-expert work: its
+    /// weights read once, 2 FLOPs per weight per token, each running sequence's KV read once, and
+    /// attention FLOPs over the positions each new token sees; plus its fixed step overhead.
+    /// `positions` is Σ over the step's tokens of the positions each attends to; `kvTokens` the
+    /// KV tokens of the sequences in the step.
+    public func attentionSeconds(tokens: Int, positions: Double, kvTokens: Double) -> Double {
+        let p = model.coordinatorParameters
+        let c = cluster.coordinator
+        return c.profile.seconds(bytes: 2 * p + kvTokens * model.kvBytesPerToken,
+                                 flops: 2 * p * Double(tokens) + model.attentionFlopsPerPosition * positions) + c.overhead
+    }
+
+    /// The experts' phase of a step of `tokens` tokens: Σ over MoE layers of the slowest node's
+    /// compute plus its link time (latency both ways, activations out and back), and each node's
+    /// busy (compute) seconds.
+    public mutating func expertSeconds(tokens: Int) -> (seconds: Double, busy: [Double]) {
+        if tokens < table.count, let hit = table[tokens] { return hit }
+        let layout = model.layout
+        let routed = Double(tokens) * Double(model.expertsPerToken)
+        var busy = [Double](repeating: 0, count: cluster.nodes.count)
+        var total = 0.0
+        for layer in perNode {
+            var slowest = 0.0
+            for (n, copies) in layer.enumerated() where !copies.isEmpty {
+                let node = cluster.nodes[n]
+                var work = node.overhead, rows = 0.0
+                for share in copies {
+                    let t = routed * share
+                    rows += t
+                    work += PlacementCost.expertWork(layout: layout, profile: node.profile, tokens: t)
+                }
+                busy[n] += work
+                let link = 2 * node.linkLatency + (node.linkBandwidth > 0 ? 2 * rows * model.activationBytes / node.linkBandwidth : 0)
+                slowest = max(slowest, work + link)
+            }
+            total += slowest
+        }
+        if tokens < table.count { table[tokens] = (total, busy) }
+        return (total, busy)
+    }
+}

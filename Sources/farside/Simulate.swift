@@ -1,0 +1,174 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Placement
+import Simulator
+
+/// `farside simulate`: what a cluster would cost and how fast it would serve, per placement
+/// strategy, on simulated time (issue 17). The planning code is the live one; see docs/simulator.md.
+struct Simulate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Simulate a cluster serving a trace: energy, $ and gCO2 per million tokens, latency, per placement strategy.",
+        subcommands: [Run.self, Calibrate.self], defaultSubcommand: Run.self)
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the simulation (the default).")
+
+        @Option(name: .long, help: "The cluster file (YAML: sites, coordinator, nodes, scheduler; docs/simulator.md).")
+        var cluster: String
+
+        @Option(name: .long, help: "A model preset (\(ModelSpec.presets.keys.sorted().joined(separator: ", "))) or a config.json.")
+        var model: String
+
+        @Option(name: .long, help: "Expert weights: int4 or bf16 (default: the preset's; bf16 for a config.json).")
+        var experts: String?
+
+        @Option(name: .long, help: "A trace in Vidur's CSV (arrived_at,num_prefill_tokens,num_decode_tokens).")
+        var trace: String?
+
+        @Option(name: .long, help: "Without --trace: Poisson arrivals, requests per second.")
+        var rate: Double?
+
+        @Option(name: .long, help: "Without --trace: seconds of arrivals.")
+        var duration: Double = 60
+
+        @Option(name: .long, help: "Without --trace: prompt lengths, fixed:N, uniform:A-B or exp:MEAN.")
+        var promptTokens: String = "exp:512"
+
+        @Option(name: .long, help: "Without --trace: output lengths, fixed:N, uniform:A-B or exp:MEAN.")
+        var outputTokens: String = "exp:128"
+
+        @Option(name: .long, help: "Routing skew: Zipf exponent over each layer's experts (0: uniform; 0.3 makes the hottest of 384 experts about 4× the mean).")
+        var zipf: Double = 0.3
+
+        @Option(name: .long, help: "Routing from a live run's statistics file (farside-routing-load-v1 JSON) instead of --zipf.")
+        var routing: String?
+
+        @Option(name: .long, help: "Strategies to compare, comma-separated: memory, balanced:R, power:energy|cost|carbon.")
+        var strategies: String = "memory,balanced:0,power:energy,power:cost,power:carbon"
+
+        @Option(name: .long, help: "Nodes left without experts: off (stopped, 0 W) or idle.")
+        var released: String = "off"
+
+        @Option(name: .long, help: "Seed of the generated trace and of the routing skew.")
+        var seed: UInt64 = 0
+
+        @Flag(name: .long, help: "Print the report as JSON.")
+        var json = false
+
+        @Flag(name: .long, help: "Print the report as CSV.")
+        var csv = false
+
+        @Option(name: .customLong("report"), help: "Also write the report here: FILE.json, FILE.csv or FILE.svg (charts) by extension; repeatable.")
+        var reportFiles: [String] = []
+
+        @Flag(name: .long, help: "Print the wall time and events per second on stderr.")
+        var timing = false
+
+        func validate() throws {
+            guard (trace == nil) != (rate == nil) else { throw ValidationError("give exactly one of --trace or --rate") }
+            guard !(json && csv) else { throw ValidationError("give at most one of --json and --csv") }
+            guard ReleasedNodePower(rawValue: released) != nil else { throw ValidationError("--released must be off or idle, got '\(released)'") }
+        }
+
+        func run() throws {
+            try runReportingErrors {
+                let start = DispatchTime.now().uptimeNanoseconds
+                let format = try experts.map { name -> ModelSpec.ExpertFormat in
+                    guard let f = ModelSpec.ExpertFormat(rawValue: name) else {
+                        throw SimulatorError.invalidOption(name: "--experts", problem: "'\(name)' is not int4 or bf16")
+                    }
+                    return f
+                }
+                let spec = try ModelSpec.load(model, format: format)
+                let clusterSpec = try ClusterSpec.load(cluster)
+                let requests: [TraceRequest]
+                let traceName: String
+                if let trace {
+                    requests = try Trace.load(csv: trace)
+                    traceName = trace
+                } else {
+                    let p = try Trace.Lengths(parsing: promptTokens, option: "--prompt-tokens")
+                    let o = try Trace.Lengths(parsing: outputTokens, option: "--output-tokens")
+                    requests = try Trace.poisson(rate: rate!, duration: duration, prompt: p, output: o, seed: seed)
+                    traceName = "poisson \(rate!)/s for \(duration) s, prompt \(p), output \(o)"
+                }
+                let shares: RoutingShares
+                if let routing {
+                    shares = try RoutingShares.recorded(try RoutingLoad.load(routing), file: routing,
+                                                        layers: spec.moeLayers, experts: spec.experts)
+                } else {
+                    shares = try RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: zipf, seed: seed)
+                }
+                let (report, events) = try Comparison.run(
+                    model: spec, cluster: clusterSpec, requests: requests, traceName: traceName, shares: shares,
+                    strategies: try Comparison.strategies(parsing: strategies), seed: seed,
+                    released: ReleasedNodePower(rawValue: released)!)
+                print(json ? report.json() : csv ? report.csv() : report.table(), terminator: "")
+                for path in reportFiles {
+                    let text = path.hasSuffix(".json") ? report.json() : path.hasSuffix(".csv") ? report.csv() : report.svg()
+                    do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch {
+                        throw SimulatorError.unwritableFile(file: path, reason: error.localizedDescription)
+                    }
+                }
+                if timing {
+                    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+                    FileHandle.standardError.write(Data(String(format: "simulate: %d events in %.2f s wall (%.0f events/s)\n",
+                                                               events, seconds, Double(events) / seconds).utf8))
+                }
+            }
+        }
+    }
+
+    /// Measures this machine's read bandwidth and bf16 GEMM throughput and writes a power profile
+    /// (JSON, as `PowerProfile` encodes) that a cluster file's `profile_file:` reads.
+    struct Calibrate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Measure this machine and write a power profile for the simulator.")
+
+        @Option(name: .long, help: "Where to write the profile (JSON).")
+        var out: String
+
+        @Option(name: .long, help: "The hardware class whose watts and site figures to keep (\(HardwareClass.names.joined(separator: ", "))).")
+        var hardwareClass: String = "vm-2vcpu"
+
+        @Option(name: .long, help: "Device label written into the profile.")
+        var device: String = "calibrated"
+
+        func run() throws {
+            try runReportingErrors {
+                var profile = try HardwareClass.profile(named: hardwareClass)
+                profile.device = device
+                profile.memoryBandwidth = MemoryBandwidth.measure(rounds: 5)
+                profile.flopsPerSecond = Self.gemmFlops()
+                let e = JSONEncoder()
+                e.outputFormatting = [.prettyPrinted, .sortedKeys]
+                do { try e.encode(profile).write(to: URL(fileURLWithPath: out)) } catch {
+                    throw SimulatorError.unwritableFile(file: out, reason: error.localizedDescription)
+                }
+                print(String(format: "read bandwidth %.1f GB/s, bf16 GEMM %.1f GFLOP/s; wrote ", profile.memoryBandwidth / 1e9,
+                             profile.flopsPerSecond / 1e9) + out)
+            }
+        }
+
+        /// FLOP/s of a 1024×2048 bf16 weight times 128 tokens (an expert-sized prefill GEMM), best of 5.
+        static func gemmFlops() -> Double {
+            let rows = 1024, cols = 2048, tokens = 128
+            let w = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * cols)
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: tokens * cols)
+            let y = UnsafeMutablePointer<Float>.allocate(capacity: tokens * rows)
+            defer { w.deallocate(); x.deallocate(); y.deallocate() }
+            // bf16 0x3C00 = 2^-7: small finite weights; the inputs 1.
+            w.initialize(repeating: 0x3C00, count: rows * cols)
+            x.initialize(repeating: 1, count: tokens * cols)
+            let m = Matrix(data: UnsafeRawPointer(w), dtype: .bf16, rows: rows, cols: cols)
+            var best = 0.0
+            for _ in 0..<5 {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                Linear.forward(m, input: x, count: tokens, output: y)
+                let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+                best = max(best, 2 * Double(rows * cols * tokens) / s)
+            }
+            return best
+        }
+    }
+}

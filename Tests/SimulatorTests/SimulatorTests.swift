@@ -1,0 +1,237 @@
+import Foundation
+import Placement
+import Simulator
+import XCTest
+
+final class SimulatorTests: XCTestCase {
+    /// Two sites: cheap and clean, dear and dirty; H100 boards at the first, two-socket CPU
+    /// servers at the second, with memory enough that `memory` placement gives the CPUs most.
+    static let heterogeneous = """
+    sites:
+      north: {price_per_kwh: 0.05, carbon_per_kwh: 30, pue: 1.1}
+      south: {price_per_kwh: 0.30, carbon_per_kwh: 600, pue: 1.5}
+    coordinator:
+      class: h100
+      site: north
+      overhead_us: 100
+    nodes:
+      - id: gpu
+        count: 2
+        class: h100
+        memory: 80GB
+        site: north
+        link: {latency_us: 10, bandwidth_gbs: 25}
+      - id: cpu
+        count: 2
+        class: cpu-2s
+        memory: 256GB
+        site: south
+        link: {latency_us: 50, bandwidth_gbs: 12.5}
+    scheduler: {max_batch_tokens: 256, max_seqs: 32, max_waiting: 128}
+    """
+
+    func simulate(seed: UInt64, strategies: String = "memory,balanced:4,power:cost", rate: Double = 4) throws -> SimulationReport {
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        let cluster = try ClusterSpec.parse(Self.heterogeneous, file: "hetero.yaml")
+        let requests = try Trace.poisson(rate: rate, duration: 20, prompt: .uniform(32, 256), output: .exponential(mean: 32), seed: seed)
+        let shares = try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 1, seed: seed)
+        return try Comparison.run(model: model, cluster: cluster, requests: requests, traceName: "poisson", shares: shares,
+                                  strategies: try Comparison.strategies(parsing: strategies), seed: seed).report
+    }
+
+    func testASeedGivesByteIdenticalReports() throws {
+        let a = try simulate(seed: 7), b = try simulate(seed: 7), c = try simulate(seed: 8)
+        XCTAssertEqual(a.json(), b.json())
+        XCTAssertEqual(a.csv(), b.csv())
+        XCTAssertEqual(a.svg(), b.svg())
+        XCTAssertNotEqual(a.json(), c.json(), "another seed draws another trace")
+    }
+
+    func testEveryRequestIsCompletedOrRejected() throws {
+        let report = try simulate(seed: 3)
+        for r in report.results {
+            XCTAssertEqual(r.completed + r.rejected, r.requests, r.strategy)
+            XCTAssertGreaterThan(r.completed, 0, r.strategy)
+            XCTAssertGreaterThan(r.steps, 0, r.strategy)
+            XCTAssertLessThanOrEqual(r.ttftP50, r.ttftP99, r.strategy)
+            XCTAssertLessThanOrEqual(r.tpotP50, r.tpotP99, r.strategy)
+            XCTAssertGreaterThan(r.energyKWh, 0, r.strategy)
+            XCTAssertEqual(r.tpotPercentiles, r.tpotPercentiles.sorted(), r.strategy)
+            // Power over time integrates to the energy total.
+            let joules = r.clusterWatts.enumerated().reduce(0.0) { sum, b in
+                sum + b.element * min(r.intervalSeconds, r.simulatedSeconds - Double(b.offset) * r.intervalSeconds)
+            }
+            XCTAssertEqual(joules / 3.6e6, r.energyKWh, accuracy: r.energyKWh * 1e-6, r.strategy)
+        }
+    }
+
+    func testPowerPlacementLowersCostPerTokenOnAHeterogeneousCluster() throws {
+        let report = try simulate(seed: 11, strategies: "memory,power:cost")
+        let memory = report.results[0], power = report.results[1]
+        XCTAssertEqual(memory.strategy, "memory")
+        XCTAssertEqual(power.strategy, "power:cost")
+        XCTAssertEqual(power.completed, memory.completed, "both serve the whole trace")
+        XCTAssertLessThan(power.dollarsPerMillionTokens, memory.dollarsPerMillionTokens)
+        XCTAssertLessThan(power.gramsPerMillionTokens, memory.gramsPerMillionTokens)
+        // Memory placement gives the CPU servers experts; the cost strategy moves them off.
+        let cpuExperts = { (r: StrategyResult) in r.nodes.filter { $0.device == "cpu-2s" }.reduce(0) { $0 + $1.experts } }
+        XCTAssertGreaterThan(cpuExperts(memory), 0)
+        XCTAssertLessThan(cpuExperts(power), cpuExperts(memory))
+    }
+
+    func testAMalformedTraceLineNamesFileAndLine() {
+        let text = "arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n0.5,abc,5\n"
+        XCTAssertThrowsError(try Trace.parse(csv: text, file: "trace.csv")) { error in
+            guard case let SimulatorError.malformedTraceLine(file, line, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(file, "trace.csv")
+            XCTAssertEqual(line, 3)
+            XCTAssertTrue("\(error)".hasPrefix("trace.csv:3: "), "\(error)")
+        }
+        XCTAssertThrowsError(try Trace.parse(csv: "1.0,10,5\n0.5,10,5\n", file: "t.csv")) { error in
+            guard case let SimulatorError.malformedTraceLine(_, line, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(line, 2, "arrivals going back in time")
+        }
+    }
+
+    func testAnEmptyTraceIsRefused() {
+        for text in ["", "arrived_at,num_prefill_tokens,num_decode_tokens\n", "# nothing\n\n"] {
+            XCTAssertThrowsError(try Trace.parse(csv: text, file: "empty.csv")) { error in
+                XCTAssertEqual(error as? SimulatorError, .emptyTrace(file: "empty.csv"))
+            }
+        }
+    }
+
+    func testATraceRoundTripsThroughCSV() throws {
+        let requests = try Trace.poisson(rate: 10, duration: 5, prompt: .fixed(100), output: .uniform(1, 9), seed: 1)
+        XCTAssertEqual(try Trace.parse(csv: Trace.csv(requests), file: "t.csv"), requests)
+    }
+
+    func testAnUnknownNodeClassNamesItsLine() {
+        let text = Self.heterogeneous.replacingOccurrences(of: "class: cpu-2s", with: "class: h900")
+        let line = text.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.contains("h900") }! + 1
+        XCTAssertThrowsError(try ClusterSpec.parse(text, file: "c.yaml")) { error in
+            guard case let SimulatorError.unknownNodeClass(file, l, name, known) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(file, "c.yaml")
+            XCTAssertEqual(l, line)
+            XCTAssertEqual(name, "h900")
+            XCTAssertTrue(known.contains("h100"))
+        }
+    }
+
+    func testAnUnknownSiteAndKeyAreRefused() {
+        let site = Self.heterogeneous.replacingOccurrences(of: "site: south", with: "site: west")
+        XCTAssertThrowsError(try ClusterSpec.parse(site, file: "c.yaml")) { error in
+            guard case SimulatorError.unknownSite(_, _, "west", let known) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(known, ["north", "south"])
+        }
+        let key = Self.heterogeneous.replacingOccurrences(of: "memory: 80GB", with: "memroy: 80GB")
+        XCTAssertThrowsError(try ClusterSpec.parse(key, file: "c.yaml")) { error in
+            guard case SimulatorError.unknownKey(_, _, let k, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(k, "nodes[0].memroy")
+        }
+    }
+
+    func testAModelThatFitsOnNoNodeIsRefused() throws {
+        let small = Self.heterogeneous.replacingOccurrences(of: "256GB", with: "16GB").replacingOccurrences(of: "80GB", with: "16GB")
+        let cluster = try ClusterSpec.parse(small, file: "small.yaml")
+        let model = try ModelSpec.load("kimi-k2")
+        let requests = [TraceRequest(arrival: 0, promptTokens: 8, outputTokens: 8)]
+        let shares = try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 0, seed: 0)
+        XCTAssertThrowsError(try Comparison.run(model: model, cluster: cluster, requests: requests, traceName: "one",
+                                                shares: shares, strategies: [.memory], seed: 0)) { error in
+            guard case let SimulatorError.modelFitsNoNode(file, name, needed, available) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(file, "small.yaml")
+            XCTAssertEqual(name, "kimi-k2")
+            XCTAssertEqual(available, 4 * 16_000_000_000)
+            XCTAssertEqual(needed, UInt64(model.moeLayers * model.experts) * model.expertBytes)
+        }
+    }
+
+    func testAnUnknownModelListsThePresets() {
+        XCTAssertThrowsError(try ModelSpec.load("gpt-5")) { error in
+            guard case let SimulatorError.unknownModel(name, known) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(name, "gpt-5")
+            XCTAssertTrue(known.contains("kimi-k2"))
+        }
+    }
+
+    func testZipfSharesAreDistributionsAndSkewed() throws {
+        let flat = try RoutingShares.zipf(layers: 3, experts: 16, skew: 0, seed: 1)
+        let hot = try RoutingShares.zipf(layers: 3, experts: 16, skew: 1.2, seed: 1)
+        for row in flat.shares + hot.shares { XCTAssertEqual(row.reduce(0, +), 1, accuracy: 1e-12) }
+        XCTAssertEqual(flat.shares[0].max()!, 1.0 / 16, accuracy: 1e-12)
+        XCTAssertGreaterThan(hot.shares[0].max()!, 4.0 / 16)
+        XCTAssertNotEqual(hot.shares[0], hot.shares[1], "each layer has its own hot experts")
+    }
+
+    func testRecordedRoutingIsReadAndShapeChecked() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("routing-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: url) }
+        let json = #"{"format":"farside-routing-load-v1","window_seconds":60,"layers":[1,2],"experts":4,"tokens":[[3,1,0,0],[0,0,0,0]]}"#
+        try Data(json.utf8).write(to: url)
+        let load = try RoutingLoad.load(url.path)
+        let shares = try RoutingShares.recorded(load, file: url.path, layers: 2, experts: 4)
+        XCTAssertEqual(shares.shares[0], [0.75, 0.25, 0, 0])
+        XCTAssertEqual(shares.shares[1], [0.25, 0.25, 0.25, 0.25])
+        XCTAssertThrowsError(try RoutingShares.recorded(load, file: url.path, layers: 3, experts: 4)) { error in
+            XCTAssertEqual(error as? SimulatorError, .routingShapeMismatch(file: url.path, layers: 2, experts: 4, expectedLayers: 3, expectedExperts: 4))
+        }
+    }
+
+    func testAStepOfMoreTokensTakesNoLessTime() throws {
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        let cluster = try ClusterSpec.parse(Self.heterogeneous, file: "hetero.yaml")
+        let placement = try Planner.plan(layout: model.layout, nodes: cluster.nodes.map { PlacementNode(id: $0.id, memoryBytes: $0.memoryBytes, profile: $0.profile) },
+                                         available: [true, true, true, true], load: nil, strategy: .memory, current: nil)
+        var cost = CostModel(model: model, cluster: cluster, placement: placement,
+                             shares: try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 1, seed: 0))
+        var last = 0.0
+        for t in [1, 2, 8, 64, 256] {
+            let s = cost.expertSeconds(tokens: t).seconds
+            XCTAssertGreaterThanOrEqual(s, last, "\(t) tokens")
+            last = s
+        }
+        XCTAssertGreaterThan(cost.attentionSeconds(tokens: 8, positions: 8000, kvTokens: 1000),
+                             cost.attentionSeconds(tokens: 8, positions: 80, kvTokens: 10))
+    }
+
+    func testConfigJSONGivesTheSameSizesAsThePreset() throws {
+        let json = #"{"model_type":"qwen3_moe","num_hidden_layers":48,"hidden_size":2048,"num_experts":128,"num_experts_per_tok":8,"num_attention_heads":32,"num_key_value_heads":4,"head_dim":128,"moe_intermediate_size":768,"intermediate_size":6144,"vocab_size":151936}"#
+        let parsed = try ModelSpec.parse(config: Data(json.utf8), file: "config.json", format: .bf16)
+        let preset = try ModelSpec.load("qwen3-30b-a3b")
+        XCTAssertEqual(parsed.layout, preset.layout)
+        XCTAssertEqual(parsed.coordinatorParameters, preset.coordinatorParameters)
+        XCTAssertThrowsError(try ModelSpec.parse(config: Data("{}".utf8), file: "bad.json", format: .bf16)) { error in
+            guard case SimulatorError.invalidModelConfig("bad.json", _) = error else { return XCTFail("\(error)") }
+        }
+    }
+
+    /// One strategy on the heterogeneous cluster with a KV cache of `kvBudget`.
+    func run(_ requests: [TraceRequest], kvBudget: String) throws -> StrategyResult {
+        let text = Self.heterogeneous.replacingOccurrences(of: "overhead_us: 100", with: "overhead_us: 100\n  kv_budget: \(kvBudget)")
+        let cluster = try ClusterSpec.parse(text, file: "kv.yaml")
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        XCTAssertEqual(cluster.coordinator.memoryBytes, 20_000_000)
+        let shares = try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 0, seed: 0)
+        return try Comparison.run(model: model, cluster: cluster, requests: requests, traceName: "kv", shares: shares,
+                                  strategies: [.memory], seed: 0).report.results[0]
+    }
+
+    func testARequestLongerThanTheKVCacheIsRefusedNotHung() throws {
+        // 20 MB of KV holds about 100 tokens of this model: the 500-token prompt never fits.
+        let r = try run([TraceRequest(arrival: 0, promptTokens: 500, outputTokens: 4),
+                         TraceRequest(arrival: 0.001, promptTokens: 10, outputTokens: 4)], kvBudget: "20MB")
+        XCTAssertEqual(r.rejected, 1)
+        XCTAssertEqual(r.completed, 1)
+        XCTAssertEqual(r.tokens, 14)
+    }
+
+    func testATightKVCachePreemptsAndStillFinishesEverything() throws {
+        // Four sequences of 60 tokens each in a cache of about 100: some must be preempted.
+        let requests = (0..<4).map { TraceRequest(arrival: Double($0) * 1e-3, promptTokens: 20, outputTokens: 40) }
+        let r = try run(requests, kvBudget: "20MB")
+        XCTAssertGreaterThan(r.preemptions, 0)
+        XCTAssertEqual(r.completed, 4)
+        XCTAssertEqual(r.rejected, 0)
+    }
+}
