@@ -182,8 +182,12 @@ func attendCausal(rows n: Int, spans: [SequenceSpan], layer: Int, groups: Int, q
                     }
                 }
             }
-            // Merge each (row, group)'s tiles in tile order.
-            ThreadPool.shared.parallelFor(n * groups) { lo, hi in
+            // Merge each (row, group)'s tiles in tile order. A small merge (a GQA decode step:
+            // a few thousand multiply-adds) runs on this thread: another pool job per layer costs
+            // more than it, and far more when the machine is oversubscribed (a descheduled worker
+            // holding a chunk stalls the step); MLA's wide states still spread over the cores.
+            let mergeWork = g * (first[n] / max(1, n * groups)) * stride
+            ThreadPool.shared.parallelFor(n * groups, granularity: max(1, (1 << 16) / max(1, mergeWork))) { lo, hi in
                 for idx in lo..<hi {
                     let t = idx / groups, group = idx % groups
                     let s = partials + (first[t] + group * tiles[t]) * slot
