@@ -29,45 +29,217 @@ func addBias(_ y: UnsafeMutablePointer<Float>, _ bias: [Float]?, rows n: Int) {
     }
 }
 
-/// Softmax-weighted attention of one query over the first `length` rows of a sequence's cache,
-/// the inner loop shared by every attention variant: `out = Σ_j softmax_j(scale · score_j) ·
-/// value_j`, fp32 as eager attention computes it. Rows are visited block by block through the
-/// block table (PagedAttention), in position order, so a paged cache gives the contiguous
-/// cache's result bit for bit; `score` gets row j's stored `a` and `b` rows, `accumulate` adds
-/// its value row times its softmax weight to `out` (both read the rows in the cache's dtype, so
-/// no converted copy of the cache is made).
+/// Positions per attention tile. Attention over a query's context is computed tile by tile
+/// (positions `[k·tile, (k+1)·tile)`) as partial softmax states that are merged in tile order,
+/// so the reduction order for a query depends on its position only: never on the batch, the
+/// chunking of its prompt, the thread count or the KV block size (FlashAttention's tiling,
+/// Dao et al. 2022; FlashDecoding's split-K for decode, Dao et al. 2023).
+let attentionTile = 256
+
+/// Prompt rows that walk the KV tiles together (each KV tile is read once per query tile while
+/// it is hot in cache, rather than once per row).
+let attentionQueryTile = 8
+
+/// Batches with at most this many rows split each row's context into its tiles across the
+/// cores (split-K) and merge the partial states afterwards; larger batches give each core whole
+/// query tiles. Both give the same bits (same tiles, same merge order).
+let attentionSplitRows = 16
+
+/// Floats in one partial softmax state of a `width`-wide accumulator: `[max, sum, acc...]`.
 @inline(__always)
-func attend(_ kv: KVLayerView, length: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-            score: (UnsafeRawPointer, UnsafeRawPointer) -> Float,
-            accumulate: (UnsafeMutablePointer<Float>, UnsafeRawPointer, UnsafeRawPointer, Float) -> Void, width: Int,
-            out: UnsafeMutablePointer<Float>) {
-    let wa = kv.rowBytesA, wb = kv.rowBytesB
-    var j = 0, block = 0
-    while j < length {
-        let rows = min(kv.blockSize, length - j)
-        var a = UnsafeRawPointer(kv.blockA(block)), b = UnsafeRawPointer(kv.blockB(block))
+func softmaxStateSize(_ width: Int) -> Int { width + 2 }
+
+/// One KV tile's attention for `queries` queries that read the same rows (a GQA group, or every
+/// MLA head): for query `i`, `states[i]` (stride `softmaxStateSize(width)`) becomes the tile's
+/// partial state — the largest scaled score `m`, `ℓ = Σ_j e^(s_j - m)` and the unnormalised
+/// `Σ_j e^(s_j - m) · value_j` (FlashAttention's `(m, ℓ, O)`). Rows `lo..<hi` (within one tile)
+/// are visited in position order through the block table, each read once for all the queries:
+/// `score(i, a, b)` scores query `i` against a row's stored `a` and `b` rows, `accumulate` adds
+/// a value row times its weight. `scores` holds `queries · attentionTile` floats.
+@inline(__always)
+func attendTile(_ kv: KVLayerView, from lo: Int, to hi: Int, queries g: Int, width: Int, scale: Float,
+                scores: UnsafeMutablePointer<Float>,
+                score: (Int, UnsafeRawPointer, UnsafeRawPointer) -> Float,
+                accumulate: (UnsafeMutablePointer<Float>, UnsafeRawPointer, UnsafeRawPointer, Float) -> Void,
+                states: UnsafeMutablePointer<Float>) {
+    let len = hi - lo, stride = softmaxStateSize(width), T = attentionTile
+    // Pass over the keys: every query's scores for the tile.
+    var j = 0, block = lo / kv.blockSize, offset = lo % kv.blockSize
+    while j < len {
+        let rows = min(kv.blockSize - offset, len - j)
+        var a = UnsafeRawPointer(kv.blockA(block)) + offset * kv.rowBytesA
+        var b = UnsafeRawPointer(kv.blockB(block)) + offset * kv.rowBytesB
         for r in 0..<rows {
-            scores[j + r] = score(a, b) * scale
-            a += wa
-            b += wb
+            for i in 0..<g { scores[i * T + j + r] = score(i, a, b) * scale }
+            a += kv.rowBytesA
+            b += kv.rowBytesB
         }
         j += rows
         block += 1
+        offset = 0
     }
-    Elementwise.softmax(scores, count: length)
-    out.update(repeating: 0, count: width)
+    for i in 0..<g {
+        let s = scores + i * T, st = states + i * stride
+        var m = s[0]
+        for r in 1..<max(1, len) { m = max(m, s[r]) }
+        for r in 0..<len { s[r] -= m }
+        Elementwise.exp(s, count: len)
+        var sum: Float = 0
+        for r in 0..<len { sum += s[r] }
+        st[0] = m
+        st[1] = sum
+        (st + 2).update(repeating: 0, count: width)
+    }
+    // Pass over the values.
     j = 0
-    block = 0
-    while j < length {
-        let rows = min(kv.blockSize, length - j)
-        var a = UnsafeRawPointer(kv.blockA(block)), b = UnsafeRawPointer(kv.blockB(block))
+    block = lo / kv.blockSize
+    offset = lo % kv.blockSize
+    while j < len {
+        let rows = min(kv.blockSize - offset, len - j)
+        var a = UnsafeRawPointer(kv.blockA(block)) + offset * kv.rowBytesA
+        var b = UnsafeRawPointer(kv.blockB(block)) + offset * kv.rowBytesB
         for r in 0..<rows {
-            accumulate(out, a, b, scores[j + r])
-            a += wa
-            b += wb
+            for i in 0..<g { accumulate(states + i * stride + 2, a, b, scores[i * T + j + r]) }
+            a += kv.rowBytesA
+            b += kv.rowBytesB
         }
         j += rows
         block += 1
+        offset = 0
+    }
+}
+
+/// Merges partial state `p` into `s` (both `softmaxStateSize(width)` floats): the combined
+/// state of their positions, rescaled to the larger max (FlashAttention's online softmax).
+@inline(__always)
+func mergeSoftmaxState(_ s: UnsafeMutablePointer<Float>, _ p: UnsafePointer<Float>, width: Int) {
+    let m = max(s[0], p[0])
+    var e = SIMD8<Float>(s[0] - m, p[0] - m, 0, 0, 0, 0, 0, 0)
+    withUnsafeMutableBytes(of: &e) { Elementwise.exp($0.baseAddress!.assumingMemoryBound(to: Float.self), count: 2) }
+    let a = e[0], b = e[1]
+    s[0] = m
+    s[1] = s[1] * a + p[1] * b
+    let av = SIMD8<Float>(repeating: a), bv = SIMD8<Float>(repeating: b)
+    var i = 0
+    let so = UnsafeMutableRawPointer(s + 2), po = UnsafeRawPointer(p + 2)
+    while i + 8 <= width {
+        let x = so.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * av
+        so.storeBytes(of: x.addingProduct(po.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self), bv),
+                      toByteOffset: 4 * i, as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < width {
+        s[2 + i] = (s[2 + i] * a).addingProduct(p[2 + i], b)
+        i += 1
+    }
+}
+
+/// `out = acc / ℓ` of a merged state: the attention output.
+@inline(__always)
+func finishSoftmaxState(_ s: UnsafePointer<Float>, width: Int, out: UnsafeMutablePointer<Float>) {
+    out.update(from: s + 2, count: width)
+    Elementwise.scale(out, by: 1 / s[1], count: width)
+}
+
+/// Causal attention of every row of a batch over its own sequence's cache, tiled
+/// (`attentionTile`) with partial softmax states merged in tile order. Each row has `groups`
+/// groups of `queries` queries; a group's queries read the same stored rows (GQA: one KV head's
+/// query heads; MLA: every head), so each KV row is read once per group. `tile(view, t, group,
+/// lo, hi, scores, states)` computes `attendTile` for row `t`'s group over positions `lo..<hi`;
+/// `output(t, group, i)` is where query `i`'s result goes. `splitK` (nil: by batch size) picks
+/// the decode scheme (tiles of one row across cores, then a merge) or the prompt scheme (query
+/// tiles of up to `attentionQueryTile` rows walk the KV tiles together); both give the same bits.
+@inline(__always)
+func attendCausal(rows n: Int, spans: [SequenceSpan], layer: Int, groups: Int, queries g: Int, width: Int,
+                  workspace ws: Workspace, splitK: Bool? = nil,
+                  tile: (KVLayerView, Int, Int, Int, Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
+                  output: (Int, Int, Int) -> UnsafeMutablePointer<Float>) {
+    let T = attentionTile, stride = softmaxStateSize(width), slot = g * stride
+    // Context length of row `t` (it attends to its own position and every earlier one).
+    func length(_ span: SequenceSpan, _ t: Int) -> Int { span.start + (t - span.rows.lowerBound) + 1 }
+    if splitK ?? (n <= attentionSplitRows) {
+        // Split-K: one work item per (row, group, tile); item `(t, group, k)` writes its partial
+        // states to slot `first[t] + group · tiles(t) + k`.
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * n + 1) { buf in
+            let first = buf.baseAddress!, tiles = first + n + 1
+            var hint = 0
+            first[0] = 0
+            for t in 0..<n {
+                tiles[t] = (length(spans.span(containing: t, hint: &hint), t) + T - 1) / T
+                first[t + 1] = first[t] + groups * tiles[t]
+            }
+            let items = first[n]
+            let partials = ws.buffer(Workspace.softmaxPartials, count: items * slot)
+            ThreadPool.shared.parallelFor(items) { lo, hi in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: g * T) { scores in
+                    var t = 0, hint = 0
+                    for item in lo..<hi {
+                        while first[t + 1] <= item { t += 1 }
+                        let span = spans.span(containing: t, hint: &hint)
+                        let local = item - first[t], group = local / tiles[t], k = local % tiles[t]
+                        tile(span.cache.view(layer: layer), t, group, k * T, min((k + 1) * T, length(span, t)),
+                             scores.baseAddress!, partials + item * slot)
+                    }
+                }
+            }
+            // Merge each (row, group)'s tiles in tile order. A small merge (a GQA decode step:
+            // a few thousand multiply-adds) runs on this thread: another pool job per layer costs
+            // more than it, and far more when the machine is oversubscribed (a descheduled worker
+            // holding a chunk stalls the step); MLA's wide states still spread over the cores.
+            let mergeWork = g * (first[n] / max(1, n * groups)) * stride
+            ThreadPool.shared.parallelFor(n * groups, granularity: max(1, (1 << 16) / max(1, mergeWork))) { lo, hi in
+                for idx in lo..<hi {
+                    let t = idx / groups, group = idx % groups
+                    let s = partials + (first[t] + group * tiles[t]) * slot
+                    for i in 0..<g {
+                        for k in 1..<max(1, tiles[t]) { mergeSoftmaxState(s + i * stride, s + k * slot + i * stride, width: width) }
+                        finishSoftmaxState(s + i * stride, width: width, out: output(t, group, i))
+                    }
+                }
+            }
+        }
+        return
+    }
+    // Query tiles: runs of up to `attentionQueryTile` rows of one span.
+    let Q = attentionQueryTile
+    let count = spans.reduce(0) { $0 + ($1.rows.count + Q - 1) / Q }
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { starts in
+        var c = 0
+        for s in spans {
+            var t = s.rows.lowerBound
+            while t < s.rows.upperBound { starts[c] = t; c += 1; t += Q }
+        }
+        ThreadPool.shared.parallelFor(count * groups) { lo, hi in
+            // Per worker chunk: the tile's scores, the query tile's running states and one partial.
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: g * T + (Q + 1) * slot) { buf in
+                let scores = buf.baseAddress!, states = scores + g * T, partial = states + Q * slot
+                var hint = 0
+                for idx in lo..<hi {
+                    // Query tiles in the order first, last, second, second-to-last, ... so that
+                    // the pool's contiguous chunks get similar shares of the causal triangle.
+                    let u = idx / groups, group = idx % groups
+                    let t0 = starts[u % 2 == 0 ? u / 2 : count - 1 - u / 2]
+                    let span = spans.span(containing: t0, hint: &hint)
+                    let t1 = min(t0 + Q, span.rows.upperBound), view = span.cache.view(layer: layer)
+                    let tiles = (length(span, t1 - 1) + T - 1) / T
+                    for k in 0..<tiles {
+                        for t in t0..<t1 where length(span, t) > k * T {
+                            // Upper triangle: a row skips the tiles past its own position.
+                            let dst = k == 0 ? states + (t - t0) * slot : partial
+                            tile(view, t, group, k * T, min((k + 1) * T, length(span, t)), scores, dst)
+                            if k > 0 {
+                                for i in 0..<g {
+                                    mergeSoftmaxState(states + (t - t0) * slot + i * stride, partial + i * stride, width: width)
+                                }
+                            }
+                        }
+                    }
+                    for t in t0..<t1 {
+                        for i in 0..<g { finishSoftmaxState(states + (t - t0) * slot + i * stride, width: width, out: output(t, group, i)) }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -130,38 +302,36 @@ public final class GroupedQueryAttention: AttentionLayer {
             }
         }
         let ctx = ws.buffer(11, count: n * qDim)
-        let group = heads / kvHeads
-        let scale = self.scale, heads = self.heads
-        let longest = spans.reduce(0) { max($0, $1.start + $1.rows.count) }
-        ThreadPool.shared.parallelFor(n * heads) { lo, hi in
-            // One score row per worker chunk (a few per layer), sized for the longest context in
-            // this batch; past a few KiB it comes from malloc, negligible next to reading K and V.
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { buf in
-                var hint = 0
-                for idx in lo..<hi {
-                    let t = idx / heads, h = idx % heads, kvh = h / group
-                    let span = spans.span(containing: t, hint: &hint)
-                    let qv = UnsafePointer(q + t * qDim + h * hd)
-                    let view = span.cache.view(layer: layer), head = view.dtype.bytes(kvh * hd)
-                    let length = span.start + (t - span.rows.lowerBound) + 1, out = ctx + t * qDim + h * hd
-                    // One copy of the loop per storage type, each reading its rows in place.
-                    func run<F: KVRowFormat>(_: F.Type) {
-                        attend(view, length: length, scale: scale, scores: buf.baseAddress!,
-                               score: { key, _ in F.dot(qv, key + head, count: hd) },
-                               accumulate: { o, _, value, p in F.addScaled(o, value + head, scale: p, count: hd) }, width: hd,
-                               out: out)
-                    }
-                    switch view.dtype {
-                    case .f32: run(KVRowF32.self)
-                    case .f16: run(KVRowF16.self)
-                    case .bf16: run(KVRowBF16.self)
-                    case .q8_0: run(KVRowQ8_0.self)
-                    }
-                }
-            }
-        }
+        Self.attend(q: q, count: n, spans: spans, layer: layer, heads: heads, kvHeads: kvHeads, headDim: hd,
+                    scale: scale, workspace: ws, ctx: ctx)
         Linear.forward(wo, input: ctx, count: n, output: output)
         addBias(output, oBias, rows: n)
+    }
+
+    /// Causal attention of query rows `q` (`[n, heads·headDim]`, RoPE applied) over their
+    /// sequences' caches (layer `layer`) into `ctx` (same shape). `splitK` as `attendCausal`'s.
+    static func attend(q: UnsafePointer<Float>, count n: Int, spans: [SequenceSpan], layer: Int, heads: Int, kvHeads: Int,
+                       headDim hd: Int, scale: Float, workspace ws: Workspace, splitK: Bool? = nil,
+                       ctx: UnsafeMutablePointer<Float>) {
+        let qDim = heads * hd, group = heads / kvHeads
+        // One group per KV head: its `group` query heads read each stored row once.
+        attendCausal(rows: n, spans: spans, layer: layer, groups: kvHeads, queries: group, width: hd, workspace: ws, splitK: splitK,
+                     tile: { view, t, kvh, lo, hi, scores, states in
+            let qv = UnsafePointer(q + t * qDim + kvh * group * hd), head = view.dtype.bytes(kvh * hd)
+            // One copy of the loop per storage type, each reading its rows in place.
+            func run<F: KVRowFormat>(_: F.Type) {
+                attendTile(view, from: lo, to: hi, queries: group, width: hd, scale: scale, scores: scores,
+                           score: { i, key, _ in F.dot(qv + i * hd, key + head, count: hd) },
+                           accumulate: { o, _, value, p in F.addScaled(o, value + head, scale: p, count: hd) },
+                           states: states)
+            }
+            switch view.dtype {
+            case .f32: run(KVRowF32.self)
+            case .f16: run(KVRowF16.self)
+            case .bf16: run(KVRowBF16.self)
+            case .q8_0: run(KVRowQ8_0.self)
+            }
+        }, output: { t, kvh, i in ctx + t * qDim + (kvh * group + i) * hd })
     }
 }
 
@@ -283,32 +453,25 @@ public final class MultiHeadLatentAttention: AttentionLayer {
         }
         let oLat = ws.buffer(15, count: n * heads * r)
         let scale = self.scale
-        let longest = spans.reduce(0) { max($0, $1.start + $1.rows.count) }
-        ThreadPool.shared.parallelFor(n * heads) { lo, hi in
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { buf in
-                var hint = 0
-                for idx in lo..<hi {
-                    let h = idx / n, t = idx % n
-                    let span = spans.span(containing: t, hint: &hint)
-                    let length = span.start + (t - span.rows.lowerBound) + 1
-                    let ql = UnsafePointer(qLat + (h * n + t) * r)
-                    let qpe = UnsafePointer(q + t * qDim + h * qkDim + nope)
-                    let view = span.cache.view(layer: layer), out = oLat + (h * n + t) * r
-                    func run<F: KVRowFormat>(_: F.Type) {
-                        attend(view, length: length, scale: scale, scores: buf.baseAddress!,
-                               score: { latent, ropeKey in F.dot(ql, latent, count: r) + F.dot(qpe, ropeKey, count: rd) },
-                               accumulate: { o, latent, _, p in F.addScaled(o, latent, scale: p, count: r) }, width: r,
-                               out: out)
-                    }
-                    switch view.dtype {
-                    case .f32: run(KVRowF32.self)
-                    case .f16: run(KVRowF16.self)
-                    case .bf16: run(KVRowBF16.self)
-                    case .q8_0: run(KVRowQ8_0.self)
-                    }
-                }
+        // One group of every head: each position's latent and rotary key are read once per
+        // layer for all heads.
+        attendCausal(rows: n, spans: spans, layer: layer, groups: 1, queries: heads, width: r, workspace: ws,
+                     tile: { view, t, _, lo, hi, scores, states in
+            func run<F: KVRowFormat>(_: F.Type) {
+                attendTile(view, from: lo, to: hi, queries: heads, width: r, scale: scale, scores: scores,
+                           score: { h, latent, ropeKey in
+                               F.dot(qLat + (h * n + t) * r, latent, count: r) + F.dot(q + t * qDim + h * qkDim + nope, ropeKey, count: rd)
+                           },
+                           accumulate: { o, latent, _, p in F.addScaled(o, latent, scale: p, count: r) },
+                           states: states)
             }
-        }
+            switch view.dtype {
+            case .f32: run(KVRowF32.self)
+            case .f16: run(KVRowF16.self)
+            case .bf16: run(KVRowBF16.self)
+            case .q8_0: run(KVRowQ8_0.self)
+            }
+        }, output: { t, _, h in oLat + (h * n + t) * r })
         // Values: v[t, h] = W_UV[h] oLat[h, t], gathered token-major for o_proj.
         let vHead = ws.buffer(16, count: n * heads * vd)
         ThreadPool.shared.parallelFor(heads) { lo, hi in

@@ -7,6 +7,9 @@ public final class Workspace {
 
     public init() {}
 
+    /// Slot of attention's partial softmax states (split-K decode: one per row, KV group and tile).
+    static let softmaxPartials = 20
+
     deinit { for b in buffers { b.deallocate() } }
 
     /// Buffer number `slot`, at least `count` floats; contents are unspecified.
