@@ -2,6 +2,7 @@ import Foundation
 import Models
 import Placement
 import Protocol
+import Transport
 
 /// Errors of placement commands on a running cluster (`farside cluster drain|rebalance`).
 public enum PlacementCommandError: Error, CustomStringConvertible {
@@ -96,6 +97,16 @@ extension ExpertCluster {
     }
 
     func sendAssignment(_ node: Int, _ experts: [(layer: Int, expert: Int)], epoch: UInt64) throws {
+        let n = nodes[node]
+        if n.streamsWeights {
+            // Weights first, on the same connection: they arrive before the assignment names them.
+            for key in experts where !n.streamed.contains(key.layer << 20 | key.expert) {
+                try sendWeights(node, key)
+            }
+            // After this assignment the node holds exactly these (it releases the rest), or, if it
+            // refuses it, at least these: so it is never sent an assignment it lacks weights for.
+            n.streamed = Set(experts.map { $0.layer << 20 | $0.expert })
+        }
         var a = Farside_V1_Assignment()
         a.epoch = epoch
         a.experts = experts.map { key in
@@ -106,6 +117,40 @@ extension ExpertCluster {
         }
         nodes[node].ackError = nil
         try control.send([.data(nodes[node].route), try envelope(.assignment(a))], flags: .dontWait)
+    }
+
+    /// Sends one expert's weights to a weight-streaming node: gate, up and down as stored in the
+    /// model's memory, zero-copy (the model outlives the send; only a column slice is copied).
+    func sendWeights(_ node: Int, _ key: (layer: Int, expert: Int)) throws {
+        let ffn = try model.expertLoader(key.layer, key.expert)
+        var w = Farside_V1_ExpertWeights()
+        w.key.layer = UInt32(key.layer)
+        w.key.expert = UInt32(key.expert)
+        var payload: [Frame] = []
+        for m in [ffn.gate, ffn.up, ffn.down] {
+            var t = Farside_V1_TensorShape()
+            t.format = m.dtype.rawValue
+            t.rows = UInt32(m.rows)
+            t.cols = UInt32(m.cols)
+            w.tensors.append(t)
+            if m.rowStride == m.rowBytes {
+                payload.append(.noCopy(pointer: m.data, count: m.byteCount, owner: model))
+            } else {
+                var rows = Data(count: m.byteCount)
+                rows.withUnsafeMutableBytes { dst in
+                    for r in 0..<m.rows { (dst.baseAddress! + r * m.rowBytes).copyMemory(from: m.data + r * m.rowStride, byteCount: m.rowBytes) }
+                }
+                payload.append(.data(rows))
+            }
+        }
+        try control.send([.data(nodes[node].route), try envelope(.expertWeights(w))] + payload, flags: .dontWait)
+        streamedBytes += ffn.weightBytes
+    }
+
+    /// Seconds to allow nodes for loading an assignment: the node timeout, and for streamed
+    /// weights the time to send them at 50 MB/s (a slow link) on top.
+    func loadDeadline(streamedSince start: Int) -> Double {
+        Self.now() + max(options.nodeTimeout * 5, 10) + Double(streamedBytes - start) / 50e6
     }
 
     /// Places every routed expert at once and waits for the nodes to load it: at start, and when
@@ -124,11 +169,12 @@ extension ExpertCluster {
         }
         placement = target
         epoch += 1
+        let streamedBefore = streamedBytes
         for i in live {
             nodes[i].experts = experts(of: placement, node: i)
             try sendAssignment(i, nodes[i].experts, epoch: epoch)
         }
-        let deadline = Self.now() + max(options.nodeTimeout * 5, 10)
+        let deadline = loadDeadline(streamedSince: streamedBefore)
         while true {
             // A node that died meanwhile holds part of this placement: place again without it.
             if live.contains(where: { !nodes[$0].alive }) { return try place() }
@@ -157,6 +203,7 @@ extension ExpertCluster {
                          done: @escaping (PlacementCommandError?) -> Void) throws {
         epoch += 1
         var members: [Int] = []
+        let streamedBefore = streamedBytes
         for i in nodes.indices where available(i) {
             let now = Set(nodes[i].experts.map { $0.layer << 20 | $0.expert })
             let gain = experts(of: target, node: i).filter { !now.contains($0.layer << 20 | $0.expert) }
@@ -165,7 +212,7 @@ extension ExpertCluster {
             members.append(i)
         }
         transition = Transition(target: target, epoch: epoch, members: members, retiring: retiring,
-                                deadline: Self.now() + max(options.nodeTimeout * 5, 10), reason: reason, done: [done])
+                                deadline: loadDeadline(streamedSince: streamedBefore), reason: reason, done: [done])
         log("re-placement (\(reason)): \(members.count) node(s) loading experts first")
         advanceTransition()
     }

@@ -1,3 +1,4 @@
+import ExpertNode
 import Foundation
 import Kernels
 import Models
@@ -92,6 +93,11 @@ public final class ExpertCluster: ExpertBackend {
         var lastHeartbeat: Double?
         /// Round trip of the node's data requests, smoothed (seconds; 0 before the first).
         var roundTrip = 0.0
+        /// The node has no model file: every expert it is assigned is sent to it first.
+        var streamsWeights = false
+        /// Experts (`layer << 20 | expert`) the node holds weights of, as far as the messages
+        /// sent say (it may hold more: a refused assignment keeps what arrived).
+        var streamed: Set<Int> = []
         init(id: String, route: Data, endpoint: String, memoryBudget: UInt64, profile: PowerProfile) {
             self.id = id
             self.route = route
@@ -129,6 +135,8 @@ public final class ExpertCluster: ExpertBackend {
     /// Bytes sent and received on the data plane (headers and payloads), for accounting.
     public private(set) var bytesSent = 0
     public private(set) var bytesReceived = 0
+    /// Bytes of expert weights sent to weight-streaming nodes.
+    public internal(set) var streamedBytes = 0
     /// Steps re-sent after a node failure.
     public private(set) var retries = 0
 
@@ -146,6 +154,10 @@ public final class ExpertCluster: ExpertBackend {
         try control.setLinger(0)
         if let keys = options.curve { try control.makeCurveServer(keys) }
         try control.setMaxMessageSize(1 << 20)
+        // No send limit per node: a ROUTER drops what is over it, and a weight-streaming node is
+        // sent one message per expert before its assignment (zero-copy views of the mapped
+        // weights, so the queue costs little memory).
+        try control.setSendHighWaterMark(0)
         controlEndpoint = try control.bind(options.controlEndpoint)
     }
 
@@ -229,7 +241,11 @@ public final class ExpertCluster: ExpertBackend {
             switch env.body {
             case .register(let r):
                 var reply = Farside_V1_RegisterReply()
-                if r.modelFingerprint != fingerprint {
+                if r.streamsWeights {
+                    // It serves what it is told: the model is described to it, weights follow.
+                    reply.layout = StreamedLayout.message(of: model, fingerprint: fingerprint)
+                }
+                if !r.streamsWeights && r.modelFingerprint != fingerprint {
                     reply.accepted = false
                     reply.reason = "node serves a different model (fingerprint \(r.modelFingerprint), coordinator \(fingerprint))"
                     log("refused node \(id): \(reply.reason)")
@@ -238,7 +254,7 @@ public final class ExpertCluster: ExpertBackend {
                     reply.reason = "registration without a node id"
                     log("refused a node: \(reply.reason)")
                 } else if let refusal = register(id: r.nodeID, route: route, endpoint: r.endpoint, memory: r.memoryBudgetBytes,
-                                                 power: r.hasPower ? r.power : nil) {
+                                                 power: r.hasPower ? r.power : nil, streamsWeights: r.streamsWeights) {
                     reply.accepted = false
                     reply.reason = refusal
                     log("refused node \(r.nodeID): \(refusal)")
@@ -281,7 +297,8 @@ public final class ExpertCluster: ExpertBackend {
     /// so. The same process saying hello again (after a lost control connection) changes
     /// nothing; a process at the same endpoint (the node restarted there: the old one cannot
     /// hold the port any more) or under the id of a dead node is taken back, empty.
-    func register(id: String, route: Data, endpoint: String, memory: UInt64, power: Farside_V1_PowerProfile?) -> String? {
+    func register(id: String, route: Data, endpoint: String, memory: UInt64, power: Farside_V1_PowerProfile?,
+                  streamsWeights: Bool = false) -> String? {
         let profile = PowerProfile(device: power?.device ?? "unknown", idleWatts: power?.idleWatts ?? 0,
                                    busyWatts: power?.activeWatts ?? 0, memoryBandwidth: power?.memoryBandwidth ?? 0,
                                    flopsPerSecond: power?.flopsPerSecond ?? 0,
@@ -293,7 +310,7 @@ public final class ExpertCluster: ExpertBackend {
             return "its memory budget (\(memory) bytes) fits no expert (one takes \(bytes) bytes); give it a larger --memory-budget"
         }
         if let n = nodes.first(where: { $0.id == id }), n.alive {
-            if n.route == route && n.endpoint == endpoint { return nil }
+            if n.route == route && n.endpoint == endpoint && n.streamsWeights == streamsWeights { return nil }
             if n.route != route && n.endpoint != endpoint {
                 return "node id \"\(id)\" is already in use by a live node at \(n.endpoint); give every node its own --node-id"
             }
@@ -314,6 +331,8 @@ public final class ExpertCluster: ExpertBackend {
             n.memoryBudget = memory
             n.profile = profile
             n.experts = []
+            n.streamsWeights = streamsWeights
+            n.streamed = []
             n.alive = true
             n.draining = false
             n.left = false
@@ -324,13 +343,14 @@ public final class ExpertCluster: ExpertBackend {
             log("node \(id) re-registered at \(endpoint)")
         } else {
             let n = Node(id: id, route: route, endpoint: endpoint, memoryBudget: memory, profile: profile)
+            n.streamsWeights = streamsWeights
             // Energy is accounted from registration on: the node draws power from then.
             n.lastHeartbeat = Self.now()
             n.data = socket
             n.events = events
             nodes.append(n)
             rebalancePending = !placement.isEmpty
-            log("node \(id) registered at \(endpoint)")
+            log("node \(id) registered at \(endpoint)\(streamsWeights ? " (no model file: its experts are streamed to it)" : "")")
         }
         return nil
     }

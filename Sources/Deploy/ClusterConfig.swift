@@ -118,6 +118,7 @@ public enum ClusterConfig {
     static let nodeKeys: [Key] = [
         Key(path: "id", flag: "--node-id", kind: .text),
         Key(path: "model", flag: "--model", kind: .model),
+        Key(path: "stream_weights", flag: "--stream-weights", kind: .flag(off: nil)),
         Key(path: "listen", flag: "--listen", kind: .endpoint),
         Key(path: "advertise", flag: "--advertise", kind: .endpoint),
         Key(path: "coordinator", flag: "--coordinator", kind: .endpoint),

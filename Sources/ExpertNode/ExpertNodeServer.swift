@@ -105,8 +105,14 @@ public final class ExpertNodeServer {
     }
 
     let options: Options
-    let model: DecoderModel
-    let fingerprint: String
+    /// The node's own copy of the model; nil for a node that streams weights from its coordinator.
+    let model: DecoderModel?
+    /// The model's fingerprint (a weight-streaming node learns it at registration).
+    var fingerprint: String
+    /// The model's hidden size (a weight-streaming node: 0 until registered).
+    var hidden: Int
+    /// Weights received from the coordinator (weight-streaming node, once registered).
+    var streamed: StreamedExperts?
     var experts: LocalExperts?
     var epoch: UInt64 = 0
     var busySeconds = 0.0
@@ -134,7 +140,7 @@ public final class ExpertNodeServer {
     }
     public var onEvent: (Event) -> Void = { _ in }
     /// Expert count and top-k of each routed layer, for checking requests before computing.
-    let layerLimits: [Int: (experts: Int, topK: Int)]
+    var layerLimits: [Int: (experts: Int, topK: Int)]
     /// Reply bytes not yet written to each peer (see `Options.maxUnreadReplyBytes`).
     let unread = UnreadReplies()
     var log: (String) -> Void
@@ -143,14 +149,19 @@ public final class ExpertNodeServer {
 
     /// `log` gets progress lines; `warn` (default: `log`) the problems a person must see even
     /// when progress is not wanted (coordinator unreachable, giving up).
-    public init(model: DecoderModel, fingerprint: String, options: Options, log: @escaping (String) -> Void,
+    ///
+    /// `model` nil: the node has no model file and streams weights. It registers saying so, learns
+    /// the model's layout from the coordinator's reply, and receives every expert it is assigned
+    /// (`ExpertWeights`, before the assignment) into memory of its own.
+    public init(model: DecoderModel?, fingerprint: String, options: Options, log: @escaping (String) -> Void,
                 warn: ((String) -> Void)? = nil) {
         self.model = model
-        self.fingerprint = fingerprint
+        self.fingerprint = model == nil ? "" : fingerprint
         self.options = options
         self.log = log
         self.warn = warn ?? log
-        layerLimits = Dictionary(model.sparseLayers.map { ($0.layer, (experts: $0.experts, topK: $0.router.topK)) },
+        hidden = model?.hidden ?? 0
+        layerLimits = Dictionary((model?.sparseLayers ?? []).map { ($0.layer, (experts: $0.experts, topK: $0.router.topK)) },
                                  uniquingKeysWith: { a, _ in a })
     }
 
@@ -200,6 +211,7 @@ public final class ExpertNodeServer {
         register.endpoint = options.advertise ?? endpoint
         register.memoryBudgetBytes = UInt64(max(0, options.memoryBudget))
         register.modelFingerprint = fingerprint
+        register.streamsWeights = model == nil
         var power = Farside_V1_PowerProfile()
         power.device = options.power.device
         power.idleWatts = options.power.idleWatts
@@ -349,7 +361,28 @@ public final class ExpertNodeServer {
         }
         switch env.body {
         case .registerReply(let r):
-            if r.accepted {
+            if r.accepted && model == nil {
+                // A weight-streaming node serves whatever model its coordinator describes.
+                do {
+                    guard r.hasLayout else {
+                        throw StreamedExpertError.badShape("the coordinator did not describe its model (it cannot stream weights)")
+                    }
+                    let layout = try StreamedLayout(r.layout)
+                    if streamed?.layout != layout {
+                        if streamed != nil { log("the coordinator serves another model now: dropped the experts held") }
+                        streamed = StreamedExperts(layout: layout)
+                        experts = nil
+                        heldExperts = 0
+                        fingerprint = layout.fingerprint
+                        hidden = layout.hidden
+                        layerLimits = layout.layers.mapValues { (experts: $0.experts, topK: $0.topK) }
+                    }
+                    registered = true
+                } catch {
+                    refusal = "\(error)"
+                    running = false
+                }
+            } else if r.accepted {
                 registered = true
             } else {
                 refusal = r.reason
@@ -361,18 +394,28 @@ public final class ExpertNodeServer {
             ack.epoch = a.epoch
             do {
                 let wanted = Set(a.experts.map { Int($0.layer) << 20 | Int($0.expert) })
-                let sparse = Dictionary(uniqueKeysWithValues: model.sparseLayers.map { ($0.layer, $0.experts) })
                 for key in a.experts {
-                    guard let count = sparse[Int(key.layer)], Int(key.expert) < count else {
+                    guard let limits = layerLimits[Int(key.layer)], Int(key.expert) < limits.experts else {
                         throw ExpertBackendError.unknownExpert(layer: Int(key.layer), expert: Int(key.expert))
                     }
                 }
-                let held = try LocalExperts(model: model) { l, e in wanted.contains(l << 20 | e) }
+                let held: LocalExperts
+                if let model {
+                    held = try LocalExperts(model: model) { l, e in wanted.contains(l << 20 | e) }
+                } else if let streamed {
+                    let (list, owners) = try streamed.experts(for: a.experts.map { (Int($0.layer), Int($0.expert)) })
+                    held = LocalExperts(hidden: hidden, experts: list, owners: owners)
+                } else {
+                    throw StreamedExpertError.noLayout
+                }
                 held.splitsRows = options.splitExpertRows
                 guard held.weightBytes <= options.memoryBudget || options.memoryBudget <= 0 else {
                     throw ExpertBackendError.shapeMismatch("assignment needs \(held.weightBytes) bytes, over the memory budget of \(options.memoryBudget)")
                 }
                 experts = held
+                // What the assignment no longer names is released (make-before-break: the
+                // coordinator stopped routing to it before sending this set).
+                streamed?.keepOnly(wanted)
                 epoch = a.epoch
                 heldExperts = a.experts.count
                 let status = "serving \(heldExperts) experts (epoch \(a.epoch)) for the coordinator at \(options.coordinator)"
@@ -386,8 +429,21 @@ public final class ExpertNodeServer {
                 log("assignment epoch \(a.epoch) refused: \(error)")
             }
             try? send(control, [], .assignmentAck(ack))
+        case .expertWeights(let w):
+            // Checked in full before memory is taken; a refused expert makes the assignment
+            // naming it fail (notStreamed), which the coordinator hears in the ack.
+            guard let streamed else {
+                log("expert weights dropped: \(model == nil ? "\(StreamedExpertError.noLayout)" : "this node serves its own model file")")
+                return
+            }
+            do {
+                try streamed.receive(w, payload: frames.dropFirst(), budget: options.memoryBudget)
+            } catch {
+                log("expert \(w.key.expert) of layer \(w.key.layer) refused: \(error)")
+            }
         case .drain:
             experts = nil
+            streamed?.keepOnly([])
             log("drained")
         case .shutdown:
             running = false
@@ -444,8 +500,8 @@ public final class ExpertNodeServer {
             return fail(.unknownExpert, "layer \(req.layer) has \(limits.experts) experts, no expert \(g.expert)")
         }
         guard let experts else { return fail(.unknownExpert, "no experts assigned to this node yet") }
-        guard Int(req.hidden) == model.hidden else {
-            return fail(.malformed, "hidden \(req.hidden) does not match the model's \(model.hidden)")
+        guard Int(req.hidden) == hidden else {
+            return fail(.malformed, "hidden \(req.hidden) does not match the model's \(hidden)")
         }
         let n = Int(req.rows), d = Int(req.hidden)
         let replyBytes = n * d * 8  // n ≤ maxRows, d = model.hidden: no overflow

@@ -12,6 +12,8 @@ public final class LocalExperts: ExpertBackend {
     /// `experts[layer][e]`, nil where this instance does not hold that expert.
     private var experts: [Int: [SwiGLU?]] = [:]
     private let hidden: Int
+    /// What keeps the weights' memory alive when it is not a mapped checkpoint (streamed experts).
+    private let owners: [AnyObject]
 
     // Reused per call: grouping and activation scratch.
     private var routeRow: [Int32] = []
@@ -33,11 +35,20 @@ public final class LocalExperts: ExpertBackend {
     /// Holds every routed expert of `model`, or only `(layer, expert)` pairs `holds` accepts.
     public init(model: DecoderModel, holds: (Int, Int) -> Bool = { _, _ in true }) throws {
         hidden = model.hidden
+        owners = []
         for (layer, count, _) in model.sparseLayers {
             var list = [SwiGLU?](repeating: nil, count: count)
             for e in 0..<count where holds(layer, e) { list[e] = try model.expertLoader(layer, e) }
             experts[layer] = list
         }
+    }
+
+    /// Holds `experts[layer][e]` (nil: not held) of hidden size `hidden`, whose memory `owners`
+    /// keep alive (a weight-streaming node's `StreamedExperts`).
+    public init(hidden: Int, experts: [Int: [SwiGLU?]], owners: [AnyObject]) {
+        self.hidden = hidden
+        self.experts = experts
+        self.owners = owners
     }
 
     deinit {

@@ -199,6 +199,14 @@ public nonisolated struct Farside_V1_Envelope: Sendable {
     set {body = .shutdown(newValue)}
   }
 
+  public var expertWeights: Farside_V1_ExpertWeights {
+    get {
+      if case .expertWeights(let v)? = body {return v}
+      return Farside_V1_ExpertWeights()
+    }
+    set {body = .expertWeights(newValue)}
+  }
+
   public var expertRequest: Farside_V1_ExpertRequest {
     get {
       if case .expertRequest(let v)? = body {return v}
@@ -233,6 +241,7 @@ public nonisolated struct Farside_V1_Envelope: Sendable {
     case heartbeat(Farside_V1_Heartbeat)
     case drain(Farside_V1_Drain)
     case shutdown(Farside_V1_Shutdown)
+    case expertWeights(Farside_V1_ExpertWeights)
     case expertRequest(Farside_V1_ExpertRequest)
     case expertReply(Farside_V1_ExpertReply)
     case error(Farside_V1_ErrorReply)
@@ -301,6 +310,9 @@ public nonisolated struct Farside_V1_Register: Sendable {
   /// config.json digest: both sides must serve the same model
   public var modelFingerprint: String = String()
 
+  /// the node has no model file: the coordinator sends it the
+  public var streamsWeights: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -317,6 +329,94 @@ public nonisolated struct Farside_V1_RegisterReply: Sendable {
 
   /// why not, when refused
   public var reason: String = String()
+
+  /// to a node that streams weights: what it will serve
+  public var layout: Farside_V1_ModelLayout {
+    get {_layout ?? Farside_V1_ModelLayout()}
+    set {_layout = newValue}
+  }
+  /// Returns true if `layout` has been explicitly set.
+  public var hasLayout: Bool {self._layout != nil}
+  /// Clears the value of `layout`. Subsequent reads from it will return its default value.
+  public mutating func clearLayout() {self._layout = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _layout: Farside_V1_ModelLayout? = nil
+}
+
+/// The routed layers a weight-streaming node serves (it has no config.json of its own).
+public nonisolated struct Farside_V1_ModelLayout: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var modelFingerprint: String = String()
+
+  public var hidden: UInt32 = 0
+
+  public var layers: [Farside_V1_RoutedLayer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Farside_V1_RoutedLayer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var layer: UInt32 = 0
+
+  public var experts: UInt32 = 0
+
+  public var topK: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One expert's weights for a weight-streaming node, sent on the control connection before the
+/// Assignment that names it. Followed by one payload frame per tensor (gate, up, down, in this
+/// order), each `rows` rows of `cols` values in `format`, rows back to back.
+public nonisolated struct Farside_V1_ExpertWeights: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var key: Farside_V1_ExpertKey {
+    get {_key ?? Farside_V1_ExpertKey()}
+    set {_key = newValue}
+  }
+  /// Returns true if `key` has been explicitly set.
+  public var hasKey: Bool {self._key != nil}
+  /// Clears the value of `key`. Subsequent reads from it will return its default value.
+  public mutating func clearKey() {self._key = nil}
+
+  public var tensors: [Farside_V1_TensorShape] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _key: Farside_V1_ExpertKey? = nil
+}
+
+public nonisolated struct Farside_V1_TensorShape: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// a storage type name: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, INT4
+  public var format: String = String()
+
+  public var rows: UInt32 = 0
+
+  public var cols: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -529,7 +629,7 @@ nonisolated extension Farside_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Farside_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{2}\u{9}register\0\u{3}register_reply\0\u{1}assignment\0\u{3}assignment_ack\0\u{1}heartbeat\0\u{1}drain\0\u{1}shutdown\0\u{4}\u{4}expert_request\0\u{3}expert_reply\0\u{2}\u{9}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{2}\u{9}register\0\u{3}register_reply\0\u{1}assignment\0\u{3}assignment_ack\0\u{1}heartbeat\0\u{1}drain\0\u{1}shutdown\0\u{3}expert_weights\0\u{4}\u{3}expert_request\0\u{3}expert_reply\0\u{2}\u{9}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -629,6 +729,19 @@ nonisolated extension Farside_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
           self.body = .shutdown(v)
         }
       }()
+      case 17: try {
+        var v: Farside_V1_ExpertWeights?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .expertWeights(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .expertWeights(v)
+        }
+      }()
       case 20: try {
         var v: Farside_V1_ExpertRequest?
         var hadOneofValue = false
@@ -709,6 +822,10 @@ nonisolated extension Farside_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf.
     case .shutdown?: try {
       guard case .shutdown(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
+    case .expertWeights?: try {
+      guard case .expertWeights(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
     }()
     case .expertRequest?: try {
       guard case .expertRequest(let v)? = self.body else { preconditionFailure() }
@@ -802,7 +919,7 @@ nonisolated extension Farside_V1_PowerProfile: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Farside_V1_Register: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Register"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}endpoint\0\u{3}memory_budget_bytes\0\u{1}power\0\u{3}model_fingerprint\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}endpoint\0\u{3}memory_budget_bytes\0\u{1}power\0\u{3}model_fingerprint\0\u{3}streams_weights\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -815,6 +932,7 @@ nonisolated extension Farside_V1_Register: SwiftProtobuf.Message, SwiftProtobuf.
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBudgetBytes) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._power) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.modelFingerprint) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.streamsWeights) }()
       default: break
       }
     }
@@ -840,6 +958,9 @@ nonisolated extension Farside_V1_Register: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.modelFingerprint.isEmpty {
       try visitor.visitSingularStringField(value: self.modelFingerprint, fieldNumber: 5)
     }
+    if self.streamsWeights != false {
+      try visitor.visitSingularBoolField(value: self.streamsWeights, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -849,6 +970,7 @@ nonisolated extension Farside_V1_Register: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.memoryBudgetBytes != rhs.memoryBudgetBytes {return false}
     if lhs._power != rhs._power {return false}
     if lhs.modelFingerprint != rhs.modelFingerprint {return false}
+    if lhs.streamsWeights != rhs.streamsWeights {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -856,7 +978,7 @@ nonisolated extension Farside_V1_Register: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension Farside_V1_RegisterReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}reason\0\u{1}layout\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -866,24 +988,192 @@ nonisolated extension Farside_V1_RegisterReply: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBoolField(value: &self.accepted) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._layout) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.accepted != false {
       try visitor.visitSingularBoolField(value: self.accepted, fieldNumber: 1)
     }
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 2)
     }
+    try { if let v = self._layout {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Farside_V1_RegisterReply, rhs: Farside_V1_RegisterReply) -> Bool {
     if lhs.accepted != rhs.accepted {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs._layout != rhs._layout {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farside_V1_ModelLayout: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ModelLayout"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_fingerprint\0\u{1}hidden\0\u{1}layers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.modelFingerprint) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.hidden) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.layers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.modelFingerprint.isEmpty {
+      try visitor.visitSingularStringField(value: self.modelFingerprint, fieldNumber: 1)
+    }
+    if self.hidden != 0 {
+      try visitor.visitSingularUInt32Field(value: self.hidden, fieldNumber: 2)
+    }
+    if !self.layers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.layers, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farside_V1_ModelLayout, rhs: Farside_V1_ModelLayout) -> Bool {
+    if lhs.modelFingerprint != rhs.modelFingerprint {return false}
+    if lhs.hidden != rhs.hidden {return false}
+    if lhs.layers != rhs.layers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farside_V1_RoutedLayer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RoutedLayer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}layer\0\u{1}experts\0\u{3}top_k\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.layer) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.experts) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.topK) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.layer != 0 {
+      try visitor.visitSingularUInt32Field(value: self.layer, fieldNumber: 1)
+    }
+    if self.experts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.experts, fieldNumber: 2)
+    }
+    if self.topK != 0 {
+      try visitor.visitSingularUInt32Field(value: self.topK, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farside_V1_RoutedLayer, rhs: Farside_V1_RoutedLayer) -> Bool {
+    if lhs.layer != rhs.layer {return false}
+    if lhs.experts != rhs.experts {return false}
+    if lhs.topK != rhs.topK {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farside_V1_ExpertWeights: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ExpertWeights"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}key\0\u{1}tensors\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._key) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.tensors) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._key {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.tensors.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.tensors, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farside_V1_ExpertWeights, rhs: Farside_V1_ExpertWeights) -> Bool {
+    if lhs._key != rhs._key {return false}
+    if lhs.tensors != rhs.tensors {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Farside_V1_TensorShape: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TensorShape"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}format\0\u{1}rows\0\u{1}cols\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.format) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.rows) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.cols) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.format.isEmpty {
+      try visitor.visitSingularStringField(value: self.format, fieldNumber: 1)
+    }
+    if self.rows != 0 {
+      try visitor.visitSingularUInt32Field(value: self.rows, fieldNumber: 2)
+    }
+    if self.cols != 0 {
+      try visitor.visitSingularUInt32Field(value: self.cols, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Farside_V1_TensorShape, rhs: Farside_V1_TensorShape) -> Bool {
+    if lhs.format != rhs.format {return false}
+    if lhs.rows != rhs.rows {return false}
+    if lhs.cols != rhs.cols {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -39,6 +39,9 @@ struct Expert: ParsableCommand {
     @Option(name: .long, help: "This node's local copy of the model: a GGUF file or a Hugging Face checkpoint directory (default: the default model).")
     var model: String?
 
+    @Flag(name: .long, help: "Hold no model file: the coordinator sends this node the weights of every expert it assigns it (a bare machine joins without a copy of the model).")
+    var streamWeights = false
+
     @Option(name: .long, help: "Node id (default: hostname-pid).")
     var nodeId: String?
 
@@ -109,6 +112,9 @@ struct Expert: ParsableCommand {
     @OptionGroup var threadOptions: ThreadOptions
 
     func validate() throws {
+        if streamWeights && (model != nil || splitDense != nil) {
+            throw ValidationError("--stream-weights: this node gets its weights from the coordinator; give it without --model and --split-dense")
+        }
         if let e = splitDense, !(1...1024).contains(e) { throw ValidationError("--split-dense must be in 1...1024, got \(e)") }
         guard (0...1_000_000).contains(pollYieldUs) else { throw ValidationError("--poll-yield-us must be in 0...1000000, got \(pollYieldUs)") }
         if let id = nodeId, id.isEmpty || id.utf8.count > 200 || id.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
@@ -196,7 +202,8 @@ struct Expert: ParsableCommand {
         try runReportingErrors {
             // First, before the model loads: a parent killed meanwhile must not leave us behind.
             if let parentPid { try dieWithParent(parentPid) }
-            let (m, fingerprint) = try openModel(path: try model ?? DefaultModel.path(), denseSlices: splitDense)
+            let (m, fingerprint): (DecoderModel?, String) = streamWeights
+                ? (nil, "") : try openModel(path: try model ?? DefaultModel.path(), denseSlices: splitDense)
             let id = nodeId ?? "\(ProcessInfo.processInfo.hostName)-\(getpid())"
             var options = ExpertNodeServer.Options(listen: listen, coordinator: coordinator, nodeID: id,
                                                    memoryBudget: try parseBytes(memoryBudget),

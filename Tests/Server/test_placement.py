@@ -76,6 +76,20 @@ def generations_while(server, actions):
         return [f.result()[0] for f in futures]
 
 
+def join_node(server, listen, node_id, *flags):
+    """Starts `farside expert` with `flags` registering at `listen` as `node_id`; returns the
+    process once the server reports experts on it."""
+    p = subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", listen, "--node-id", node_id,
+                          "--insecure-links", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        nodes = {n["id"]: n for n in status(server)["nodes"]}
+        if nodes.get(node_id, {}).get("experts", 0) > 0:
+            return p
+        time.sleep(0.05)
+    raise AssertionError(f"the joining node {node_id} got no experts")
+
+
 @pytest.fixture(scope="module")
 def undisturbed():
     """Every prompt's tokens from a server with experts in process (the simple path)."""
@@ -103,17 +117,7 @@ def test_rebalance_join_and_drain_mid_generation_change_no_token(undisturbed):
 
         def join():
             nonlocal joiner
-            joiner = subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", listen,
-                                       "--model", str(DEFAULT_MODEL), "--node-id", "joiner", "--insecure-links", "--quiet",
-                                       "--split-dense", "3"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                nodes = {n["id"]: n for n in status(s)["nodes"]}
-                if nodes.get("joiner", {}).get("experts", 0) > 0:
-                    return
-                time.sleep(0.05)
-            raise AssertionError("the joining node got no experts")
+            joiner = join_node(s, listen, "joiner", "--model", str(DEFAULT_MODEL), "--quiet", "--split-dense", "3")
 
         def drain():
             st, body = admin(s, "POST", "/admin/cluster/drain", {"node": "local-1"})
@@ -135,6 +139,48 @@ def test_rebalance_join_and_drain_mid_generation_change_no_token(undisturbed):
             # SIGTERM stops it, with status 0.
             joiner.send_signal(signal.SIGTERM)
             assert joiner.wait(30) == 0
+
+
+def test_a_node_without_the_model_gets_its_experts_streamed(undisturbed):
+    """A bare node (`--stream-weights`, no model file) joins mid-generation and is sent its
+    experts by the coordinator; after the only node with a model file is drained it computes
+    every expert from streamed weights, and no token changes."""
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    s = Server("--local-nodes", "1", "--split-dense", "3", "--node-listen", listen, "--insecure-links", "--no-prefix-cache",
+               "--max-seqs", "4")
+    bare = None
+    try:
+        total = sum(n["experts"] for n in status(s)["nodes"])
+        assert total > 0
+        # Its own flags first: a bare node has no model to name.
+        r = subprocess.run([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", listen, "--stream-weights",
+                            "--model", str(DEFAULT_MODEL), "--insecure-links"], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "--stream-weights" in r.stderr and "without --model" in r.stderr, r.stderr
+
+        def join():
+            nonlocal bare
+            bare = join_node(s, listen, "bare", "--stream-weights")
+
+        def drain():
+            st, body = admin(s, "POST", "/admin/cluster/drain", {"node": "local-1"})
+            assert st == 200, body
+            nodes = {n["id"]: n for n in status(s)["nodes"]}
+            assert nodes["local-1"]["state"] == "drained" and nodes["bare"]["experts"] == total, nodes
+
+        got = generations_while(s, [join, drain])
+        assert got == undisturbed
+        log = "".join(s.stderr_lines)
+        assert "its experts are streamed to it" in log and "declared dead" not in log, log[-3000:]
+        # Serving on from streamed weights alone.
+        st, _, out = s.request("POST", "/v1/completions", {"prompt": [5, 6, 7], "max_tokens": 4})
+        assert st == 200, out
+    finally:
+        assert s.stop() == 0
+        if bare:
+            bare.send_signal(signal.SIGTERM)
+            assert bare.wait(30) == 0
+            err = bare.stderr.read()
+            assert "refused" not in err, err
 
 
 def test_killing_a_node_that_holds_replicas_loses_nothing(undisturbed):
