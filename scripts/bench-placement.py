@@ -10,7 +10,7 @@ Markdown table): throughput, TPOT p50/p99, the slowest node's busy time per engi
 modelled energy, $ and gCO2 per million tokens over the measured window — with every node counted
 (released nodes at idle) and with nodes that hold nothing counted as stopped.
 
-Usage: scripts/bench-placement.py [--rounds N] [--duration S] [--clients C] [--skew S] [--hot-experts N]
+Usage: scripts/bench-placement.py [--rounds N] [--duration S] [--clients C] [--skew S]
                                   [--memory-budgets big=400MiB,green=200MiB,small=200MiB]
 """
 import argparse
@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("FARSIDE_BIN", REPO / ".build/release/farside"))
-MODEL = None  # models/synth-k2-skew-S[-hot-N], made by `farside synth` when missing
+MODEL = None  # models/synth-k2-skew-S, made by `farside synth` when missing
 PY = REPO / ".venv/bin/python"
 
 # Three different machines by their power and site: a big server, a mid one on a cheap green
@@ -150,8 +150,6 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--skew", type=float, default=1.0)
-    ap.add_argument("--hot-experts", type=int, default=0,
-                    help="give the skew to experts 0..N-1 of each layer (synth --hot-experts); 0: random ids")
     ap.add_argument("--memory-budgets", default="",
                     help="per-node --memory-budget, e.g. big=400MiB,green=200MiB,small=200MiB (default: none)")
     ap.add_argument("--strategies", default="memory,balanced:96,power:cost")
@@ -162,10 +160,9 @@ def main():
     unknown = set(BUDGETS) - set(PROFILES)
     if unknown:
         sys.exit(f"--memory-budgets: no node {', '.join(sorted(unknown))} (nodes: {', '.join(PROFILES)})")
-    MODEL = REPO / f"models/synth-k2-skew-{args.skew:g}" if args.hot_experts == 0 else REPO / f"models/synth-k2-skew-{args.skew:g}-hot-{args.hot_experts}"
+    MODEL = REPO / f"models/synth-k2-skew-{args.skew:g}"
     if not (MODEL / "config.json").exists():
-        farside("synth", "--arch", "kimi_k2", "--preset", "k2", "--router-skew", str(args.skew),
-                *(["--hot-experts", str(args.hot_experts)] if args.hot_experts else []), "--out", str(MODEL), "--force")
+        farside("synth", "--arch", "kimi_k2", "--preset", "k2", "--router-skew", str(args.skew), "--out", str(MODEL), "--force")
     results = {s: [] for s in args.strategies.split(",")}
     for r in range(args.rounds):
         # Alternating within a round, so drift on this shared VM hits every strategy alike.

@@ -87,11 +87,9 @@ public enum SyntheticModel {
     /// `routerSkew` > 0 makes routing uneven, as real traffic is: the expert of rank r in a seeded
     /// random order of each layer's experts gets `routerSkew · exp(-4r/E)` added to its router
     /// bias (DeepSeek's `e_score_correction_bias`, which steers selection only), so a few
-    /// experts, at random ids as in trained models, are hot. With `hotExperts` N > 0 the skew
-    /// instead goes, whole, to experts 0 ..< N of each layer: hot experts with neighbouring ids,
-    /// which a placement by id ranges puts on one node (the case load balancing exists for).
+    /// experts, at random ids as in trained models, are hot.
     public static func write(config: [String: Any], dtype: TensorDType, seed: UInt64, routerSkew: Float = 0,
-                             hotExperts: Int = 0, to directory: URL) throws -> Int {
+                             to directory: URL) throws -> Int {
         guard [.f32, .f16, .bf16].contains(dtype) else {
             throw ModelError.invalidConfig("synthetic weights must be F32, F16 or BF16, not \(dtype.rawValue)")
         }
@@ -112,9 +110,7 @@ public enum SyntheticModel {
             params += count
             var rng = SplitMix64(seed: seed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15)
             var values = t.values(count: count, rng: &rng)
-            if t.kind == .routerBias && routerSkew != 0 && hotExperts > 0 {
-                for e in 0..<min(hotExperts, count) { values[e] += routerSkew }
-            } else if t.kind == .routerBias && routerSkew != 0 {
+            if t.kind == .routerBias && routerSkew != 0 {
                 var order = Array(0..<count)
                 order.shuffle(using: &rng)
                 for (rank, e) in order.enumerated() { values[e] += routerSkew * expf(-4 * Float(rank) / Float(count)) }

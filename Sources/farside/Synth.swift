@@ -25,9 +25,6 @@ struct Synth: ParsableCommand {
     @Option(name: .long, help: "Skewed routing: adds S·exp(-4r/E) to the router bias of the expert of rank r in a seeded random order (deepseek_v3, kimi_k2), so a few experts are hot (0: uniform).")
     var routerSkew: Float = 0
 
-    @Option(name: .long, help: "With --router-skew S: add S to the router bias of experts 0..<N of each layer instead (hot experts with neighbouring ids; 0: the random order above).")
-    var hotExperts: Int = 0
-
     @Option(name: .long, help: "Output directory (created; must be empty or absent unless --force).")
     var out: String
 
@@ -37,8 +34,6 @@ struct Synth: ParsableCommand {
     func validate() throws {
         guard (preset == nil) != (config == nil) else { throw ValidationError("give exactly one of --preset or --config") }
         guard routerSkew.isFinite && abs(routerSkew) <= 100 else { throw ValidationError("--router-skew must be a number in -100...100, got \(routerSkew)") }
-        guard (0...(1 << 16)).contains(hotExperts) else { throw ValidationError("--hot-experts must be in 0...65536, got \(hotExperts)") }
-        guard hotExperts == 0 || routerSkew != 0 else { throw ValidationError("--hot-experts needs a --router-skew to give them") }
         guard ["bf16", "f16", "f32"].contains(dtype) else { throw ValidationError("--dtype must be bf16, f16 or f32, got '\(dtype)'") }
         guard ModelRegistry.loaders[arch] != nil else {
             throw ValidationError("--arch '\(arch)' is not supported; choose one of \(ModelRegistry.loaders.keys.sorted().joined(separator: ", "))")
@@ -61,7 +56,7 @@ struct Synth: ParsableCommand {
             }
             try Self.prepareOutput(URL(fileURLWithPath: out), force: force)
             let t: TensorDType = dtype == "f32" ? .f32 : dtype == "f16" ? .f16 : .bf16
-            let params = try SyntheticModel.write(config: cfg, dtype: t, seed: seed, routerSkew: routerSkew, hotExperts: hotExperts, to: URL(fileURLWithPath: out))
+            let params = try SyntheticModel.write(config: cfg, dtype: t, seed: seed, routerSkew: routerSkew, to: URL(fileURLWithPath: out))
             printJSON("{\"out\": \"\(out)\", \"parameters\": \(params), \"bytes\": \(params * (t == .f32 ? 4 : 2))}")
         }
     }
