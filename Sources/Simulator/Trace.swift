@@ -20,7 +20,7 @@ extension SplitMix64 {
     mutating func unit() -> Double { (Double(next() >> 11) + 1) / 9_007_199_254_740_992 }
 }
 
-/// A request trace: Vidur's CSV or a Poisson generator.
+/// A request trace: Vidur's CSV, or generated: Poisson arrivals, constant or following a day.
 public enum Trace {
     static let columns = ["arrived_at", "num_prefill_tokens", "num_decode_tokens"]
 
@@ -139,15 +139,35 @@ public enum Trace {
     /// Poisson arrivals at `rate` requests per second over `duration` seconds, lengths drawn from
     /// the distributions; the same seed gives the same trace.
     public static func poisson(rate: Double, duration: Double, prompt: Lengths, output: Lengths, seed: UInt64) throws -> [TraceRequest] {
+        try daily(rate: rate, peakToTrough: 1, period: 86_400, duration: duration, prompt: prompt, output: output, seed: seed)
+    }
+
+    /// Arrivals whose rate follows a day: `rate · (1 + a·sin(2π·t/period − π/2))` requests per
+    /// second, lowest at t = 0 (night), highest at `period/2`, mean `rate` over a whole period,
+    /// with `a = (k − 1)/(k + 1)` so the peak is `k = peakToTrough` times the trough. Drawn as a
+    /// non-homogeneous Poisson process by thinning (Lewis and Shedler 1979): candidates at the
+    /// peak rate, each kept with probability rate(t)/peak. `peakToTrough` 1 is plain Poisson.
+    /// The same seed gives the same trace.
+    public static func daily(rate: Double, peakToTrough k: Double, period: Double, duration: Double,
+                             prompt: Lengths, output: Lengths, seed: UInt64) throws -> [TraceRequest] {
         guard rate.isFinite, rate > 0 else { throw SimulatorError.invalidOption(name: "--rate", problem: "\(rate) is not a rate > 0") }
         guard duration.isFinite, duration > 0 else { throw SimulatorError.invalidOption(name: "--duration", problem: "\(duration) is not a duration > 0") }
+        guard k.isFinite, k >= 1, k <= 1000 else {
+            throw SimulatorError.invalidOption(name: "--peak-to-trough", problem: "\(k) is not a ratio in 1...1000")
+        }
+        guard period.isFinite, period > 0 else { throw SimulatorError.invalidOption(name: "--day-seconds", problem: "\(period) is not a duration > 0") }
+        let a = (k - 1) / (k + 1), peak = rate * (1 + a)
         var rng = SplitMix64(seed: seed)
         var out: [TraceRequest] = []
         out.reserveCapacity(Int(rate * duration * 1.1))
         var t = 0.0
         while true {
-            t += -log(rng.unit()) / rate
+            t += -log(rng.unit()) / peak
             if t >= duration { break }
+            if k > 1 {
+                let r = rate * (1 + a * sin(2 * Double.pi * t / period - Double.pi / 2))
+                if rng.unit() > r / peak { continue }
+            }
             out.append(TraceRequest(arrival: t, promptTokens: prompt.draw(&rng), outputTokens: output.draw(&rng)))
         }
         guard !out.isEmpty else { throw SimulatorError.emptyTrace(file: "--rate \(rate) --duration \(duration)") }

@@ -32,6 +32,12 @@ struct Simulate: ParsableCommand {
         @Option(name: .long, help: "Without --trace: seconds of arrivals.")
         var duration: Double = 60
 
+        @Option(name: .long, help: "Without --trace: a daily curve, the busiest hour's rate over the quietest's (1: constant --rate, which is then the day's mean).")
+        var peakToTrough: Double = 1
+
+        @Option(name: .long, help: "Without --trace: the length of the daily curve's day in seconds (a shorter one compresses a day into the run).")
+        var daySeconds: Double = 86_400
+
         @Option(name: .long, help: "Without --trace: prompt lengths, fixed:N, uniform:A-B or exp:MEAN.")
         var promptTokens: String = "exp:512"
 
@@ -67,6 +73,9 @@ struct Simulate: ParsableCommand {
 
         func validate() throws {
             guard (trace == nil) != (rate == nil) else { throw ValidationError("give exactly one of --trace or --rate") }
+            guard trace == nil || (peakToTrough == 1 && daySeconds == 86_400) else {
+                throw ValidationError("--peak-to-trough and --day-seconds shape a generated trace: give them with --rate, not --trace")
+            }
             guard !(json && csv) else { throw ValidationError("give at most one of --json and --csv") }
             guard ReleasedNodePower(rawValue: released) != nil else { throw ValidationError("--released must be off or idle, got '\(released)'") }
         }
@@ -90,8 +99,10 @@ struct Simulate: ParsableCommand {
                 } else {
                     let p = try Trace.Lengths(parsing: promptTokens, option: "--prompt-tokens")
                     let o = try Trace.Lengths(parsing: outputTokens, option: "--output-tokens")
-                    requests = try Trace.poisson(rate: rate!, duration: duration, prompt: p, output: o, seed: seed)
-                    traceName = "poisson \(rate!)/s for \(duration) s, prompt \(p), output \(o)"
+                    requests = try Trace.daily(rate: rate!, peakToTrough: peakToTrough, period: daySeconds, duration: duration,
+                                               prompt: p, output: o, seed: seed)
+                    traceName = (peakToTrough == 1 ? "poisson \(rate!)/s" : "daily curve, mean \(rate!)/s, peak \(peakToTrough)x trough, day \(daySeconds) s")
+                        + " for \(duration) s, prompt \(p), output \(o)"
                 }
                 let shares: RoutingShares
                 if let routing {

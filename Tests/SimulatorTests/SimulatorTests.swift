@@ -101,6 +101,28 @@ final class SimulatorTests: XCTestCase {
         }
     }
 
+    /// A daily curve: arrivals in the busiest part of the day outnumber the quietest part's by
+    /// about the asked ratio, the day's mean is the asked rate, and a seed fixes the trace.
+    func testADailyCurveFollowsItsPeakToTroughRatio() throws {
+        let day = 1000.0
+        let requests = try Trace.daily(rate: 20, peakToTrough: 4, period: day, duration: day, prompt: .fixed(10), output: .fixed(5), seed: 3)
+        XCTAssertEqual(requests, try Trace.daily(rate: 20, peakToTrough: 4, period: day, duration: day, prompt: .fixed(10), output: .fixed(5), seed: 3))
+        XCTAssertEqual(Double(requests.count), 20 * day, accuracy: 20 * day * 0.05)
+        // Rate at the trough (t = 0 and t = day) and at the peak (day/2): a tenth of a day around each.
+        let trough = requests.filter { $0.arrival < day * 0.05 || $0.arrival >= day * 0.95 }.count
+        let peak = requests.filter { abs($0.arrival - day / 2) < day * 0.05 }.count
+        XCTAssertEqual(Double(peak) / Double(trough), 4, accuracy: 0.6, "peak \(peak), trough \(trough)")
+        XCTAssertTrue(zip(requests, requests.dropFirst()).allSatisfy { $0.arrival <= $1.arrival })
+        // Ratio 1 is the plain Poisson trace.
+        XCTAssertEqual(try Trace.daily(rate: 5, peakToTrough: 1, period: 60, duration: 30, prompt: .fixed(3), output: .fixed(2), seed: 9),
+                       try Trace.poisson(rate: 5, duration: 30, prompt: .fixed(3), output: .fixed(2), seed: 9))
+        for (k, period) in [(0.5, day), (.nan, day), (4, 0), (4, -.infinity)] {
+            XCTAssertThrowsError(try Trace.daily(rate: 1, peakToTrough: k, period: period, duration: 10, prompt: .fixed(1), output: .fixed(1), seed: 0)) {
+                guard case SimulatorError.invalidOption = $0 else { return XCTFail("\($0)") }
+            }
+        }
+    }
+
     func testATraceRoundTripsThroughCSV() throws {
         let requests = try Trace.poisson(rate: 10, duration: 5, prompt: .fixed(100), output: .uniform(1, 9), seed: 1)
         XCTAssertEqual(try Trace.parse(csv: Trace.csv(requests), file: "t.csv"), requests)
