@@ -29,6 +29,7 @@ public enum EngineError: Error, CustomStringConvertible {
     case queueFull(waiting: Int)
     case exceedsKVBudget(tokens: Int, positions: Int)
     case stopping
+    case diskNeedsPrefixCache
 
     public var description: String {
         switch self {
@@ -48,6 +49,8 @@ public enum EngineError: Error, CustomStringConvertible {
             return "the prompt has \(n) tokens, but the KV cache holds \(positions) positions in all (--kv-budget) and at least one must be left for the reply"
         case .stopping:
             return "the server is shutting down"
+        case .diskNeedsPrefixCache:
+            return "--kv-disk keeps prefix-cache blocks on disk, so it needs the prefix cache: drop --no-prefix-cache"
         }
     }
 }
@@ -125,7 +128,9 @@ public enum GenerationEvent: Sendable {
 /// finished sequence's partly filled last one) stays cached under its chained token hash until
 /// its space is needed: a request sharing a prefix with earlier ones (a system prompt, the
 /// previous turns of a chat, a document asked about again) shares those blocks and prefills
-/// only the rest.
+/// only the rest. With `Options.kvDiskDirectory`, full blocks are also written to files there
+/// (`KVDiskTier`) and a prefix no longer in RAM is read back instead of computed, also by a
+/// server started again on the same model; a preempted sequence resumes from them too.
 public final class Engine: @unchecked Sendable {
     public struct Options: Sendable {
         public var limits = Scheduler.Limits()
@@ -142,6 +147,13 @@ public final class Engine: @unchecked Sendable {
         public var prefixCaching = true
         /// Goes into the prefix hashes' root with the model's shape (e.g. the weights' path).
         public var modelIdentity = ""
+        /// A directory for the KV disk tier (`--kv-disk`): full prefix-cache blocks are written
+        /// there and read back when no longer in RAM, also after a restart. Needs `prefixCaching`.
+        public var kvDiskDirectory: String?
+        /// Bytes of block files at most (`--kv-disk-budget`); the least recently used go first.
+        public var kvDiskBudgetBytes = 64 << 30
+        /// Hears what the disk tier ignores (files that do not match) and a write that failed.
+        public var warn: (@Sendable (String) -> Void)?
         /// Called on the engine thread after every step (and when idle, at most every second)
         /// to read the expert backend's state, which only that thread may touch: expert nodes
         /// alive and known.
@@ -178,6 +190,8 @@ public final class Engine: @unchecked Sendable {
         public var prefixTokensQueried = 0
         /// Sequences preempted for lack of KV blocks (recomputed later).
         public var preemptions = 0
+        /// The KV disk tier's counters (`--kv-disk`), nil without one.
+        public var kvDisk: KVDiskTier.Stats?
         public var nodesAlive = 0
         public var nodesKnown = 0
         /// When the engine thread last went round its loop (after a step, or its idle wake-up
@@ -238,13 +252,20 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Throws `KVCacheError` when the KV budget holds no block, the block size is out of range
-    /// or the KV dtype does not suit the model.
+    /// or the KV dtype does not suit the model; `KVDiskError` when the disk tier's directory
+    /// cannot be used.
     public init(model: DecoderModel, options: Options = Options()) throws {
         self.model = model
         self.options = options
         scheduler = Scheduler(limits: options.limits)
         kv = try model.makeKVAllocator(blockSize: options.kvBlockSize, budgetBytes: options.kvBudgetBytes,
                                        dtype: options.kvDType, identity: options.modelIdentity)
+        if let dir = options.kvDiskDirectory {
+            guard options.prefixCaching else { throw EngineError.diskNeedsPrefixCache }
+            let warn = options.warn ?? { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) }
+            kv.disk = try KVDiskTier(directory: dir, budgetBytes: options.kvDiskBudgetBytes, layout: kv.diskLayout, warn: warn)
+            stats.kvDisk = kv.disk?.snapshot
+        }
         stats.kvBlocksTotal = kv.pool.blockCount
         stats.kvDType = kv.dtype
         stats.kvBytesPerToken = kv.bytesPerPosition
@@ -364,6 +385,8 @@ public final class Engine: @unchecked Sendable {
             for id in cancels { if let s = sequences[id] { end(s, .cancelled) } }
             if overdue { for s in Array(sequences.values) { end(s, .cancelled) } }
             if scheduler.isIdle && stopping {
+                // Blocks still queued for the disk tier are written before the server ends.
+                kv.disk?.shutdown()
                 lock.lock()
                 finishedLoop = true
                 lock.broadcast()
@@ -499,6 +522,7 @@ public final class Engine: @unchecked Sendable {
     private func publishStats() {
         let used = kv.pool.usedCount, cached = kv.pool.cachedCount, bytes = kv.usedBytes
         let running = scheduler.running.count, waiting = scheduler.waiting.count
+        let disk = kv.disk?.snapshot
         let nodes = options.nodeProbe?() ?? (alive: 0, known: 0)
         let now = ProcessInfo.processInfo.systemUptime
         lock.lock()
@@ -511,6 +535,7 @@ public final class Engine: @unchecked Sendable {
         stats.kvBytes = bytes
         stats.kvBlocksUsed = used
         stats.kvBlocksCached = cached
+        stats.kvDisk = disk
         lock.unlock()
     }
 
