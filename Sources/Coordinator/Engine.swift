@@ -130,7 +130,9 @@ public enum GenerationEvent: Sendable {
 /// previous turns of a chat, a document asked about again) shares those blocks and prefills
 /// only the rest. With `Options.kvDiskDirectory`, full blocks are also written to files there
 /// (`KVDiskTier`) and a prefix no longer in RAM is read back instead of computed, also by a
-/// server started again on the same model; a preempted sequence resumes from them too.
+/// server started again on the same model; a preempted sequence resumes from them too. A
+/// request longer than the whole budget could hold then streams its KV from a file instead of
+/// being refused (`StreamedKVCache`).
 public final class Engine: @unchecked Sendable {
     public struct Options: Sendable {
         public var limits = Scheduler.Limits()
@@ -192,6 +194,8 @@ public final class Engine: @unchecked Sendable {
         public var preemptions = 0
         /// The KV disk tier's counters (`--kv-disk`), nil without one.
         public var kvDisk: KVDiskTier.Stats?
+        /// Sequences longer than the KV budget that streamed their KV from a file (`--kv-disk`).
+        public var kvStreamedSequences = 0
         public var nodesAlive = 0
         public var nodesKnown = 0
         /// When the engine thread last went round its loop (after a step, or its idle wake-up
@@ -220,6 +224,8 @@ public final class Engine: @unchecked Sendable {
     private var sequences: [Int: Sequence] = [:]
     /// The paged KV cache every sequence's blocks come from.
     private let kv: KVCacheAllocator
+    /// The disk tier's directory (set once in `init`): where streamed sequences keep their KV.
+    private let diskDirectory: String?
     private var thread: Thread?
 
     /// One running request.
@@ -236,14 +242,19 @@ public final class Engine: @unchecked Sendable {
         /// Admitted before (and preempted since): its prefix hit is not counted again.
         var admitted = false
         var cache: PagedKVCache?
+        /// Longer than the KV budget could ever hold (with `--kv-disk`): its KV lives in a file
+        /// (`streamed`) instead of the pool's blocks.
+        let streams: Bool
+        var streamed: StreamedKVCache?
         var sampler: Sampler
         let stops: Set<Int>
 
-        init(id: Int, request: GenerationRequest, stops: Set<Int>, onEvent: @escaping (GenerationEvent) -> Void) {
+        init(id: Int, request: GenerationRequest, stops: Set<Int>, streams: Bool, onEvent: @escaping (GenerationEvent) -> Void) {
             self.id = id
             self.request = request
             self.onEvent = onEvent
             self.stops = stops
+            self.streams = streams
             tokens = request.prompt
             sampler = Sampler(request.sampling)
         }
@@ -260,6 +271,7 @@ public final class Engine: @unchecked Sendable {
         scheduler = Scheduler(limits: options.limits)
         kv = try model.makeKVAllocator(blockSize: options.kvBlockSize, budgetBytes: options.kvBudgetBytes,
                                        dtype: options.kvDType, identity: options.modelIdentity)
+        diskDirectory = options.kvDiskDirectory
         if let dir = options.kvDiskDirectory {
             guard options.prefixCaching else { throw EngineError.diskNeedsPrefixCache }
             let warn = options.warn ?? { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) }
@@ -296,8 +308,11 @@ public final class Engine: @unchecked Sendable {
         guard request.prompt.count < model.maxPositions else {
             throw EngineError.promptTooLong(tokens: request.prompt.count, context: model.maxPositions)
         }
-        // Immutable sizes of the allocator, safe to read from any thread.
-        guard request.prompt.count < kvCapacity else {
+        // Immutable sizes of the allocator, safe to read from any thread. With a disk tier, a
+        // sequence the budget could not hold streams its KV from a file instead.
+        let positions = min(request.prompt.count + max(request.maxTokens, 1), model.maxPositions)
+        let streams = diskDirectory != nil && positions > kvCapacity
+        guard request.prompt.count < kvCapacity || streams else {
             throw EngineError.exceedsKVBudget(tokens: request.prompt.count, positions: kvCapacity)
         }
         guard request.maxTokens >= 1 else { throw EngineError.invalidMaxTokens(request.maxTokens) }
@@ -310,7 +325,7 @@ public final class Engine: @unchecked Sendable {
         guard waitingCount < options.maxWaiting else { throw EngineError.queueFull(waiting: waitingCount) }
         let id = nextID
         nextID += 1
-        inbox.append(Sequence(id: id, request: request, stops: stops, onEvent: onEvent))
+        inbox.append(Sequence(id: id, request: request, stops: stops, streams: streams, onEvent: onEvent))
         waitingCount += 1
         lock.signal()
         return id
@@ -380,6 +395,19 @@ public final class Engine: @unchecked Sendable {
             if !work.isEmpty || !scheduler.isIdle { options.idleWork?() }
             for s in arrived {
                 sequences[s.id] = s
+                if s.streams, let dir = diskDirectory {
+                    do {
+                        s.streamed = try StreamedKVCache(widths: model.layers.map { $0.attention.cacheWidths }, dtype: kv.dtype,
+                                                         capacity: model.maxPositions, directory: dir)
+                        lock.lock()
+                        stats.kvStreamedSequences += 1
+                        lock.unlock()
+                    } catch {
+                        s.onEvent(.failed("\(error)"))
+                        end(s, .error)
+                        continue
+                    }
+                }
                 scheduler.enqueue(s.id)
             }
             for id in cancels { if let s = sequences[id] { end(s, .cancelled) } }
@@ -406,14 +434,18 @@ public final class Engine: @unchecked Sendable {
         let plan = scheduler.schedule(
             pending: { self.sequences[$0]?.pending ?? 0 },
             admit: { id in
-                if let s = self.sequences[id], s.cache == nil { self.attachCache(s) }
+                if let s = self.sequences[id], s.cache == nil, s.streamed == nil { self.attachCache(s) }
                 return true
             },
             reserve: { id, k in
-                guard let s = self.sequences[id], let c = s.cache else { return 0 }
+                guard let s = self.sequences[id] else { return 0 }
+                // A streamed sequence's room is its file's; it takes no blocks.
+                if s.streamed != nil { return k }
+                guard let c = s.cache else { return 0 }
                 return self.kv.reserve(c, upTo: k)
             },
             release: { id in
+                // A streamed sequence holds no blocks to give back, and keeps its KV to resume.
                 guard let s = self.sequences[id], let c = s.cache else { return }
                 self.kv.free(c, tokens: self.options.prefixCaching ? s.tokens : nil)
                 s.cache = nil
@@ -433,7 +465,7 @@ public final class Engine: @unchecked Sendable {
         caches.reserveCapacity(slices.count)
         var members: [(Sequence, Int)] = []
         for slice in slices {
-            guard let s = sequences[slice.id], let cache = s.cache, slice.tokens <= s.pending else { continue }
+            guard let s = sequences[slice.id], let cache: any KVStore = s.streamed ?? s.cache, slice.tokens <= s.pending else { continue }
             let from = s.computed
             batch.append(s.tokens[from ..< from + slice.tokens], sequence: caches.count, start: from,
                          logitsForLast: from + slice.tokens == s.tokens.count)
@@ -467,6 +499,14 @@ public final class Engine: @unchecked Sendable {
         }
         for (s, k) in members {
             s.computed += k
+            if let f = s.streamed?.failure {
+                // Its file failed under it: its rows may be wrong, so it ends here (and the
+                // others in the step, whose KV is elsewhere, go on).
+                if s.computed == s.tokens.count { row += 1 }
+                s.onEvent(.failed("\(KVCacheError.streamIO(f))"))
+                end(s, .error)
+                continue
+            }
             guard s.computed == s.tokens.count else { continue }
             let next: GeneratedToken = logits.withUnsafeBufferPointer { all in
                 let l = UnsafeBufferPointer(rebasing: all[row * vocab ..< (row + 1) * vocab])
@@ -515,6 +555,7 @@ public final class Engine: @unchecked Sendable {
             kv.free(cache, tokens: reason != .error && options.prefixCaching ? s.tokens : nil)
         }
         s.cache = nil
+        s.streamed = nil
         s.onEvent(.finished(reason, Usage(promptTokens: s.request.prompt.count, completionTokens: s.generated,
                                           cachedTokens: s.cachedTokens)))
     }

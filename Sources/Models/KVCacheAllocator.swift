@@ -10,6 +10,10 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
     case cannotReserve(bytes: Int)
     /// `dtype` cannot store a row piece of `width` values that layer `layer`'s attention reads on its own.
     case unsupportedDType(KVDType, layer: Int, width: Int)
+    /// A sequence longer than the budget could not get its file in the disk tier's directory.
+    case streamFile(path: String, reason: String)
+    /// Reading or writing a streamed sequence's file failed (a full disk, an I/O error).
+    case streamIO(String)
 
     public var description: String {
         switch self {
@@ -25,6 +29,10 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
             return "--kv-dtype \(dtype) stores values in blocks of \(dtype.groupValues), but attention in layer \(layer) of this model "
                 + "reads rows in pieces of \(width) values (a head, the latent or the rotary key); use --kv-dtype "
                 + KVDType.allCases.filter { width % $0.groupValues == 0 }.map(\.rawValue).joined(separator: ", ")
+        case let .streamFile(path, reason):
+            return "cannot create \(path) for a sequence longer than --kv-budget: \(reason)"
+        case .streamIO(let reason):
+            return "reading or writing a sequence's KV in the --kv-disk directory failed: \(reason)"
         case let .outOfBlocks(needed, free):
             return "the KV cache needs \(needed) more blocks but \(free) are free; raise --kv-budget"
         }

@@ -84,7 +84,11 @@ final class ServerMetrics: Sendable {
         preemptions.set(Double(s.preemptions))
         nodesAlive.set(Double(s.nodesAlive))
         nodesKnown.set(Double(s.nodesKnown))
-        if let d = s.kvDisk { renderDisk(d) }
+        if let d = s.kvDisk {
+            renderDisk(d)
+            registry.makeGauge(name: "farside_kv_disk_streamed_sequences",
+                               help: "Sequences longer than --kv-budget whose KV streamed from a file in --kv-disk.").set(Double(s.kvStreamedSequences))
+        }
         if let c = model.cluster?.lastStatus { renderCluster(c) }
         return registry.emitToString()
     }

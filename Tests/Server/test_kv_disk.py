@@ -2,7 +2,7 @@
 server, are read back from block files instead of computed; a file that does not check out is
 ignored, removed and computed again; a directory that cannot be used stops the server at start,
 and one that fails at runtime leaves it running on RAM. Every directory is a temporary one."""
-import json
+import concurrent.futures
 import shutil
 import signal
 import struct
@@ -158,3 +158,22 @@ def test_disk_directory_gone_at_runtime_warns_and_serves_from_ram(disk_dir):
     assert any("stops writing" in line for line in s.stderr_lines), s.stderr_lines
     assert u["prompt_tokens_details"]["cached_tokens"] > 0, "RAM's prefix cache still serves"
     assert ids == again == generate_ids(p, 6)
+
+
+def test_sequences_longer_than_the_kv_budget_stream_from_disk(disk_dir):
+    """`--kv-budget 2MiB` holds 2 blocks (32 positions); with `--kv-disk`, two 200-token prompts
+    run at once beside a short one: the long ones keep their KV in a file, one layer in RAM at a
+    time, and every answer equals `farside generate`'s (unlimited RAM) token for token."""
+    long_prompts = [tokens(200, 5), tokens(200, 6)]
+    short = tokens(10, 7)
+    s = Server("--kv-budget", "2MiB", "--kv-block-size", str(BLOCK), "--kv-disk", disk_dir, "--max-batch-tokens", "64")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda p: complete_token_ids(s, p, 12), long_prompts + [short]))
+        m = s.metrics()
+    finally:
+        assert s.stop() == 0
+    assert m["farside_kv_disk_streamed_sequences"] == 2
+    for p, (ids, _) in zip(long_prompts + [short], got):
+        assert ids == generate_ids(p, 12)
+    assert [f for f in Path(disk_dir).iterdir() if f.name.startswith("stream-")] == [], "a streamed sequence's file goes with it"
