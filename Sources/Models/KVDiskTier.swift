@@ -326,7 +326,9 @@ public final class KVDiskTier: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Removes least recently used files until `incoming` more fit. Holds `lock`.
+    /// Removes least recently used files until `incoming` more fit. Holds `lock`. A scan of the
+    /// index per eviction (O(files)): it runs on the writer thread, beside a file write that
+    /// costs far more, and keeps the index one dictionary.
     private func makeRoom(for incoming: Int) {
         while index.count + incoming > capacity, let oldest = index.min(by: { $0.value.lastUse < $1.value.lastUse }) {
             index[oldest.key] = nil

@@ -193,6 +193,26 @@ struct Serve: ParsableCommand {
         return key
     }
 
+    /// What names the weights in the prefix hashes' root, and so in the `--kv-disk` block files:
+    /// the path and the size and modification time of each weights file (and config.json), so a
+    /// model replaced at the same path (re-quantised, fine-tuned) never meets the KV of the one
+    /// before, while the same files after a restart do.
+    func weightsIdentity(_ path: String) -> String {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return path }
+        let files = isDir.boolValue
+            ? ((try? fm.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") || $0 == "config.json" }
+                .sorted().map { path + "/" + $0 }
+            : [path]
+        return ([path] + files.map { f in
+            let a = try? fm.attributesOfItem(atPath: f)
+            let size = (a?[.size] as? NSNumber)?.intValue ?? -1
+            let mtime = (a?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+            return "\(f):\(size):\(mtime)"
+        }).joined(separator: ";")
+    }
+
     /// `--kv-budget` in bytes.
     func kvBudgetBytes() throws -> Int {
         try parseBytes(kvBudget, flag: "--kv-budget")
@@ -228,7 +248,7 @@ struct Serve: ParsableCommand {
             opts.kvBudgetBytes = try kvBudgetBytes()
             opts.kvDType = kvDType
             opts.prefixCaching = prefixCache
-            opts.modelIdentity = path
+            opts.modelIdentity = weightsIdentity(path)
             opts.kvDiskDirectory = kvDisk
             opts.kvDiskBudgetBytes = try parseBytes(kvDiskBudget, flag: "--kv-disk-budget")
             opts.warn = { [logger] in logger.warning("\($0)") }

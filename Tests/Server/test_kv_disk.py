@@ -177,3 +177,21 @@ def test_sequences_longer_than_the_kv_budget_stream_from_disk(disk_dir):
     for p, (ids, _) in zip(long_prompts + [short], got):
         assert ids == generate_ids(p, 12)
     assert [f for f in Path(disk_dir).iterdir() if f.name.startswith("stream-")] == [], "a streamed sequence's file goes with it"
+
+
+def test_preempted_sequence_resumes_from_disk(disk_dir):
+    """Two requests that together outgrow an 11-block budget: the newer is preempted, the older
+    one's growth evicts the preempted one's cached blocks from RAM, and the preempted one resumes
+    by reading them back from disk instead of computing them; both answer as alone."""
+    prompts = [tokens(60, 8), tokens(60, 9)]
+    s = Server("--kv-budget", "8MiB", "--kv-block-size", str(BLOCK), "--kv-disk", disk_dir, "--max-batch-tokens", "128")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda p: complete_token_ids(s, p, 60), prompts))
+        m = s.metrics()
+    finally:
+        assert s.stop() == 0
+    assert m["farside_preemptions"] >= 1
+    assert m["farside_kv_disk_hits"] >= 1, "the preempted sequence's evicted blocks came back from disk"
+    for p, (ids, _) in zip(prompts, got):
+        assert ids == generate_ids(p, 60)
