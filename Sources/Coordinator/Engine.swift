@@ -29,6 +29,7 @@ public enum EngineError: Error, CustomStringConvertible {
     case queueFull(waiting: Int)
     case exceedsKVBudget(tokens: Int, positions: Int)
     case stopping
+    case diskNeedsPrefixCache
 
     public var description: String {
         switch self {
@@ -48,6 +49,8 @@ public enum EngineError: Error, CustomStringConvertible {
             return "the prompt has \(n) tokens, but the KV cache holds \(positions) positions in all (--kv-budget) and at least one must be left for the reply"
         case .stopping:
             return "the server is shutting down"
+        case .diskNeedsPrefixCache:
+            return "--kv-disk keeps prefix-cache blocks on disk, so it needs the prefix cache: drop --no-prefix-cache"
         }
     }
 }
@@ -125,7 +128,11 @@ public enum GenerationEvent: Sendable {
 /// finished sequence's partly filled last one) stays cached under its chained token hash until
 /// its space is needed: a request sharing a prefix with earlier ones (a system prompt, the
 /// previous turns of a chat, a document asked about again) shares those blocks and prefills
-/// only the rest.
+/// only the rest. With `Options.kvDiskDirectory`, full blocks are also written to files there
+/// (`KVDiskTier`) and a prefix no longer in RAM is read back instead of computed, also by a
+/// server started again on the same model; a preempted sequence resumes from them too. A
+/// request longer than the whole budget could hold then streams its KV from a file instead of
+/// being refused (`StreamedKVCache`).
 public final class Engine: @unchecked Sendable {
     public struct Options: Sendable {
         public var limits = Scheduler.Limits()
@@ -142,6 +149,13 @@ public final class Engine: @unchecked Sendable {
         public var prefixCaching = true
         /// Goes into the prefix hashes' root with the model's shape (e.g. the weights' path).
         public var modelIdentity = ""
+        /// A directory for the KV disk tier (`--kv-disk`): full prefix-cache blocks are written
+        /// there and read back when no longer in RAM, also after a restart. Needs `prefixCaching`.
+        public var kvDiskDirectory: String?
+        /// Bytes of block files at most (`--kv-disk-budget`); the least recently used go first.
+        public var kvDiskBudgetBytes = 64 << 30
+        /// Hears what the disk tier ignores (files that do not match) and a write that failed.
+        public var warn: (@Sendable (String) -> Void)?
         /// Called on the engine thread after every step (and when idle, at most every second)
         /// to read the expert backend's state, which only that thread may touch: expert nodes
         /// alive and known.
@@ -178,6 +192,10 @@ public final class Engine: @unchecked Sendable {
         public var prefixTokensQueried = 0
         /// Sequences preempted for lack of KV blocks (recomputed later).
         public var preemptions = 0
+        /// The KV disk tier's counters (`--kv-disk`), nil without one.
+        public var kvDisk: KVDiskTier.Stats?
+        /// Sequences longer than the KV budget that streamed their KV from a file (`--kv-disk`).
+        public var kvStreamedSequences = 0
         public var nodesAlive = 0
         public var nodesKnown = 0
         /// When the engine thread last went round its loop (after a step, or its idle wake-up
@@ -206,6 +224,8 @@ public final class Engine: @unchecked Sendable {
     private var sequences: [Int: Sequence] = [:]
     /// The paged KV cache every sequence's blocks come from.
     private let kv: KVCacheAllocator
+    /// The disk tier's directory (set once in `init`): where streamed sequences keep their KV.
+    private let diskDirectory: String?
     private var thread: Thread?
 
     /// One running request.
@@ -222,14 +242,19 @@ public final class Engine: @unchecked Sendable {
         /// Admitted before (and preempted since): its prefix hit is not counted again.
         var admitted = false
         var cache: PagedKVCache?
+        /// Longer than the KV budget could ever hold (with `--kv-disk`): its KV lives in a file
+        /// (`streamed`) instead of the pool's blocks.
+        let streams: Bool
+        var streamed: StreamedKVCache?
         var sampler: Sampler
         let stops: Set<Int>
 
-        init(id: Int, request: GenerationRequest, stops: Set<Int>, onEvent: @escaping (GenerationEvent) -> Void) {
+        init(id: Int, request: GenerationRequest, stops: Set<Int>, streams: Bool, onEvent: @escaping (GenerationEvent) -> Void) {
             self.id = id
             self.request = request
             self.onEvent = onEvent
             self.stops = stops
+            self.streams = streams
             tokens = request.prompt
             sampler = Sampler(request.sampling)
         }
@@ -238,13 +263,21 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Throws `KVCacheError` when the KV budget holds no block, the block size is out of range
-    /// or the KV dtype does not suit the model.
+    /// or the KV dtype does not suit the model; `KVDiskError` when the disk tier's directory
+    /// cannot be used.
     public init(model: DecoderModel, options: Options = Options()) throws {
         self.model = model
         self.options = options
         scheduler = Scheduler(limits: options.limits)
         kv = try model.makeKVAllocator(blockSize: options.kvBlockSize, budgetBytes: options.kvBudgetBytes,
                                        dtype: options.kvDType, identity: options.modelIdentity)
+        diskDirectory = options.kvDiskDirectory
+        if let dir = options.kvDiskDirectory {
+            guard options.prefixCaching else { throw EngineError.diskNeedsPrefixCache }
+            let warn = options.warn ?? { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) }
+            kv.disk = try KVDiskTier(directory: dir, budgetBytes: options.kvDiskBudgetBytes, layout: kv.diskLayout, warn: warn)
+            stats.kvDisk = kv.disk?.snapshot
+        }
         stats.kvBlocksTotal = kv.pool.blockCount
         stats.kvDType = kv.dtype
         stats.kvBytesPerToken = kv.bytesPerPosition
@@ -275,8 +308,11 @@ public final class Engine: @unchecked Sendable {
         guard request.prompt.count < model.maxPositions else {
             throw EngineError.promptTooLong(tokens: request.prompt.count, context: model.maxPositions)
         }
-        // Immutable sizes of the allocator, safe to read from any thread.
-        guard request.prompt.count < kvCapacity else {
+        // Immutable sizes of the allocator, safe to read from any thread. With a disk tier, a
+        // sequence the budget could not hold streams its KV from a file instead.
+        let positions = min(request.prompt.count + max(request.maxTokens, 1), model.maxPositions)
+        let streams = diskDirectory != nil && positions > kvCapacity
+        guard request.prompt.count < kvCapacity || streams else {
             throw EngineError.exceedsKVBudget(tokens: request.prompt.count, positions: kvCapacity)
         }
         guard request.maxTokens >= 1 else { throw EngineError.invalidMaxTokens(request.maxTokens) }
@@ -289,7 +325,7 @@ public final class Engine: @unchecked Sendable {
         guard waitingCount < options.maxWaiting else { throw EngineError.queueFull(waiting: waitingCount) }
         let id = nextID
         nextID += 1
-        inbox.append(Sequence(id: id, request: request, stops: stops, onEvent: onEvent))
+        inbox.append(Sequence(id: id, request: request, stops: stops, streams: streams, onEvent: onEvent))
         waitingCount += 1
         lock.signal()
         return id
@@ -359,11 +395,26 @@ public final class Engine: @unchecked Sendable {
             if !work.isEmpty || !scheduler.isIdle { options.idleWork?() }
             for s in arrived {
                 sequences[s.id] = s
+                if s.streams, let dir = diskDirectory {
+                    do {
+                        s.streamed = try StreamedKVCache(widths: model.layers.map { $0.attention.cacheWidths }, dtype: kv.dtype,
+                                                         capacity: model.maxPositions, directory: dir)
+                        lock.lock()
+                        stats.kvStreamedSequences += 1
+                        lock.unlock()
+                    } catch {
+                        s.onEvent(.failed("\(error)"))
+                        end(s, .error)
+                        continue
+                    }
+                }
                 scheduler.enqueue(s.id)
             }
             for id in cancels { if let s = sequences[id] { end(s, .cancelled) } }
             if overdue { for s in Array(sequences.values) { end(s, .cancelled) } }
             if scheduler.isIdle && stopping {
+                // Blocks still queued for the disk tier are written before the server ends.
+                kv.disk?.shutdown()
                 lock.lock()
                 finishedLoop = true
                 lock.broadcast()
@@ -383,14 +434,18 @@ public final class Engine: @unchecked Sendable {
         let plan = scheduler.schedule(
             pending: { self.sequences[$0]?.pending ?? 0 },
             admit: { id in
-                if let s = self.sequences[id], s.cache == nil { self.attachCache(s) }
+                if let s = self.sequences[id], s.cache == nil, s.streamed == nil { self.attachCache(s) }
                 return true
             },
             reserve: { id, k in
-                guard let s = self.sequences[id], let c = s.cache else { return 0 }
+                guard let s = self.sequences[id] else { return 0 }
+                // A streamed sequence's room is its file's; it takes no blocks.
+                if s.streamed != nil { return k }
+                guard let c = s.cache else { return 0 }
                 return self.kv.reserve(c, upTo: k)
             },
             release: { id in
+                // A streamed sequence holds no blocks to give back, and keeps its KV to resume.
                 guard let s = self.sequences[id], let c = s.cache else { return }
                 self.kv.free(c, tokens: self.options.prefixCaching ? s.tokens : nil)
                 s.cache = nil
@@ -410,7 +465,7 @@ public final class Engine: @unchecked Sendable {
         caches.reserveCapacity(slices.count)
         var members: [(Sequence, Int)] = []
         for slice in slices {
-            guard let s = sequences[slice.id], let cache = s.cache, slice.tokens <= s.pending else { continue }
+            guard let s = sequences[slice.id], let cache: any KVStore = s.streamed ?? s.cache, slice.tokens <= s.pending else { continue }
             let from = s.computed
             batch.append(s.tokens[from ..< from + slice.tokens], sequence: caches.count, start: from,
                          logitsForLast: from + slice.tokens == s.tokens.count)
@@ -444,6 +499,14 @@ public final class Engine: @unchecked Sendable {
         }
         for (s, k) in members {
             s.computed += k
+            if let f = s.streamed?.failure {
+                // Its file failed under it: its rows may be wrong, so it ends here (and the
+                // others in the step, whose KV is elsewhere, go on).
+                if s.computed == s.tokens.count { row += 1 }
+                s.onEvent(.failed("\(KVCacheError.streamIO(f))"))
+                end(s, .error)
+                continue
+            }
             guard s.computed == s.tokens.count else { continue }
             let next: GeneratedToken = logits.withUnsafeBufferPointer { all in
                 let l = UnsafeBufferPointer(rebasing: all[row * vocab ..< (row + 1) * vocab])
@@ -492,6 +555,7 @@ public final class Engine: @unchecked Sendable {
             kv.free(cache, tokens: reason != .error && options.prefixCaching ? s.tokens : nil)
         }
         s.cache = nil
+        s.streamed = nil
         s.onEvent(.finished(reason, Usage(promptTokens: s.request.prompt.count, completionTokens: s.generated,
                                           cachedTokens: s.cachedTokens)))
     }
@@ -499,6 +563,7 @@ public final class Engine: @unchecked Sendable {
     private func publishStats() {
         let used = kv.pool.usedCount, cached = kv.pool.cachedCount, bytes = kv.usedBytes
         let running = scheduler.running.count, waiting = scheduler.waiting.count
+        let disk = kv.disk?.snapshot
         let nodes = options.nodeProbe?() ?? (alive: 0, known: 0)
         let now = ProcessInfo.processInfo.systemUptime
         lock.lock()
@@ -511,6 +576,7 @@ public final class Engine: @unchecked Sendable {
         stats.kvBytes = bytes
         stats.kvBlocksUsed = used
         stats.kvBlocksCached = cached
+        stats.kvDisk = disk
         lock.unlock()
     }
 

@@ -107,6 +107,8 @@ public enum ClusterConfig {
         Key(path: "kv.budget", flag: "--kv-budget", kind: .size),
         Key(path: "kv.prefix_cache", flag: "--prefix-cache", kind: .flag(off: "--no-prefix-cache")),
         Key(path: "kv.dtype", flag: "--kv-dtype", kind: .choice(["f32", "f16", "bf16", "q8_0"])),
+        Key(path: "kv.disk", flag: "--kv-disk", kind: .path),
+        Key(path: "kv.disk_budget", flag: "--kv-disk-budget", kind: .size),
         Key(path: "placement", flag: "--placement", kind: .text),
         Key(path: "redundant_experts", flag: "--redundant-experts", kind: .integer),
         Key(path: "rebalance_every", flag: "--rebalance-every", kind: .number),

@@ -10,6 +10,10 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
     case cannotReserve(bytes: Int)
     /// `dtype` cannot store a row piece of `width` values that layer `layer`'s attention reads on its own.
     case unsupportedDType(KVDType, layer: Int, width: Int)
+    /// A sequence longer than the budget could not get its file in the disk tier's directory.
+    case streamFile(path: String, reason: String)
+    /// Reading or writing a streamed sequence's file failed (a full disk, an I/O error).
+    case streamIO(String)
 
     public var description: String {
         switch self {
@@ -25,6 +29,10 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
             return "--kv-dtype \(dtype) stores values in blocks of \(dtype.groupValues), but attention in layer \(layer) of this model "
                 + "reads rows in pieces of \(width) values (a head, the latent or the rotary key); use --kv-dtype "
                 + KVDType.allCases.filter { width % $0.groupValues == 0 }.map(\.rawValue).joined(separator: ", ")
+        case let .streamFile(path, reason):
+            return "cannot create \(path) for a sequence longer than --kv-budget: \(reason)"
+        case .streamIO(let reason):
+            return "reading or writing a sequence's KV in the --kv-disk directory failed: \(reason)"
         case let .outOfBlocks(needed, free):
             return "the KV cache needs \(needed) more blocks but \(free) are free; raise --kv-budget"
         }
@@ -41,6 +49,8 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
 ///   before it is written (copy-on-write), so sequences sharing blocks stay independent.
 /// - `cacheFullBlocks(_:tokens:)` registers blocks as they fill; `free(_:tokens:)` releases a
 ///   sequence's blocks, which stay cached (LRU) until their space is needed.
+/// - With a `disk` tier, every full block is also written to a file as it fills, and a prefix
+///   block no longer in RAM is read back from there (after a restart too).
 ///
 /// Not thread-safe: one engine thread plans and runs steps.
 public final class KVCacheAllocator {
@@ -60,6 +70,11 @@ public final class KVCacheAllocator {
     /// Bytes per block.
     let blockStride: Int
     let storage: UnsafeMutableRawPointer
+    /// Where full blocks are also kept, and looked for when not in RAM (`--kv-disk`); its layout
+    /// must be `diskLayout`. Set before the first sequence.
+    public var disk: KVDiskTier? {
+        didSet { precondition(disk.map { $0.layout == diskLayout } ?? true, "a disk tier for another block layout") }
+    }
 
     /// Storage for as many blocks as `budgetBytes` holds. `widths[l]` is layer `l`'s `(widthA,
     /// widthB)` values per position, stored as `dtype` (which the caller has checked suits the
@@ -111,33 +126,57 @@ public final class KVCacheAllocator {
     /// where the prefix ends inside a block, the cached block after the same parent that shares
     /// the most tokens with it lends its first rows: a finished sequence's partly filled last
     /// block, or a full block the prompt diverges from (or must stop in: its last token is
-    /// computed for its logits). `reserve` copies such a block before writing into it.
+    /// computed for its logits). `reserve` copies such a block before writing into it. With a
+    /// `disk` tier, a full block that is not in RAM is read back from its file when it is there.
     public func sequence(reusing tokens: [Int] = [], upTo limit: Int = 0) -> PagedKVCache {
         let seq = PagedKVCache(allocator: self)
         let limit = min(limit, tokens.count)
         var parent = fingerprint
-        var blocks: [Int] = []
         var hashes: [UInt64] = []
-        while (blocks.count + 1) * blockSize <= limit {
-            let toks = tokens[blocks.count * blockSize ..< (blocks.count + 1) * blockSize]
+        // Each block is retained as it is found, so reading a later one from disk (which
+        // allocates) cannot hand out an earlier one.
+        while (seq.blockCount + 1) * blockSize <= limit {
+            let toks = tokens[seq.blockCount * blockSize ..< (seq.blockCount + 1) * blockSize]
             let h = BlockHash.chain(parent: parent, tokens: toks)
-            guard let b = pool.lookup(.init(hash: h, parent: parent, tokens: Array(toks))) else { break }
-            blocks.append(b)
+            let key = BlockPool.Key(hash: h, parent: parent, tokens: Array(toks))
+            if let b = pool.lookup(key) {
+                pool.retain(b)
+                seq.append(block: b)
+            } else if let b = readFromDisk(key) {
+                seq.append(block: b)
+            } else {
+                break
+            }
             hashes.append(h)
             parent = h
         }
-        var length = blocks.count * blockSize
+        var length = seq.blockCount * blockSize
         if length < limit,
            let (b, n) = pool.longestChild(of: parent, matching: tokens[length ..< min(length + blockSize, tokens.count)]) {
-            blocks.append(b)
-            length += min(n, limit - length)
-        }
-        for b in blocks {
             pool.retain(b)
             seq.append(block: b)
+            length += min(n, limit - length)
         }
         seq.start(length: length, hashes: hashes)
         return seq
+    }
+
+    /// `key`'s block read back from the disk tier into a newly allocated block (held once,
+    /// registered in the prefix cache), or nil when it is not on disk, its file does not check
+    /// out (and is removed), or no block is free.
+    private func readFromDisk(_ key: BlockPool.Key) -> Int? {
+        guard let disk, disk.contains(key), let b = pool.allocate() else { return nil }
+        guard disk.load(key, into: storage + b * blockStride) else {
+            pool.release(b)
+            return nil
+        }
+        pool.register(b, key: key)
+        return b
+    }
+
+    /// What this pool's blocks look like on disk: a block file must match it to be read.
+    public var diskLayout: KVBlockFile.Layout {
+        KVBlockFile.Layout(fingerprint: fingerprint, dtype: dtype, blockSize: blockSize, layers: widths.count, payloadBytes: blockStride)
     }
 
     /// Makes room for up to `count` more positions of `seq`, allocating blocks while any are free
@@ -179,7 +218,11 @@ public final class KVCacheAllocator {
             let parent = i == 0 ? fingerprint : seq.hashes[i - 1]
             let toks = tokens[i * blockSize ..< (i + 1) * blockSize]
             let h = BlockHash.chain(parent: parent, tokens: toks)
-            pool.register(Int(seq.table[i]), key: .init(hash: h, parent: parent, tokens: Array(toks)))
+            let key = BlockPool.Key(hash: h, parent: parent, tokens: Array(toks))
+            let b = Int(seq.table[i])
+            pool.register(b, key: key)
+            // Written as it fills, not when evicted, so it outlives a killed server too.
+            disk?.store(key, from: storage + b * blockStride)
             seq.hashes.append(h)
         }
     }

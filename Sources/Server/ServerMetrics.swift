@@ -1,4 +1,5 @@
 import Coordinator
+import Models
 import Foundation
 import Prometheus
 
@@ -83,8 +84,28 @@ final class ServerMetrics: Sendable {
         preemptions.set(Double(s.preemptions))
         nodesAlive.set(Double(s.nodesAlive))
         nodesKnown.set(Double(s.nodesKnown))
+        if let d = s.kvDisk {
+            renderDisk(d)
+            registry.makeGauge(name: "farside_kv_disk_streamed_sequences",
+                               help: "Sequences longer than --kv-budget whose KV streamed from a file in --kv-disk.").set(Double(s.kvStreamedSequences))
+        }
         if let c = model.cluster?.lastStatus { renderCluster(c) }
         return registry.emitToString()
+    }
+
+    /// The KV disk tier's files and traffic (`--kv-disk`).
+    func renderDisk(_ d: KVDiskTier.Stats) {
+        func gauge(_ name: String, _ help: String, _ v: Int) { registry.makeGauge(name: name, help: help).set(Double(v)) }
+        gauge("farside_kv_disk_blocks", "KV block files in the disk tier (--kv-disk).", d.blocks)
+        gauge("farside_kv_disk_bytes", "Bytes of KV block files in the disk tier.", d.bytes)
+        gauge("farside_kv_disk_hits", "KV blocks read back from the disk tier instead of computed.", d.hits)
+        gauge("farside_kv_disk_read_bytes", "Bytes of KV block files read.", d.bytesRead)
+        gauge("farside_kv_disk_writes", "KV block files written.", d.writes)
+        gauge("farside_kv_disk_written_bytes", "Bytes of KV block files written.", d.bytesWritten)
+        gauge("farside_kv_disk_rejected", "KV block files ignored and removed: another model or setting, damaged, or cut short.", d.rejected)
+        gauge("farside_kv_disk_evictions", "KV block files removed to stay within --kv-disk-budget.", d.evictions)
+        gauge("farside_kv_disk_dropped", "KV blocks not written: the writer was behind, or writing stopped after a failure.", d.dropped)
+        gauge("farside_kv_disk_writable", "1 while the disk tier writes blocks, 0 after a failed write (RAM only).", d.writable ? 1 : 0)
     }
 
     /// Per-node energy accounting and placement, from the cluster's cached status.

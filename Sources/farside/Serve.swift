@@ -64,6 +64,12 @@ struct Serve: ParsableCommand {
     @Flag(name: .long, inversion: .prefixedNo, help: "Keep KV blocks cached for later requests that share a prefix (a system prompt, earlier chat turns).")
     var prefixCache = true
 
+    @Option(name: .customLong("kv-disk"), help: "A directory for the KV cache's disk tier: full prefix-cache blocks are written there and read back when no longer in RAM, also after a restart on the same model (created if missing; one server per directory).")
+    var kvDisk: String?
+
+    @Option(name: .customLong("kv-disk-budget"), help: "Disk space for --kv-disk block files (e.g. 64GiB); the least recently used are removed first.")
+    var kvDiskBudget: String = "64GiB"
+
     @Option(name: .long, help: "Require 'Authorization: Bearer KEY' on /v1/* (default: $FARSIDE_API_KEY, or none).")
     var apiKey: String?
 
@@ -125,6 +131,13 @@ struct Serve: ParsableCommand {
         guard (0...1_000_000).contains(maxWaiting) else { throw ValidationError("--max-waiting must be in 0...1000000, got \(maxWaiting)") }
         guard (1...4096).contains(kvBlockSize) else { throw ValidationError("--kv-block-size must be in 1...4096, got \(kvBlockSize)") }
         _ = try kvBudgetBytes()
+        _ = try parseBytes(kvDiskBudget, flag: "--kv-disk-budget")
+        if let d = kvDisk {
+            guard !d.isEmpty else { throw ValidationError("--kv-disk must name a directory") }
+            guard prefixCache else {
+                throw ValidationError("--kv-disk keeps prefix-cache blocks on disk, so it needs the prefix cache: drop --no-prefix-cache")
+            }
+        }
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ValidationError("--drain-timeout must be a finite number of seconds >= 0") }
         guard (1024...(1 << 30)).contains(maxBodyBytes) else { throw ValidationError("--max-body-bytes must be in 1024...1073741824, got \(maxBodyBytes)") }
         if let n = defaultMaxTokens, n < 1 { throw ValidationError("--default-max-tokens must be at least 1, got \(n)") }
@@ -180,6 +193,26 @@ struct Serve: ParsableCommand {
         return key
     }
 
+    /// What names the weights in the prefix hashes' root, and so in the `--kv-disk` block files:
+    /// the path and the size and modification time of each weights file (and config.json), so a
+    /// model replaced at the same path (re-quantised, fine-tuned) never meets the KV of the one
+    /// before, while the same files after a restart do.
+    func weightsIdentity(_ path: String) -> String {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return path }
+        let files = isDir.boolValue
+            ? ((try? fm.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") || $0 == "config.json" }
+                .sorted().map { path + "/" + $0 }
+            : [path]
+        return ([path] + files.map { f in
+            let a = try? fm.attributesOfItem(atPath: f)
+            let size = (a?[.size] as? NSNumber)?.intValue ?? -1
+            let mtime = (a?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+            return "\(f):\(size):\(mtime)"
+        }).joined(separator: ";")
+    }
+
     /// `--kv-budget` in bytes.
     func kvBudgetBytes() throws -> Int {
         try parseBytes(kvBudget, flag: "--kv-budget")
@@ -215,7 +248,10 @@ struct Serve: ParsableCommand {
             opts.kvBudgetBytes = try kvBudgetBytes()
             opts.kvDType = kvDType
             opts.prefixCaching = prefixCache
-            opts.modelIdentity = path
+            opts.modelIdentity = weightsIdentity(path)
+            opts.kvDiskDirectory = kvDisk
+            opts.kvDiskBudgetBytes = try parseBytes(kvDiskBudget, flag: "--kv-disk-budget")
+            opts.warn = { [logger] in logger.warning("\($0)") }
             // Set once the engine exists (it is the cluster's thread); read by that thread only.
             nonisolated(unsafe) var control: ClusterControl?
             if let cluster {
@@ -231,6 +267,9 @@ struct Serve: ParsableCommand {
             if let cluster { control = ClusterControl(engine: engine, cluster: cluster) }
             let kvState = engine.snapshot()
             logger.info("KV cache: \(kvState.kvDType), \(kvState.kvBytesPerToken) bytes per token, \(kvState.kvBlocksTotal) blocks of \(kvBlockSize) positions (\(engine.kvCapacity) positions)")
+            if let d = kvState.kvDisk, let dir = kvDisk {
+                logger.info("KV disk tier: \(dir), \(d.blocks) blocks on disk (\(d.bytes) bytes) from earlier runs, budget \(kvDiskBudget)")
+            }
             engine.start()
             let name = servedModelName ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
             let served = ServedModel(

@@ -287,6 +287,8 @@ def test_example_config_checks():
     ("coordinator:\n  kv:\n    prefix_cache: maybe\n", ["farside.yaml:3", "true or false"]),
     ("coordinator:\n  model: /no/such/model.gguf\n", ["farside.yaml:2", "'coordinator.model'", "/no/such/model.gguf", "does not exist"]),
     ("coordinator:\n  kv:\n    block_size: 0\n", ["farside.yaml:3", "'coordinator.kv.block_size'", "--kv-block-size must be in 1...4096"]),
+    ("coordinator:\n  kv:\n    disk_budget: lots\n", ["farside.yaml:3", "'coordinator.kv.disk_budget'", "size"]),
+    ("coordinator:\n  kv:\n    disk: /tmp/kv\n    prefix_cache: false\n", ["farside.yaml:3", "'coordinator.kv.disk'", "needs the prefix cache"]),
     ("node:\n  memory_budget: 1e30GiB\n", ["farside.yaml:2", "'node.memory_budget'"]),
     ("node:\n  coordinator: http://x\n", ["farside.yaml:2", "ZeroMQ endpoint"]),
     ("coordinator:\n  http:\n    port: 1\n    port: 2\n", ["farside.yaml:", "appears twice"]),
