@@ -30,16 +30,8 @@ extension ExpertCluster {
     /// their current experts plus the new ones (`epoch`); routing switches to `target` between
     /// steps once they have all loaded, then every node is sent its final set (dropping what
     /// moved away) and the retiring nodes are told to exit.
-    ///
-    /// Where a node's memory cannot hold its current experts and its new ones at once, the move
-    /// goes in stages: each stage loads what fits, switches routing to a placement where every
-    /// expert uses its new replicas that are loaded (its old ones otherwise), and releases the
-    /// old copies that made room; the next stage loads more, until `final` is reached.
     struct Transition {
-        /// Where routing switches at the end of this stage.
         var target: [Int: [[Int]]]
-        /// The placement being applied (equal to `target` in the last stage).
-        var final: [Int: [[Int]]]
         var epoch: UInt64
         var members: [Int]
         var retiring: [Int]
@@ -209,49 +201,19 @@ extension ExpertCluster {
     /// nothing in it and are told to exit once routing has left them.
     func beginTransition(to target: [Int: [[Int]]], retiring: [Int], reason: String,
                          done: @escaping (PlacementCommandError?) -> Void) throws {
-        try beginTransition(to: target, retiring: retiring, reason: reason, done: [done])
-    }
-
-    func beginTransition(to final: [Int: [[Int]]], retiring: [Int], reason: String,
-                         done: [(PlacementCommandError?) -> Void]) throws {
-        // What each node gains, as far as its memory holds it beside what it has.
-        let expertBytes = max(layout.expertBytes, 1)
-        var gains: [Int: [(layer: Int, expert: Int)]] = [:]
-        var deferred = Set<Int>()   // node << 40 | layer << 20 | expert: gains left for a later stage
+        epoch += 1
+        var members: [Int] = []
+        let streamedBefore = streamedBytes
         for i in nodes.indices where available(i) {
             let now = Set(nodes[i].experts.map { $0.layer << 20 | $0.expert })
-            var gain = experts(of: final, node: i).filter { !now.contains($0.layer << 20 | $0.expert) }
-            if nodes[i].memoryBudget > 0 {
-                let room = max(0, Int(nodes[i].memoryBudget / expertBytes) - now.count)
-                for k in gain.dropFirst(room) { deferred.insert(i << 40 | k.layer << 20 | k.expert) }
-                gain = Array(gain.prefix(room))
-            }
-            if !gain.isEmpty { gains[i] = gain }
-        }
-        // This stage's routing: each expert's new replicas that hold it by then, or, where none
-        // does yet, the replicas it has now.
-        var target = final
-        if !deferred.isEmpty {
-            for (layer, row) in final {
-                for (e, reps) in row.enumerated() {
-                    let ready = reps.filter { !deferred.contains($0 << 40 | layer << 20 | e) }
-                    target[layer]![e] = ready.isEmpty ? (placement[layer]?[e] ?? []) : ready
-                }
-            }
-            guard !gains.isEmpty || target != placement else {
-                throw PlacementCommandError.failed("the experts cannot move make-before-break within the nodes' memory budgets: "
-                    + "every node that gains experts is full and none can release one first; give the nodes more --memory-budget")
-            }
-        }
-        epoch += 1
-        let streamedBefore = streamedBytes
-        for (i, gain) in gains.sorted(by: { $0.key < $1.key }) {
+            let gain = experts(of: target, node: i).filter { !now.contains($0.layer << 20 | $0.expert) }
+            guard !gain.isEmpty else { continue }
             try sendAssignment(i, nodes[i].experts + gain, epoch: epoch)
+            members.append(i)
         }
-        transition = Transition(target: target, final: final, epoch: epoch, members: gains.keys.sorted(), retiring: retiring,
-                                deadline: loadDeadline(streamedSince: streamedBefore), reason: reason, done: done)
-        log("re-placement (\(reason)): \(gains.count) node(s) loading experts first"
-            + (deferred.isEmpty ? "" : " (a stage: \(deferred.count) more once memory is released)"))
+        transition = Transition(target: target, epoch: epoch, members: members, retiring: retiring,
+                                deadline: loadDeadline(streamedSince: streamedBefore), reason: reason, done: [done])
+        log("re-placement (\(reason)): \(members.count) node(s) loading experts first")
         advanceTransition()
     }
 
@@ -280,23 +242,12 @@ extension ExpertCluster {
             // sends it work for those experts).
             try? sendAssignment(i, nodes[i].experts, epoch: epoch)
         }
-        logPlacement()
-        if t.target != t.final {
-            // The next stage, now that the old copies are released.
-            do {
-                return try beginTransition(to: t.final, retiring: t.retiring, reason: t.reason, done: t.done)
-            } catch {
-                for i in t.retiring { nodes[i].draining = false }
-                log("re-placement (\(t.reason)) stopped part way: \(error)")
-                for d in t.done { d(.failed("re-placement stopped part way: \(error)")) }
-                return
-            }
-        }
         for i in t.retiring where nodes[i].alive {
             nodes[i].experts = []
             sendShutdown(i)
             retire(i)
         }
+        logPlacement()
         for d in t.done { d(nil) }
     }
 

@@ -38,6 +38,7 @@ def stream_ids(server, prompt, n, started):
         if not line.startswith("data: {"):
             continue
         chunk = json.loads(line[6:])
+        assert "choices" in chunk, f"the stream carried an error: {chunk}"
         for c in chunk["choices"]:
             ids += c.get("token_ids", [])
             finish = c.get("finish_reason") or finish
@@ -72,6 +73,9 @@ def generations_while(server, actions):
         for act in actions:
             act()
             done = [f for f in futures if f.done()]
+            for f in done:
+                if f.exception():  # a generation that failed says why, with the server's log
+                    raise AssertionError(f"{f.exception()}\n{''.join(server.stderr_lines)[-4000:]}")
             assert not done, f"{len(done)} generation(s) finished before {act.__name__} returned: lengthen N"
         return [f.result()[0] for f in futures]
 
@@ -181,60 +185,6 @@ def test_a_node_without_the_model_gets_its_experts_streamed(undisturbed):
             assert bare.wait(30) == 0
             err = bare.stderr.read()
             assert "refused" not in err, err
-
-
-def expert_bytes(model_dir):
-    """Bytes of one routed expert (gate, up, down) of a safetensors fixture, from its header."""
-    raw = (model_dir / "model.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
-    size = {"F32": 4, "F16": 2, "BF16": 2}
-    return sum(size[t["dtype"]] * t["shape"][0] * t["shape"][1] for name, t in header.items()
-               if ".mlp.experts.0." in name and name.startswith("model.layers.1."))
-
-
-def test_rebalance_moves_in_stages_when_memory_cannot_hold_old_and_new():
-    """A node whose memory holds its new experts but not its old ones beside them gets them in
-    stages (load what fits, switch, release, load the rest): every budget holds, and the tokens
-    do not change."""
-    model = FIXTURES / "deepseek_v3"
-    b = expert_bytes(model)
-    listen = f"tcp://127.0.0.1:{free_port()}"
-    # 16 experts: `a` can hold them all, `b` 9 — one more than its half under `balanced:0`. The
-    # nodes start first: the server answers HTTP once they have registered.
-    nodes = [subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", listen, "--model", str(model),
-                               "--node-id", name, "--insecure-links", "--memory-budget", str(budget), "--quiet"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for name, budget in [("a", 16 * b), ("b", 9 * b)]]
-    s = None
-    try:
-        s = Server("--nodes", "2", "--node-listen", listen, "--insecure-links", "--no-prefix-cache", model=model)
-        deadline = time.time() + 60
-        while sum(n["experts"] for n in status(s)["nodes"]) < 16:
-            assert time.time() < deadline, status(s)
-            time.sleep(0.1)
-        before = {n["id"]: n["experts"] for n in status(s)["nodes"]}
-        assert before["a"] > before["b"], before
-
-        def tokens():
-            st, _, out = s.request("POST", "/v1/completions", {"prompt": [5, 6, 7, 8, 9], "max_tokens": 24, "temperature": 0,
-                                                                "ignore_eos": True, "return_token_ids": True})
-            assert st == 200, out
-            return json.loads(out)["choices"][0]["token_ids"]
-
-        reference = tokens()
-        st, body = admin(s, "POST", "/admin/cluster/rebalance", {"strategy": "balanced:0"})
-        assert st == 200, body
-        after = {n["id"]: n["experts"] for n in status(s)["nodes"]}
-        assert after == {"a": 8, "b": 8}, after
-        log = "".join(s.stderr_lines)
-        assert "more once memory is released" in log and "declared dead" not in log and "abandoned" not in log, log[-3000:]
-        assert tokens() == reference
-    finally:
-        stopped = s.stop() if s else 0
-        for n in nodes:
-            n.terminate()
-            n.wait(30)
-        assert stopped == 0
 
 
 def test_killing_a_node_that_holds_replicas_loses_nothing(undisturbed):
