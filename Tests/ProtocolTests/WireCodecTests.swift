@@ -259,8 +259,8 @@ final class WireCodecTests: XCTestCase {
         var env = Farside_V1_Envelope()
         env.protocolVersion = WireCodec.protocolVersion
         expectWireError(.malformed, mentioning: "body") { _ = try WireCodec.decodeEnvelope(try WireCodec.encode(env)) }
-        // protocol_version = 1, then field 17 (not in this schema) as an empty message.
-        let future = Data([0x08, 0x01, 0x8A, 0x01, 0x00])
+        // protocol_version = 1, then field 40 (not in this schema) as an empty message.
+        let future = Data([0x08, 0x01, 0xC2, 0x02, 0x00])
         expectWireError(.malformed, mentioning: "body") { _ = try WireCodec.decodeEnvelope(future) }
     }
 
