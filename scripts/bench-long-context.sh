@@ -62,6 +62,7 @@ for i in $(seq "$rounds"); do
       fs "$who" "$bin" "$i" --model "$model" --kv-dtype f16 --prompt-tokens "$d" --decode-tokens 16 $(ctx "$d")
     done
     fs "$who" "$bin" "$i" --model "$model" --kv-dtype f16 --prompt-tokens 1 --decode-tokens 64
+    [ "$who" = new ] || continue  # "before" on the default model only
     for d in $mla_depths; do fs "$who" "$bin" "$i" --model "$mla" --kv-dtype f16 --prompt-tokens "$d" --decode-tokens 8; done
   done
   pl=$(echo "$prompts" | tr ' ' ','); dl=$(echo "0 $depths" | tr ' ' ',')
