@@ -1,6 +1,6 @@
 /// How the KV cache stores its rows (`--kv-dtype`). Attention reads them in this form,
-/// widening to fp32 in registers (`KVRowFormat`); the model computes every row in fp32 and
-/// rounds it once, as it is stored.
+/// widening to fp32 as it reads (`KVRowFormat`, `AttentionTile`); the model computes every row
+/// in fp32 and rounds it once, as it is stored.
 ///
 /// - `f32`: as computed (bit-identical to a cache without a dtype).
 /// - `f16`, `bf16`: IEEE half / bfloat16, rounded to nearest even.
@@ -52,10 +52,11 @@ public enum KVDType: String, CaseIterable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The two operations attention performs on a stored KV row, reading it in its stored type and
-/// widening in registers (no fp32 copy of the row is made), with fp32 accumulation; and the
-/// rounding that stores it. Callers switch on `KVDType` once and run code specialised for one
-/// format (every member is `@inlinable`).
+/// Operations on a stored KV row, reading it in its stored type and widening in registers, with
+/// fp32 accumulation: a dot product and a scaled add (for callers that read a row once), the
+/// widening that `AttentionTile` uses to turn a few dozen rows into an L1-resident fp32 block
+/// that many queries then share; and the rounding that stores a row. Callers switch on
+/// `KVDType` once and run code specialised for one format (every member is `@inlinable`).
 ///
 /// Rows may start at any byte address (a q8_0 row is 34 bytes per 32 values), so every load is
 /// unaligned-safe. Each function's result depends only on its arguments, never on where the row
@@ -67,6 +68,9 @@ public protocol KVRowFormat {
     static func addScaled(_ y: UnsafeMutablePointer<Float>, _ row: UnsafeRawPointer, scale: Float, count: Int)
     /// Stores `x[0..<count]` rounded to this format at `row`.
     static func store(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer, count: Int)
+    /// `y[i] = row[i]` widened to fp32 for `i < count` (exact: each value as `KVDType.load`
+    /// reads it).
+    static func widen(_ row: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, count: Int)
 }
 
 /// fp32 rows: exactly `Elementwise.dot` and `Elementwise.addScaled`, so an f32 cache gives the
@@ -83,6 +87,10 @@ public enum KVRowF32: KVRowFormat {
     @inlinable
     public static func store(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer, count: Int) {
         row.copyMemory(from: x, byteCount: 4 * count)
+    }
+    @inlinable
+    public static func widen(_ row: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, count: Int) {
+        UnsafeMutableRawPointer(y).copyMemory(from: row, byteCount: 4 * count)
     }
 }
 
@@ -115,6 +123,20 @@ enum WideRows {
     }
 
     @inlinable @inline(__always)
+    static func widen<F: WeightFormat>(_ f: F.Type, _ row: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, count: Int) {
+        let es = F.byteSize
+        var i = 0
+        while i + 8 <= count {
+            Elementwise.store(F.load8(row + i * es), y, i)
+            i += 8
+        }
+        while i < count {
+            y[i] = F.load1(row + i * es)
+            i += 1
+        }
+    }
+
+    @inlinable @inline(__always)
     static func addScaled<F: WeightFormat>(_ f: F.Type, _ y: UnsafeMutablePointer<Float>, _ row: UnsafeRawPointer,
                                            scale: Float, count: Int) {
         let sv = SIMD8<Float>(repeating: scale), es = F.byteSize
@@ -142,6 +164,10 @@ public enum KVRowF16: KVRowFormat {
         WideRows.addScaled(F16Format.self, y, row, scale: scale, count: count)
     }
     @inlinable
+    public static func widen(_ row: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, count: Int) {
+        WideRows.widen(F16Format.self, row, into: y, count: count)
+    }
+    @inlinable
     public static func store(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer, count: Int) {
         // Swift's Float → Float16 conversion rounds to nearest even.
         for i in 0..<count { row.storeBytes(of: Float16(x[i]).bitPattern, toByteOffset: 2 * i, as: UInt16.self) }
@@ -157,6 +183,10 @@ public enum KVRowBF16: KVRowFormat {
     @inlinable
     public static func addScaled(_ y: UnsafeMutablePointer<Float>, _ row: UnsafeRawPointer, scale: Float, count: Int) {
         WideRows.addScaled(BF16Format.self, y, row, scale: scale, count: count)
+    }
+    @inlinable
+    public static func widen(_ row: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, count: Int) {
+        WideRows.widen(BF16Format.self, row, into: y, count: count)
     }
     @inlinable
     public static func store(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer, count: Int) {
@@ -211,6 +241,20 @@ public enum KVRowQ8_0: KVRowFormat {
             Elementwise.store(Elementwise.load(yp, 8).addingProduct(load8(p + 10), sv), yp, 8)
             Elementwise.store(Elementwise.load(yp, 16).addingProduct(load8(p + 18), sv), yp, 16)
             Elementwise.store(Elementwise.load(yp, 24).addingProduct(load8(p + 26), sv), yp, 24)
+            p += 34
+            yp += 32
+        }
+    }
+
+    @inlinable
+    public static func widen(_ row: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, count: Int) {
+        var p = row, yp = y
+        for _ in 0..<(count / 32) {
+            let d = SIMD8<Float>(repeating: F16Format.load1(p))
+            Elementwise.store(load8(p + 2) * d, yp, 0)
+            Elementwise.store(load8(p + 10) * d, yp, 8)
+            Elementwise.store(load8(p + 18) * d, yp, 16)
+            Elementwise.store(load8(p + 26) * d, yp, 24)
             p += 34
             yp += 32
         }

@@ -36,9 +36,16 @@ func addBias(_ y: UnsafeMutablePointer<Float>, _ bias: [Float]?, rows n: Int) {
 /// Dao et al. 2022; FlashDecoding's split-K for decode, Dao et al. 2023).
 let attentionTile = 256
 
-/// Prompt rows that walk the KV tiles together (each KV tile is read once per query tile while
-/// it is hot in cache, rather than once per row).
-let attentionQueryTile = 8
+/// Prompt rows that walk the KV tiles together (each KV tile is read and widened once per query
+/// tile, rather than once per row), at most: fewer when a row has many queries, so that one
+/// call's queries stay near `attentionTileQueries` (its scores, `queries × attentionTile`
+/// floats, stay in L2).
+let attentionQueryTile = 32
+let attentionTileQueries = 96
+
+/// Rows per query tile for rows of `g` queries per group.
+@inline(__always)
+func queryTileRows(_ g: Int) -> Int { max(1, min(attentionQueryTile, attentionTileQueries / max(1, g))) }
 
 /// Batches with at most this many rows split each row's context into its tiles across the
 /// cores (split-K) and merge the partial states afterwards; larger batches give each core whole
@@ -49,64 +56,98 @@ let attentionSplitRows = 16
 @inline(__always)
 func softmaxStateSize(_ width: Int) -> Int { width + 2 }
 
-/// One KV tile's attention for `queries` queries that read the same rows (a GQA group, or every
-/// MLA head): for query `i`, `states[i]` (stride `softmaxStateSize(width)`) becomes the tile's
-/// partial state — the largest scaled score `m`, `ℓ = Σ_j e^(s_j - m)` and the unnormalised
-/// `Σ_j e^(s_j - m) · value_j` (FlashAttention's `(m, ℓ, O)`). Rows `lo..<hi` (within one tile)
-/// are visited in position order through the block table, each read once for all the queries:
-/// `score(i, a, b)` scores query `i` against a row's stored `a` and `b` rows, `accumulate` adds
-/// a value row times its weight. `scores` holds `queries · attentionTile` floats.
+/// Per-worker scratch of `attendTile`: the tile's scores, its row pointer lists, the calling
+/// queries' pointers and `AttentionTile`'s widened rows; carved from one temporary allocation.
+struct TileScratch {
+    let scores: UnsafeMutablePointer<Float>
+    let keys: UnsafeMutablePointer<UnsafeRawPointer>, ropeKeys: UnsafeMutablePointer<UnsafeRawPointer>
+    let values: UnsafeMutablePointer<UnsafeRawPointer>
+    let queries: UnsafeMutablePointer<UnsafePointer<Float>>, ropeQueries: UnsafeMutablePointer<UnsafePointer<Float>>
+    let kernel: UnsafeMutableRawPointer
+
+    /// Bytes for calls of up to `queries` queries over rows of `width` (and `ropeWidth`) values.
+    static func bytes(queries: Int, width: Int, ropeWidth: Int) -> Int {
+        let p = MemoryLayout<UnsafeRawPointer>.stride
+        return 4 * queries * attentionTile + 3 * p * attentionTile + 2 * p * queries
+            + AttentionTile.scratchBytes(width: width, ropeWidth: ropeWidth) + 64
+    }
+
+    /// Runs `body` with scratch for `queries` queries (`bytes(queries:width:ropeWidth:)`).
+    @inline(__always)
+    static func with<R>(queries: Int, width: Int, ropeWidth: Int, _ body: (TileScratch) -> R) -> R {
+        withUnsafeTemporaryAllocation(byteCount: bytes(queries: queries, width: width, ropeWidth: ropeWidth),
+                                      alignment: 64) { buf in
+            let b = buf.baseAddress!, p = MemoryLayout<UnsafeRawPointer>.stride, T = attentionTile
+            let pointers = b + 4 * queries * T
+            let q = pointers + 3 * p * T
+            return body(TileScratch(scores: b.assumingMemoryBound(to: Float.self),
+                                    keys: pointers.assumingMemoryBound(to: UnsafeRawPointer.self),
+                                    ropeKeys: (pointers + p * T).assumingMemoryBound(to: UnsafeRawPointer.self),
+                                    values: (pointers + 2 * p * T).assumingMemoryBound(to: UnsafeRawPointer.self),
+                                    queries: q.assumingMemoryBound(to: UnsafePointer<Float>.self),
+                                    ropeQueries: (q + p * queries).assumingMemoryBound(to: UnsafePointer<Float>.self),
+                                    kernel: q + 2 * p * queries))
+        }
+    }
+}
+
+/// Where the queries of a batch row are, and which stored rows they read: GQA (`rope` nil) reads
+/// its key head from the `a` rows and its value head from the `b` rows (group `k`: the piece at
+/// value `k · width`); MLA (`rope` set) scores the latent (`a` rows) plus the rotary key (`b`
+/// rows, `ropeWidth` values) and accumulates the latent as its value.
+struct TileQueries {
+    /// Query `i` of group `group` of batch row `t`: `(t, group, i)`.
+    let query: (Int, Int, Int) -> UnsafePointer<Float>
+    /// MLA's rotary query part, `(t, group, i)`; nil for GQA.
+    let rope: ((Int, Int, Int) -> UnsafePointer<Float>)?
+    let ropeWidth: Int
+}
+
+/// One KV tile's attention for batch rows `t0..<t1` of one sequence that all attend to
+/// positions `lo..<hi` (within one `attentionTile`), group `group`: for row `t`'s query `i`,
+/// `states + ((t − t0) · g + i) · softmaxStateSize(width)` becomes the tile's partial state —
+/// the largest scaled score `m`, `ℓ = Σ_j e^(s_j − m)` and the unnormalised
+/// `Σ_j e^(s_j − m) · value_j` (FlashAttention's `(m, ℓ, O)`). Rows are found through the
+/// block table, in position order, and each is read once for all the queries of the call
+/// (`AttentionTile.run`, whose result for a query does not depend on the others in the call).
 @inline(__always)
-func attendTile(_ kv: KVLayerView, from lo: Int, to hi: Int, queries g: Int, width: Int, scale: Float,
-                scores: UnsafeMutablePointer<Float>,
-                score: (Int, UnsafeRawPointer, UnsafeRawPointer) -> Float,
-                accumulate: (UnsafeMutablePointer<Float>, UnsafeRawPointer, UnsafeRawPointer, Float) -> Void,
-                states: UnsafeMutablePointer<Float>) {
-    let len = hi - lo, stride = softmaxStateSize(width), T = attentionTile
-    // Pass over the keys: every query's scores for the tile.
-    var j = 0, block = lo / kv.blockSize, offset = lo % kv.blockSize
+func attendTile(_ kv: KVLayerView, rows t0: Int, _ t1: Int, group: Int, from lo: Int, to hi: Int, queries g: Int,
+                width: Int, scale: Float, layout: TileQueries, scratch: TileScratch, states: UnsafeMutablePointer<Float>) {
+    let len = hi - lo, latent = layout.rope != nil, offset = kv.dtype.bytes(group * width)
+    var j = 0, block = lo / kv.blockSize, first = lo % kv.blockSize
     while j < len {
-        let rows = min(kv.blockSize - offset, len - j)
-        var a = UnsafeRawPointer(kv.blockA(block)) + offset * kv.rowBytesA
-        var b = UnsafeRawPointer(kv.blockB(block)) + offset * kv.rowBytesB
+        let rows = min(kv.blockSize - first, len - j)
+        var a = UnsafeRawPointer(kv.blockA(block)) + first * kv.rowBytesA
+        var b = UnsafeRawPointer(kv.blockB(block)) + first * kv.rowBytesB
         for r in 0..<rows {
-            for i in 0..<g { scores[i * T + j + r] = score(i, a, b) * scale }
+            scratch.keys[j + r] = a + offset
+            if latent {
+                scratch.ropeKeys[j + r] = b
+                scratch.values[j + r] = a
+            } else {
+                scratch.values[j + r] = b + offset
+            }
             a += kv.rowBytesA
             b += kv.rowBytesB
         }
         j += rows
         block += 1
-        offset = 0
+        first = 0
     }
-    for i in 0..<g {
-        let s = scores + i * T, st = states + i * stride
-        var m = s[0]
-        for r in 1..<max(1, len) { m = max(m, s[r]) }
-        for r in 0..<len { s[r] -= m }
-        Elementwise.exp(s, count: len)
-        var sum: Float = 0
-        for r in 0..<len { sum += s[r] }
-        st[0] = m
-        st[1] = sum
-        (st + 2).update(repeating: 0, count: width)
-    }
-    // Pass over the values.
-    j = 0
-    block = lo / kv.blockSize
-    offset = lo % kv.blockSize
-    while j < len {
-        let rows = min(kv.blockSize - offset, len - j)
-        var a = UnsafeRawPointer(kv.blockA(block)) + offset * kv.rowBytesA
-        var b = UnsafeRawPointer(kv.blockB(block)) + offset * kv.rowBytesB
-        for r in 0..<rows {
-            for i in 0..<g { accumulate(states + i * stride + 2, a, b, scores[i * T + j + r]) }
-            a += kv.rowBytesA
-            b += kv.rowBytesB
+    var u = 0
+    for t in t0..<t1 {
+        for i in 0..<g {
+            scratch.queries[u] = layout.query(t, group, i)
+            if let rope = layout.rope { scratch.ropeQueries[u] = rope(t, group, i) }
+            u += 1
         }
-        j += rows
-        block += 1
-        offset = 0
     }
+    AttentionTile.run(dtype: kv.dtype, count: len, keys: scratch.keys, ropeKeys: latent ? UnsafePointer(scratch.ropeKeys) : nil,
+                      values: scratch.values, queries: scratch.queries,
+                      ropeQueries: latent ? UnsafePointer(scratch.ropeQueries) : nil,
+                      count: u, width: width, ropeWidth: layout.ropeWidth, scale: scale,
+                      scores: scratch.scores, scoreStride: attentionTile, scratch: scratch.kernel,
+                      states: states, stateStride: softmaxStateSize(width))
 }
 
 /// Merges partial state `p` into `s` (both `softmaxStateSize(width)` floats): the combined
@@ -144,41 +185,57 @@ func finishSoftmaxState(_ s: UnsafePointer<Float>, width: Int, out: UnsafeMutabl
 /// Causal attention of every row of a batch over its own sequence's cache, tiled
 /// (`attentionTile`) with partial softmax states merged in tile order. Each row has `groups`
 /// groups of `queries` queries; a group's queries read the same stored rows (GQA: one KV head's
-/// query heads; MLA: every head), so each KV row is read once per group. `tile(view, t, group,
-/// lo, hi, scores, states)` computes `attendTile` for row `t`'s group over positions `lo..<hi`;
-/// `output(t, group, i)` is where query `i`'s result goes. `splitK` (nil: by batch size) picks
-/// the decode scheme (tiles of one row across cores, then a merge) or the prompt scheme (query
-/// tiles of up to `attentionQueryTile` rows walk the KV tiles together); both give the same bits.
+/// query heads; MLA: every head), so each KV row is read once per group (`attendTile`, with
+/// `layout` saying where the queries are). `output(t, group, i)` is where query `i`'s result
+/// goes. `splitK` (nil: by batch size) picks the decode scheme (tiles of one row across cores,
+/// then a merge) or the prompt scheme (query tiles of `queryTileRows(g)` rows walk the KV tiles
+/// together, all the rows a KV tile lies wholly before in one call); both give the same bits.
 @inline(__always)
 func attendCausal(rows n: Int, spans: [SequenceSpan], layer: Int, groups: Int, queries g: Int, width: Int,
-                  workspace ws: Workspace, splitK: Bool? = nil,
-                  tile: (KVLayerView, Int, Int, Int, Int, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void,
+                  scale: Float, layout: TileQueries, workspace ws: Workspace, splitK: Bool? = nil,
                   output: (Int, Int, Int) -> UnsafeMutablePointer<Float>) {
     let T = attentionTile, stride = softmaxStateSize(width), slot = g * stride
     // Context length of row `t` (it attends to its own position and every earlier one).
     func length(_ span: SequenceSpan, _ t: Int) -> Int { span.start + (t - span.rows.lowerBound) + 1 }
     if splitK ?? (n <= attentionSplitRows) {
-        // Split-K: one work item per (row, group, tile); item `(t, group, k)` writes its partial
-        // states to slot `first[t] + group · tiles(t) + k`.
-        withUnsafeTemporaryAllocation(of: Int.self, capacity: 2 * n + 1) { buf in
-            let first = buf.baseAddress!, tiles = first + n + 1
+        // Split-K: the partial states of (row t, group, tile k) go to slot
+        // `first[t] + group · tiles(t) + k`. A work item is one tile of one row with all its
+        // groups, one after the other (the tile's rows are read in order, while the first
+        // group's reads are still in cache), or, when that leaves too few items for the cores
+        // (short contexts), one group of one tile.
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * n + 2) { buf in
+            let first = buf.baseAddress!, tiles = first + n + 1, tileFirst = tiles + n
             var hint = 0
             first[0] = 0
+            tileFirst[0] = 0
             for t in 0..<n {
                 tiles[t] = (length(spans.span(containing: t, hint: &hint), t) + T - 1) / T
                 first[t + 1] = first[t] + groups * tiles[t]
+                tileFirst[t + 1] = tileFirst[t] + tiles[t]
             }
-            let items = first[n]
-            let partials = ws.buffer(Workspace.softmaxPartials, count: items * slot)
-            ThreadPool.shared.parallelFor(items) { lo, hi in
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: g * T) { scores in
+            let whole = groups == 1 || tileFirst[n] >= 4 * ThreadPool.shared.threadCount
+            let partials = ws.buffer(Workspace.softmaxPartials, count: first[n] * slot)
+            ThreadPool.shared.parallelFor(whole ? tileFirst[n] : first[n]) { lo, hi in
+                TileScratch.with(queries: g, width: width, ropeWidth: layout.ropeWidth) { scratch in
                     var t = 0, hint = 0
                     for item in lo..<hi {
-                        while first[t + 1] <= item { t += 1 }
-                        let span = spans.span(containing: t, hint: &hint)
-                        let local = item - first[t], group = local / tiles[t], k = local % tiles[t]
-                        tile(span.cache.view(layer: layer), t, group, k * T, min((k + 1) * T, length(span, t)),
-                             scores.baseAddress!, partials + item * slot)
+                        let k: Int, groupRange: Range<Int>
+                        if whole {
+                            while tileFirst[t + 1] <= item { t += 1 }
+                            k = item - tileFirst[t]
+                            groupRange = 0..<groups
+                        } else {
+                            while first[t + 1] <= item { t += 1 }
+                            let local = item - first[t]
+                            k = local % tiles[t]
+                            groupRange = (local / tiles[t])..<(local / tiles[t] + 1)
+                        }
+                        let span = spans.span(containing: t, hint: &hint), view = span.cache.view(layer: layer)
+                        for group in groupRange {
+                            attendTile(view, rows: t, t + 1, group: group, from: k * T, to: min((k + 1) * T, length(span, t)),
+                                       queries: g, width: width, scale: scale, layout: layout, scratch: scratch,
+                                       states: partials + (first[t] + group * tiles[t] + k) * slot)
+                        }
                     }
                 }
             }
@@ -200,8 +257,8 @@ func attendCausal(rows n: Int, spans: [SequenceSpan], layer: Int, groups: Int, q
         }
         return
     }
-    // Query tiles: runs of up to `attentionQueryTile` rows of one span.
-    let Q = attentionQueryTile
+    // Query tiles: runs of up to `Q` rows of one span.
+    let Q = queryTileRows(g)
     let count = spans.reduce(0) { $0 + ($1.rows.count + Q - 1) / Q }
     withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { starts in
         var c = 0
@@ -210,32 +267,48 @@ func attendCausal(rows n: Int, spans: [SequenceSpan], layer: Int, groups: Int, q
             while t < s.rows.upperBound { starts[c] = t; c += 1; t += Q }
         }
         ThreadPool.shared.parallelFor(count * groups) { lo, hi in
-            // Per worker chunk: the tile's scores, the query tile's running states and one partial.
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: g * T + (Q + 1) * slot) { buf in
-                let scores = buf.baseAddress!, states = scores + g * T, partial = states + Q * slot
-                var hint = 0
-                for idx in lo..<hi {
-                    // Query tiles in the order first, last, second, second-to-last, ... so that
-                    // the pool's contiguous chunks get similar shares of the causal triangle.
-                    let u = idx / groups, group = idx % groups
-                    let t0 = starts[u % 2 == 0 ? u / 2 : count - 1 - u / 2]
-                    let span = spans.span(containing: t0, hint: &hint)
-                    let t1 = min(t0 + Q, span.rows.upperBound), view = span.cache.view(layer: layer)
-                    let tiles = (length(span, t1 - 1) + T - 1) / T
-                    for k in 0..<tiles {
-                        for t in t0..<t1 where length(span, t) > k * T {
-                            // Upper triangle: a row skips the tiles past its own position.
-                            let dst = k == 0 ? states + (t - t0) * slot : partial
-                            tile(view, t, group, k * T, min((k + 1) * T, length(span, t)), scores, dst)
+            // Per worker chunk: the query tile's running states and one tile's partial states.
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * Q * slot) { buf in
+                let states = buf.baseAddress!, partial = states + Q * slot
+                TileScratch.with(queries: Q * g, width: width, ropeWidth: layout.ropeWidth) { scratch in
+                    var hint = 0
+                    for idx in lo..<hi {
+                        // Query tiles in the order first, last, second, second-to-last, ... so
+                        // that the pool's contiguous chunks get similar shares of the causal triangle.
+                        let u = idx / groups, group = idx % groups
+                        let t0 = starts[u % 2 == 0 ? u / 2 : count - 1 - u / 2]
+                        let span = spans.span(containing: t0, hint: &hint)
+                        let t1 = min(t0 + Q, span.rows.upperBound), view = span.cache.view(layer: layer)
+                        let tiles = (length(span, t1 - 1) + T - 1) / T
+                        for k in 0..<tiles {
+                            let dst = k == 0 ? states : partial
+                            // Rows the tile lies wholly before (a suffix, as lengths grow with t)
+                            // share one call; a row that ends inside it is its own call (the
+                            // diagonal), and rows that end before it skip it (upper triangle).
+                            var full = t1
+                            while full > t0 && length(span, full - 1) >= (k + 1) * T { full -= 1 }
+                            for t in t0..<full where length(span, t) > k * T {
+                                attendTile(view, rows: t, t + 1, group: group, from: k * T, to: length(span, t), queries: g,
+                                           width: width, scale: scale, layout: layout, scratch: scratch,
+                                           states: dst + (t - t0) * slot)
+                            }
+                            if full < t1 {
+                                attendTile(view, rows: full, t1, group: group, from: k * T, to: (k + 1) * T, queries: g,
+                                           width: width, scale: scale, layout: layout, scratch: scratch,
+                                           states: dst + (full - t0) * slot)
+                            }
                             if k > 0 {
-                                for i in 0..<g {
-                                    mergeSoftmaxState(states + (t - t0) * slot + i * stride, partial + i * stride, width: width)
+                                for t in t0..<t1 where length(span, t) > k * T {
+                                    for i in 0..<g {
+                                        mergeSoftmaxState(states + (t - t0) * slot + i * stride,
+                                                          partial + (t - t0) * slot + i * stride, width: width)
+                                    }
                                 }
                             }
                         }
-                    }
-                    for t in t0..<t1 {
-                        for i in 0..<g { finishSoftmaxState(states + (t - t0) * slot + i * stride, width: width, out: output(t, group, i)) }
+                        for t in t0..<t1 {
+                            for i in 0..<g { finishSoftmaxState(states + (t - t0) * slot + i * stride, width: width, out: output(t, group, i)) }
+                        }
                     }
                 }
             }
@@ -315,23 +388,11 @@ public final class GroupedQueryAttention: AttentionLayer {
                        ctx: UnsafeMutablePointer<Float>) {
         let qDim = heads * hd, group = heads / kvHeads
         // One group per KV head: its `group` query heads read each stored row once.
-        attendCausal(rows: n, spans: spans, layer: layer, groups: kvHeads, queries: group, width: hd, workspace: ws, splitK: splitK,
-                     tile: { view, t, kvh, lo, hi, scores, states in
-            let qv = UnsafePointer(q + t * qDim + kvh * group * hd), head = view.dtype.bytes(kvh * hd)
-            // One copy of the loop per storage type, each reading its rows in place.
-            func run<F: KVRowFormat>(_: F.Type) {
-                attendTile(view, from: lo, to: hi, queries: group, width: hd, scale: scale, scores: scores,
-                           score: { i, key, _ in F.dot(qv + i * hd, key + head, count: hd) },
-                           accumulate: { o, _, value, p in F.addScaled(o, value + head, scale: p, count: hd) },
-                           states: states)
-            }
-            switch view.dtype {
-            case .f32: run(KVRowF32.self)
-            case .f16: run(KVRowF16.self)
-            case .bf16: run(KVRowBF16.self)
-            case .q8_0: run(KVRowQ8_0.self)
-            }
-        }, output: { t, kvh, i in ctx + t * qDim + (kvh * group + i) * hd })
+        let layout = TileQueries(query: { t, kvh, i in UnsafePointer(q + t * qDim + (kvh * group + i) * hd) },
+                                 rope: nil, ropeWidth: 0)
+        attendCausal(rows: n, spans: spans, layer: layer, groups: kvHeads, queries: group, width: hd, scale: scale,
+                     layout: layout, workspace: ws, splitK: splitK,
+                     output: { t, kvh, i in ctx + t * qDim + (kvh * group + i) * hd })
     }
 }
 
@@ -455,23 +516,10 @@ public final class MultiHeadLatentAttention: AttentionLayer {
         let scale = self.scale
         // One group of every head: each position's latent and rotary key are read once per
         // layer for all heads.
-        attendCausal(rows: n, spans: spans, layer: layer, groups: 1, queries: heads, width: r, workspace: ws,
-                     tile: { view, t, _, lo, hi, scores, states in
-            func run<F: KVRowFormat>(_: F.Type) {
-                attendTile(view, from: lo, to: hi, queries: heads, width: r, scale: scale, scores: scores,
-                           score: { h, latent, ropeKey in
-                               F.dot(qLat + (h * n + t) * r, latent, count: r) + F.dot(q + t * qDim + h * qkDim + nope, ropeKey, count: rd)
-                           },
-                           accumulate: { o, latent, _, p in F.addScaled(o, latent, scale: p, count: r) },
-                           states: states)
-            }
-            switch view.dtype {
-            case .f32: run(KVRowF32.self)
-            case .f16: run(KVRowF16.self)
-            case .bf16: run(KVRowBF16.self)
-            case .q8_0: run(KVRowQ8_0.self)
-            }
-        }, output: { t, _, h in oLat + (h * n + t) * r })
+        let layout = TileQueries(query: { t, _, h in UnsafePointer(qLat + (h * n + t) * r) },
+                                 rope: { t, _, h in UnsafePointer(q + t * qDim + h * qkDim + nope) }, ropeWidth: rd)
+        attendCausal(rows: n, spans: spans, layer: layer, groups: 1, queries: heads, width: r, scale: scale,
+                     layout: layout, workspace: ws, output: { t, _, h in oLat + (h * n + t) * r })
         // Values: v[t, h] = W_UV[h] oLat[h, t], gathered token-major for o_proj.
         let vHead = ws.buffer(16, count: n * heads * vd)
         ThreadPool.shared.parallelFor(heads) { lo, hi in

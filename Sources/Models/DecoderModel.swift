@@ -62,7 +62,9 @@ public final class DecoderModel {
     public let architecture: String
     public let vocabSize: Int
     public let hidden: Int
-    public let maxPositions: Int
+    /// Positions a sequence may hold: the checkpoint's context (`max_position_embeddings`),
+    /// unless `extendContext(to:)` raised it.
+    public private(set) var maxPositions: Int
     public let normEps: Float
     public let embedding: Matrix
     public let layers: [DecoderLayer]
@@ -134,6 +136,12 @@ public final class DecoderModel {
         }
         return total
     }
+
+    /// Lets sequences run to `positions` positions, past the trained context (RoPE is computed
+    /// for any position; beyond the trained length the model's output is not meaningful). For
+    /// speed measurements at lengths a small model was not trained to (`farside bench
+    /// --context`), as llama-bench runs them.
+    public func extendContext(to positions: Int) { maxPositions = max(maxPositions, positions) }
 
     /// A fresh, empty KV cache shaped for this model, with room for `capacity` positions to start
     /// with; neither that nor its growth goes beyond the model's context (`maxPositions`, whose

@@ -41,6 +41,9 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("kv-dtype"), help: "How KV rows are stored: \(KVDType.names) (f32: as computed).")
     var kvDType: KVDType = .f32
 
+    @Option(name: .long, help: "Let sequences run to N positions even past the model's trained context (a speed measurement at lengths the model was not trained to, as llama-bench runs them).")
+    var context: Int?
+
     @Flag(name: .long, help: "With --local-nodes: also run every measurement with the experts in this process, alternating with the nodes run by run (ABBA), and report the per-run ratios. The pair of a run is measured seconds apart, so slow drifts of memory bandwidth cancel out of its ratio.")
     var alternateInProcess = false
 
@@ -135,6 +138,7 @@ struct Bench: ParsableCommand {
         try runReportingErrors {
             let (m, cluster) = try loadModel(path: try model ?? DefaultModel.path(), localNodes: localNodes)
             if microBatches == 2 { m.pingPongMinTokens = 32 }
+            if let context { m.extendContext(to: context) }
             // Checked before the prompt is allocated: both counts come from flags.
             guard CheckedSize.saturatingSum(promptTokens, decodeTokens) <= m.maxPositions else {
                 throw ValidationError("--prompt-tokens + --decode-tokens (\(promptTokens) + \(decodeTokens)) exceed the model's context of \(m.maxPositions) positions")

@@ -269,6 +269,54 @@ func poolOverhead() {
     }
 }
 
+/// `AttentionTile.run` on one thread over a 4096-position context in 256-position tiles, for a
+/// GQA group (3 queries of 64 values: SmolLM2's decode step) and an MLA row (8 heads over a
+/// 512-value latent plus a 64-value rotary key), every KV dtype: positions per second and the
+/// KV bytes read per second.
+func attention() {
+    let length = 4096, tile = 256
+    for (label, g, width, rope) in [("GQA 3×64", 3, 64, 0), ("GQA 8 rows×3×64 (prompt)", 24, 64, 0), ("MLA 8×(512+64)", 8, 512, 64)] {
+        for dtype in KVDType.allCases {
+            let rowA = dtype.bytes(width), rowB = dtype.bytes(max(rope, width))
+            let a = makeBuffer(length * rowA + 64, dtype: .f16), b = makeBuffer(length * rowB + 64, dtype: .f16)
+            // Stored rows from fp32 values in [-1, 1).
+            let src = vector(max(width, 64))
+            for p in 0..<length {
+                dtype.store(src, into: a + p * rowA, count: width)
+                dtype.store(src, into: b + p * rowB, count: rope > 0 ? rope : width)
+            }
+            let keys = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: length)
+            let ropeKeys = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: length)
+            let values = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: length)
+            for p in 0..<length {
+                keys[p] = UnsafeRawPointer(a + p * rowA)
+                ropeKeys[p] = UnsafeRawPointer(b + p * rowB)
+                values[p] = rope > 0 ? UnsafeRawPointer(a + p * rowA) : UnsafeRawPointer(b + p * rowB)
+            }
+            let q = vector(g * width), qr = vector(g * max(rope, 1))
+            let qs = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: g)
+            let qrs = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: g)
+            for i in 0..<g { qs[i] = UnsafePointer(q + i * width); qrs[i] = UnsafePointer(qr + i * rope) }
+            let scores = vector(g * tile), states = vector(g * (width + 2))
+            let scratch = UnsafeMutableRawPointer.allocate(byteCount: AttentionTile.scratchBytes(width: width, ropeWidth: rope), alignment: 64)
+            let t = timeIt {
+                var lo = 0
+                while lo < length {
+                    AttentionTile.run(dtype: dtype, count: tile, keys: keys + lo, ropeKeys: rope > 0 ? UnsafePointer(ropeKeys + lo) : nil,
+                                      values: values + lo, queries: qs, ropeQueries: rope > 0 ? UnsafePointer(qrs) : nil,
+                                      count: g, width: width, ropeWidth: rope, scale: 0.125, scores: scores, scoreStride: tile,
+                                      scratch: scratch, states: states, stateStride: width + 2)
+                    lo += tile
+                }
+            }
+            sink += states[2]
+            let bytes = Double(length * (rope > 0 ? rowA + dtype.bytes(rope) : 2 * rowA))
+            line("attention \(label), \(dtype): \(fmt(Double(length) / t / 1e6, 2)) M positions/s, "
+                 + "\(fmt(Double(length * g) / t / 1e6, 1)) M query-positions/s, \(fmt(bytes / t / 1e9, 2)) GB/s of KV")
+        }
+    }
+}
+
 // MARK: - driver
 
 let args = CommandLine.arguments
@@ -279,8 +327,9 @@ if args.count >= 3 && args[1] == "--part" {
     case "pool": poolOverhead()
     case "bandwidth": bandwidth()
     case "quantized": quantized()
+    case "attention": attention()
     default:
-        FileHandle.standardError.write(Data("kernel-bench: unknown part '\(args[2])' (parts: bandwidth, gemv, gemm, quantized, pool)\n".utf8))
+        FileHandle.standardError.write(Data("kernel-bench: unknown part '\(args[2])' (parts: bandwidth, gemv, gemm, quantized, pool, attention)\n".utf8))
         exit(2)
     }
     exit(0)
@@ -298,7 +347,7 @@ func child(_ part: String, threads: Int?) {
     p.waitUntilExit()
 }
 let cores = ProcessInfo.processInfo.activeProcessorCount
-let known = ["bandwidth", "gemv", "gemm", "quantized", "pool"]
+let known = ["bandwidth", "gemv", "gemm", "quantized", "pool", "attention"]
 let parts = args.count > 1 ? Array(args[1...]) : known
 if let bad = parts.first(where: { !known.contains($0) }) {
     FileHandle.standardError.write(Data("kernel-bench: unknown part '\(bad)'; usage: kernel-bench [\(known.joined(separator: "|"))]...\n".utf8))

@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import Kernels
 @testable import Models
@@ -17,18 +18,19 @@ final class TiledAttentionTests: XCTestCase {
         }
     }
 
-    /// A one-layer cache of `length` positions holding `keys` and `values` (`[length, width]`),
-    /// contiguous (`blockSize` nil) or paged.
-    static func cache(keys: [Float], values: [Float], width: Int, length: Int, dtype: KVDType,
+    /// A one-layer cache of `length` positions holding rows `keys` (`[length, widths.0]`) and
+    /// `values` (`[length, widths.1]`), contiguous (`blockSize` nil) or paged.
+    static func cache(keys: [Float], values: [Float], widths: (Int, Int), length: Int, dtype: KVDType,
                       blockSize: Int?) throws -> (any KVStore, AnyObject?) {
         let store: any KVStore, owner: AnyObject?
         if let blockSize {
-            let kv = try KVCacheAllocator(widths: [(width, width)], dtype: dtype, blockSize: blockSize,
-                                          budgetBytes: (length / blockSize + 2) * blockSize * 2 * dtype.bytes(width), fingerprint: 1)
+            let kv = try KVCacheAllocator(widths: [widths], dtype: dtype, blockSize: blockSize,
+                                          budgetBytes: (length / blockSize + 2) * blockSize * 2 * dtype.bytes(max(widths.0, widths.1)),
+                                          fingerprint: 1)
             store = kv.sequence()
             owner = kv
         } else {
-            store = KVCache(widths: [(width, width)], dtype: dtype, capacity: length)
+            store = KVCache(widths: [widths], dtype: dtype, capacity: length)
             owner = nil
         }
         try store.reserve(additional: length)
@@ -36,8 +38,8 @@ final class TiledAttentionTests: XCTestCase {
         keys.withUnsafeBufferPointer { k in
             values.withUnsafeBufferPointer { v in
                 for p in 0..<length {
-                    view.storeA(p, k.baseAddress! + p * width)
-                    view.storeB(p, v.baseAddress! + p * width)
+                    view.storeA(p, k.baseAddress! + p * widths.0)
+                    view.storeB(p, v.baseAddress! + p * widths.1)
                 }
             }
         }
@@ -66,19 +68,22 @@ final class TiledAttentionTests: XCTestCase {
         return out
     }
 
-    /// Rows at positions 0, 6, 250..<257 (context lengths 1, 7 and across the first tile
-    /// boundary) and 4991..<5000 (the last of 5000 positions) of one sequence, as four spans.
-    static let positions: [Int] = [0, 6] + Array(250..<257) + Array(4991..<5000)
+    /// Rows at positions 0, 6, 14, 16 (context lengths 1, 7 and 16 ± 1, a KV block of 16),
+    /// 250..<257 (across the first tile boundary) and 4991..<5000 (the last of 5000 positions)
+    /// of one sequence, as six spans.
+    static let positions: [Int] = [0, 6, 14, 16] + Array(250..<257) + Array(4991..<5000)
 
     static func spans(_ store: any KVStore) -> [SequenceSpan] {
         [SequenceSpan(rows: 0..<1, cache: store, start: 0), SequenceSpan(rows: 1..<2, cache: store, start: 6),
-         SequenceSpan(rows: 2..<9, cache: store, start: 250), SequenceSpan(rows: 9..<18, cache: store, start: 4991)]
+         SequenceSpan(rows: 2..<3, cache: store, start: 14), SequenceSpan(rows: 3..<4, cache: store, start: 16),
+         SequenceSpan(rows: 4..<11, cache: store, start: 250), SequenceSpan(rows: 11..<20, cache: store, start: 4991)]
     }
 
     func testTiledAttentionMatchesReferenceAndIsInvariant() throws {
         let length = 5000
-        // (heads, kvHeads, headDim): odd head counts and group sizes; q8_0 needs whole 32-blocks.
-        let shapes = [(3, 1, 32), (9, 3, 64), (5, 5, 96), (6, 2, 24)]
+        // (heads, kvHeads, headDim): odd head counts and group sizes, head dims that are not a
+        // multiple of 8 (the kernels' scalar tails); q8_0 needs whole 32-blocks.
+        let shapes = [(3, 1, 32), (9, 3, 64), (5, 5, 96), (6, 2, 24), (7, 7, 20), (4, 2, 13)]
         for dtype in KVDType.allCases {
             for (heads, kvHeads, hd) in shapes where hd % dtype.groupValues == 0 {
                 let width = kvHeads * hd, n = Self.positions.count, qDim = heads * hd
@@ -99,7 +104,7 @@ final class TiledAttentionTests: XCTestCase {
                     }
                     return ctx
                 }
-                let (contiguous, _) = try Self.cache(keys: keys, values: values, width: width, length: length, dtype: dtype, blockSize: nil)
+                let (contiguous, _) = try Self.cache(keys: keys, values: values, widths: (width, width), length: length, dtype: dtype, blockSize: nil)
                 let want = run(Self.spans(contiguous), splitK: false)
                 let label = "\(dtype) heads \(heads)/\(kvHeads) dim \(hd)"
                 // Against fp64 softmax over the same stored rows.
@@ -124,11 +129,127 @@ final class TiledAttentionTests: XCTestCase {
                 XCTAssertEqual(alone.count, want.count)
                 XCTAssertTrue(alone == want, "\(label): rows alone")
                 for bs in [1, 3, 16, 300] {
-                    let (paged, owner) = try Self.cache(keys: keys, values: values, width: width, length: length, dtype: dtype, blockSize: bs)
+                    let (paged, owner) = try Self.cache(keys: keys, values: values, widths: (width, width), length: length, dtype: dtype, blockSize: bs)
                     XCTAssertEqual(run(Self.spans(paged), splitK: false), want, "\(label): block size \(bs)")
                     XCTAssertEqual(run(Self.spans(paged), splitK: true), want, "\(label): block size \(bs), split-K")
                     withExtendedLifetime(owner) {}
                 }
+            }
+        }
+    }
+
+    /// MLA's tile layout (every head scores a position's latent plus its rotary key and
+    /// accumulates the latent) against a plain fp64 softmax over the stored rows, for every KV
+    /// dtype and an odd head count; the same bits for split-K and query tiles, each row alone,
+    /// and any KV block size.
+    func testLatentTilesMatchReferenceAndAreInvariant() throws {
+        let length = 5000, heads = 5, r = 64, rd = 32, n = Self.positions.count
+        let latents = Self.values(length * r, seed: 4, scale: 1), ropeKeys = Self.values(length * rd, seed: 5, scale: 2)
+        let qLat = Self.values(heads * n * r, seed: 6, scale: 1), qRope = Self.values(n * heads * rd, seed: 7, scale: 2)
+        let scale: Float = 0.11
+        for dtype in KVDType.allCases {
+            let ws = Workspace()
+            // Output `[heads, rows, r]` (MLA's head-major latent output) for the rows `spans`
+            // cover, whose queries are rows `first...` of `qLat` (head-major) and `qRope`.
+            func run(_ spans: [SequenceSpan], splitK: Bool?, first: Int = 0) -> [Float] {
+                let rows = spans.last!.rows.upperBound
+                var out = [Float](repeating: .nan, count: heads * rows * r)
+                qLat.withUnsafeBufferPointer { ql in
+                    qRope.withUnsafeBufferPointer { qr in
+                        out.withUnsafeMutableBufferPointer { o in
+                            let layout = TileQueries(query: { t, _, h in ql.baseAddress! + (h * n + first + t) * r },
+                                                     rope: { t, _, h in qr.baseAddress! + ((first + t) * heads + h) * rd },
+                                                     ropeWidth: rd)
+                            attendCausal(rows: rows, spans: spans, layer: 0, groups: 1, queries: heads, width: r, scale: scale,
+                                         layout: layout, workspace: ws, splitK: splitK,
+                                         output: { t, _, h in o.baseAddress! + (h * rows + t) * r })
+                        }
+                    }
+                }
+                return out
+            }
+            func cache(blockSize: Int?) throws -> (any KVStore, AnyObject?) {
+                try Self.cache(keys: latents, values: ropeKeys, widths: (r, rd), length: length, dtype: dtype, blockSize: blockSize)
+            }
+            let (contiguous, _) = try cache(blockSize: nil)
+            let want = run(Self.spans(contiguous), splitK: false)
+            // Against fp64 softmax over the rows as stored.
+            let view = contiguous.view(layer: 0)
+            var lat = [[Float]](), rope = [[Float]]()
+            for p in 0..<length {
+                var a = [Float](repeating: 0, count: r), b = [Float](repeating: 0, count: rd)
+                dtype.load(view.rowA(p), into: &a, count: r)
+                dtype.load(view.rowB(p), into: &b, count: rd)
+                lat.append(a)
+                rope.append(b)
+            }
+            var worst: Double = 0
+            for (t, pos) in Self.positions.enumerated() {
+                for h in 0..<heads {
+                    var scores = [Double]()
+                    for p in 0...pos {
+                        var s = 0.0
+                        for i in 0..<r { s += Double(qLat[(h * n + t) * r + i]) * Double(lat[p][i]) }
+                        for i in 0..<rd { s += Double(qRope[(t * heads + h) * rd + i]) * Double(rope[p][i]) }
+                        scores.append(s * Double(scale))
+                    }
+                    let m = scores.max()!, e = scores.map { Foundation.exp($0 - m) }, sum = e.reduce(0, +)
+                    for i in 0..<r {
+                        var o = 0.0
+                        for p in 0...pos { o += e[p] / sum * Double(lat[p][i]) }
+                        worst = max(worst, abs(Double(want[(h * n + t) * r + i]) - o))
+                    }
+                }
+            }
+            XCTAssertLessThan(worst, 1e-5, "\(dtype)")
+            XCTAssertEqual(run(Self.spans(contiguous), splitK: true), want, "\(dtype): split-K")
+            for (t, pos) in Self.positions.enumerated() {
+                let alone = run([SequenceSpan(rows: 0..<1, cache: contiguous, start: pos)], splitK: nil, first: t)
+                for h in 0..<heads {
+                    XCTAssertTrue(Array(alone[h * r ..< (h + 1) * r]) == Array(want[(h * n + t) * r ..< (h * n + t + 1) * r]),
+                                  "\(dtype): row \(t) alone, head \(h)")
+                }
+            }
+            for bs in [1, 16, 300] {
+                let (paged, owner) = try cache(blockSize: bs)
+                XCTAssertEqual(run(Self.spans(paged), splitK: false), want, "\(dtype): block size \(bs)")
+                XCTAssertEqual(run(Self.spans(paged), splitK: true), want, "\(dtype): block size \(bs), split-K")
+                withExtendedLifetime(owner) {}
+            }
+        }
+    }
+
+    /// A Llama-shaped GQA model (3 query heads on one KV head of 32 values, a whole q8_0 block)
+    /// with room for 1024 positions, written once per run.
+    static let gqaDirectory: URL = {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farside-tiled-gqa-\(getpid())")
+        var c = try! SyntheticModel.preset("tiny", arch: "llama")
+        c.merge(["vocab_size": 512, "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 3,
+                 "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 1024]) { $1 }
+        try! SyntheticModel.write(config: c, dtype: .f32, seed: 9, to: dir)
+        return dir
+    }()
+
+    /// A prompt run whole and the same prompt run in chunks (of sizes that cross the tiles at
+    /// odd offsets) give the same logits bit for bit, for GQA and MLA and every KV dtype the
+    /// model can store.
+    func testChunkedPromptsGiveTheSameLogits() throws {
+        let cases: [(String, DecoderModel)] = [("llama", try ModelRegistry.load(path: Self.gqaDirectory).model),
+                                               ("mla", try KVDTypeTests.mla())]
+        for (name, m) in cases {
+            let tokens = (0..<600).map { ($0 * 37 + 11) % min(512, m.vocabSize) }
+            for dtype in KVDType.allCases {
+                guard (try? m.makeCache(dtype: dtype)) != nil else { continue }
+                let whole = try m.forward(tokens, cache: m.makeCache(capacity: 4, dtype: dtype), logits: .all)
+                let c = try m.makeCache(capacity: 4, dtype: dtype)
+                var chunked = [Float]()
+                var p = 0
+                for size in [1, 6, 250, 7, 300, 36] {
+                    chunked += try m.forward(Array(tokens[p..<(p + size)]), cache: c, logits: .all)
+                    p += size
+                }
+                XCTAssertEqual(p, tokens.count)
+                XCTAssertTrue(chunked == whole, "\(name), \(dtype)")
             }
         }
     }
