@@ -11,6 +11,9 @@ first / time after the first; peak RSS = the server's VmHWM after the request. P
 line per run, then a Markdown table of medians. Loopback only.
 
 Usage: scripts/bench-kv-disk-long.py [--bin PATH] [--rounds N] [--prompt-tokens N] [--decode-tokens N]
+                                    [--model DIR --config JSON]
+The 64k-token run: --prompt-tokens 65536 --model /tmp/farside-synth-k2-64k-kv --config
+scripts/synth-k2-64k-kv.json (4 of K2's MLA layers, so that a 64k prefill takes minutes, not hours).
 (benchmark a copy of the binary: a rebuild replaces .build/release/farside under a running server)."""
 import argparse
 import http.client
@@ -67,9 +70,11 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=4096)
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--model", default="/tmp/farside-synth-k2-long-kv")
+    ap.add_argument("--config", default=str(REPO / "scripts/synth-k2-long-kv.json"),
+                    help="synth config for --model when it does not exist yet (the 64k run: scripts/synth-k2-64k-kv.json)")
     a = ap.parse_args()
     if not (Path(a.model) / "config.json").exists():
-        subprocess.run([a.bin, "synth", "--arch", "kimi_k2", "--config", str(REPO / "scripts/synth-k2-long-kv.json"),
+        subprocess.run([a.bin, "synth", "--arch", "kimi_k2", "--config", a.config,
                         "--dtype", "bf16", "--out", a.model], check=True, stdout=subprocess.DEVNULL)
     rows = []
     for rnd in range(a.rounds):

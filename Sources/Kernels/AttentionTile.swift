@@ -1,3 +1,5 @@
+import CQuantDot
+
 /// One KV tile of attention for a set of queries that read the same stored rows (a GQA group,
 /// every MLA head, or those of several prompt rows): the tile's partial softmax states,
 /// FlashAttention's `(m, ℓ, O)` (Dao et al. 2022), computed with register-blocked kernels.
@@ -48,22 +50,22 @@ public enum AttentionTile {
                            states: UnsafeMutablePointer<Float>, stateStride: Int) {
         switch dtype {
         case .f32:
-            run(KVRowF32.self, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
+            run(KVRowF32.self, dtype, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
                 scores, scoreStride, scratch, states, stateStride)
         case .f16:
-            run(KVRowF16.self, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
+            run(KVRowF16.self, dtype, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
                 scores, scoreStride, scratch, states, stateStride)
         case .bf16:
-            run(KVRowBF16.self, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
+            run(KVRowBF16.self, dtype, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
                 scores, scoreStride, scratch, states, stateStride)
         case .q8_0:
-            run(KVRowQ8_0.self, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
+            run(KVRowQ8_0.self, dtype, n, keys, ropeKeys, values, queries, ropeQueries, g, width, ropeWidth, scale,
                 scores, scoreStride, scratch, states, stateStride)
         }
     }
 
     @inline(__always)
-    static func run<F: KVRowFormat>(_: F.Type, _ n: Int, _ keys: UnsafePointer<UnsafeRawPointer>,
+    static func run<F: KVRowFormat>(_: F.Type, _ dtype: KVDType, _ n: Int, _ keys: UnsafePointer<UnsafeRawPointer>,
                                     _ ropeKeys: UnsafePointer<UnsafeRawPointer>?, _ values: UnsafePointer<UnsafeRawPointer>,
                                     _ queries: UnsafePointer<UnsafePointer<Float>>,
                                     _ ropeQueries: UnsafePointer<UnsafePointer<Float>>?,
@@ -76,15 +78,20 @@ public enum AttentionTile {
         let wmax = max(width, ropeWidth), chunk = chunkKeys(width: wmax)
         let rowsBuf = base.assumingMemoryBound(to: Float.self)
         let rows = (base + chunk * paddedWidth(wmax) * 4).assumingMemoryBound(to: UnsafePointer<Float>.self)
+        let keyBytes = dtype.bytes(width), ropeBytes = dtype.bytes(ropeWidth)
         // Scores, chunk by chunk of keys.
         var j0 = 0
         while j0 < n {
             let c = min(chunk, n - j0)
-            widen(F.self, keys + j0, count: c, width: width, buffer: rowsBuf, rows: rows)
+            // GQA: the value rows of these keys (another array) are fetched into L2 meanwhile, so
+            // that the value pass below finds them there; MLA's values are its keys' rows.
+            widen(F.self, keys + j0, count: c, ahead: n - j0 - c, rowBytes: keyBytes, width: width, buffer: rowsBuf, rows: rows,
+                  later: ropeKeys == nil ? values + j0 : nil)
             scoreBlock(rows, count: c, queries: queries, count: g, width: width,
                        out: scores + j0, outStride: scoreStride, accumulate: false)
             if let ropeKeys, let ropeQueries {
-                widen(F.self, ropeKeys + j0, count: c, width: ropeWidth, buffer: rowsBuf, rows: rows)
+                widen(F.self, ropeKeys + j0, count: c, ahead: n - j0 - c, rowBytes: ropeBytes, width: ropeWidth,
+                      buffer: rowsBuf, rows: rows, later: nil)
                 scoreBlock(rows, count: c, queries: ropeQueries, count: g, width: ropeWidth,
                            out: scores + j0, outStride: scoreStride, accumulate: true)
             }
@@ -102,23 +109,50 @@ public enum AttentionTile {
         j0 = 0
         while j0 < n {
             let c = min(chunk, n - j0)
-            widen(F.self, values + j0, count: c, width: width, buffer: rowsBuf, rows: rows)
+            widen(F.self, values + j0, count: c, ahead: n - j0 - c, rowBytes: keyBytes, width: width, buffer: rowsBuf, rows: rows,
+                  later: nil)
             accumulate(rows, count: c, weights: scores + j0, weightStride: scoreStride, queries: g, width: width,
                        acc: states + 2, accStride: stateStride)
             j0 += c
         }
     }
 
+    /// Rows ahead of the one being widened whose cache lines are prefetched: far enough that a
+    /// row's load from memory overlaps the widening of the rows before it.
+    @usableFromInline static let prefetchRows = 16
+
     /// `rows[j]` = row `j < c` as fp32: in place for f32 rows, else widened into `buffer`. The
     /// list is padded to a multiple of 8 with copies of the last row (the kernels' spare lanes).
+    /// `src` continues for `ahead` more rows after `c`; the lines of rows up to `prefetchRows`
+    /// ahead (of `rowBytes` each) are prefetched. Decode reads each KV row once, a row stride
+    /// apart per head, and without this the widening waits on memory for most of its time.
+    /// The lines of `later[j]` (`rowBytes` each), if given, are prefetched into L2 beside row `j`.
     @inline(__always)
-    static func widen<F: KVRowFormat>(_: F.Type, _ src: UnsafePointer<UnsafeRawPointer>, count c: Int, width: Int,
-                                      buffer: UnsafeMutablePointer<Float>, rows: UnsafeMutablePointer<UnsafePointer<Float>>) {
+    static func widen<F: KVRowFormat>(_: F.Type, _ src: UnsafePointer<UnsafeRawPointer>, count c: Int, ahead: Int,
+                                      rowBytes: Int, width: Int,
+                                      buffer: UnsafeMutablePointer<Float>, rows: UnsafeMutablePointer<UnsafePointer<Float>>,
+                                      later: UnsafePointer<UnsafeRawPointer>?) {
+        let last = c + min(ahead, prefetchRows)
+        @inline(__always)
+        func prefetch(_ j: Int) {
+            if j < last {
+                var o = 0
+                while o < rowBytes { fs_prefetch(src[j] + o); o += 64 }
+            }
+            if let later, j - prefetchRows < c {
+                var o = 0
+                while o < rowBytes { fs_prefetch_l2(later[j - prefetchRows] + o); o += 64 }
+            }
+        }
         if F.self == KVRowF32.self {
-            for j in 0..<c { rows[j] = UnsafePointer(src[j].assumingMemoryBound(to: Float.self)) }
+            for j in 0..<c {
+                prefetch(j + prefetchRows)
+                rows[j] = UnsafePointer(src[j].assumingMemoryBound(to: Float.self))
+            }
         } else {
             let pw = paddedWidth(width)
             for j in 0..<c {
+                prefetch(j + prefetchRows)
                 F.widen(src[j], into: buffer + j * pw, count: width)
                 rows[j] = UnsafePointer(buffer + j * pw)
             }

@@ -12,6 +12,14 @@
 extern "C" {
 #endif
 
+/// Asks the core to start loading the cache line at `p` (a hint: no fault, no effect on
+/// results). Swift has no prefetch; the attention kernels use it on the KV rows they will read
+/// next, which lie a row stride apart and which the hardware prefetchers do not run ahead on.
+static inline void fs_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+/// The same into the outer caches only (L2), for lines needed later than the next few hundred
+/// cycles, which would crowd L1.
+static inline void fs_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
+
 /// Quantizes `blocks` blocks of 32 floats: q = round(x / d) with d = max|x| / 32767 per block
 /// (`scale[b]`), and `sum[b]` = the exact fp32 sum of the block's x (offset terms use it).
 void fs_quantize_i16(const float *x, int blocks, int16_t *q, float *scale, float *sum);
