@@ -116,7 +116,7 @@ def read_trace(path, max_positions):
 
 def write_trace(rows, path):
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(COLUMNS)
         w.writerows(rows)
 
@@ -325,13 +325,16 @@ def busy_energy(busy_seconds, profile):
 # ---------------------------------------------------------------- the simulator
 
 
-def cluster_file(path, profile_path, args):
-    host = ", host: this-vm" if args.shared_host else ""
+def cluster_file(path, profile_path, profile, args, shared_host):
+    host = ", host: this-vm" if shared_host else ""
+    # One way is half the measured round trip's fixed cost (`calibrate --local-nodes 3`).
+    rtt = profile.get("linkRoundTripSeconds")
+    link = f", link: {{latency_us: {rtt / 2 * 1e6:.1f}}}" if rtt else ""
     path.write_text(
         "# The live run's cluster: coordinator and 3 local expert nodes, all on this machine.\n"
-        f"coordinator: {{profile_file: {profile_path}{host}, kv_budget: {args.kv_budget}}}\n"
+        f"coordinator: {{profile_file: {profile_path}, kv_budget: {args.kv_budget}}}\n"
         "nodes:\n"
-        f"  - {{id: local, count: 3, profile_file: {profile_path}{host}}}\n"
+        f"  - {{id: local, count: 3, profile_file: {profile_path}{host}{link}}}\n"
         f"scheduler: {{max_batch_tokens: {args.max_batch_tokens}, max_seqs: {args.max_seqs}, max_waiting: 256}}\n")
 
 
@@ -374,8 +377,6 @@ def main():
     ap.add_argument("--kv-budget", default="1GiB")
     ap.add_argument("--rounds", type=int, default=1, help="live replays (the simulation is deterministic)")
     ap.add_argument("--out", help="directory for the trace, profile, cluster file, logs and results (default: a new temporary one)")
-    ap.add_argument("--shared-host", action=argparse.BooleanOptionalAction, default=False,
-                    help="declare the coordinator and nodes on one host in the cluster file")
     ap.add_argument("--json", action="store_true", help="print only the final JSON summary")
     args = ap.parse_args()
     if not Path(args.bin).exists():
@@ -414,7 +415,8 @@ def main():
 
     profile_path = Path(args.profile) if args.profile else workdir / "profile.json"
     if not args.profile:
-        r = subprocess.run([args.bin, "simulate", "calibrate", "--out", str(profile_path)], capture_output=True, text=True, timeout=600)
+        r = subprocess.run([args.bin, "simulate", "calibrate", "--out", str(profile_path), "--local-nodes", "3", "--model", str(model)],
+                           capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             fail(f"farside simulate calibrate: {r.stderr.strip()}")
         say(r.stdout.strip())
@@ -422,8 +424,10 @@ def main():
         profile = json.loads(profile_path.read_text())
     except (OSError, ValueError) as e:
         fail(f"--profile {profile_path}: {e}")
-    cluster = workdir / "cluster.yaml"
-    cluster_file(cluster, profile_path.resolve(), args)
+    clusters = {}
+    for shared in (True, False):
+        clusters[shared] = workdir / ("cluster-shared-host.yaml" if shared else "cluster-own-hosts.yaml")
+        cluster_file(clusters[shared], profile_path.resolve(), profile, args, shared)
 
     uptime_before = Path("/proc/loadavg").read_text().split()[:3]
     measured = []
@@ -433,9 +437,12 @@ def main():
         measured.append(m)
     uptime_after = Path("/proc/loadavg").read_text().split()[:3]
     # The routing of the first round (its statistics) drives the simulation.
-    sim = simulate(args, trace, cluster, measured[0]["routing"])
-    sim["busy_energy_j"] = busy_energy(sum(sim["node_busy_s"].values()), profile)
-    say(json.dumps({"predicted": sim}))
+    sims = {}
+    for shared, cluster in clusters.items():
+        sims[shared] = simulate(args, trace, cluster, measured[0]["routing"])
+        sims[shared]["busy_energy_j"] = busy_energy(sum(sims[shared]["node_busy_s"].values()), profile)
+        say(json.dumps({"predicted": sims[shared], "cluster": str(cluster)}))
+    sim, alt = sims[True], sims[False]
 
     med = lambda k: statistics.median(m[k] for m in measured)
     rows_out = []
@@ -446,10 +453,12 @@ def main():
                                 ("window_s", "window (s)", False)]:
         live, pred = med(key), sim[key]
         rows_out.append({"metric": label, "claimed": claimed, "predicted": pred, "measured": live,
-                         "error": (pred - live) / live if live else None})
+                         "error": (pred - live) / live if live else None,
+                         "predicted_own_hosts": alt[key], "error_own_hosts": (alt[key] - live) / live if live else None})
     summary = {"trace": str(trace), "requests": len(rows), "profile": profile, "rounds": len(measured),
                "completed": [m["completed"] for m in measured], "loadavg_before": uptime_before, "loadavg_after": uptime_after,
-               "comparison": rows_out, "measured": measured, "predicted": sim, "workdir": str(workdir)}
+               "comparison": rows_out, "measured": measured, "predicted": sim, "predicted_own_hosts": alt,
+               "workdir": str(workdir)}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.json:
         print(json.dumps(summary))
@@ -457,10 +466,12 @@ def main():
     print(f"\n{len(rows)} requests over {rows[-1][0]:.0f} s; {len(measured)} live round(s), completed "
           f"{', '.join(str(m['completed']) for m in measured)} of {len(rows)}; load average before {' '.join(uptime_before)}, "
           f"after {' '.join(uptime_after)}; results in {workdir}\n")
-    print("| metric | predicted | measured (median) | error |\n|---|---|---|---|")
+    print("| metric | measured (median) | predicted, nodes sharing this host | error | predicted, nodes on hosts of their own | error |")
+    print("|---|---|---|---|---|---|")
+    pct = lambda e: f"{e * 100:+.1f}%" if e is not None else "-"
     for r in rows_out:
-        err = f"{r['error'] * 100:+.1f}%" if r["error"] is not None else "-"
-        print(f"| {r['metric']}{'' if r['claimed'] else ' (not claimed)'} | {r['predicted']:.2f} | {r['measured']:.2f} | {err} |")
+        print(f"| {r['metric']}{'' if r['claimed'] else ' (not claimed)'} | {r['measured']:.2f} | {r['predicted']:.2f} | "
+              f"{pct(r['error'])} | {r['predicted_own_hosts']:.2f} | {pct(r['error_own_hosts'])} |")
 
 
 if __name__ == "__main__":

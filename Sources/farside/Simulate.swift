@@ -1,4 +1,5 @@
 import ArgumentParser
+import Coordinator
 import Foundation
 import Kernels
 import Placement
@@ -131,8 +132,11 @@ struct Simulate: ParsableCommand {
         }
     }
 
-    /// Measures this machine's read bandwidth and bf16 GEMM throughput and writes a power profile
-    /// (JSON, as `PowerProfile` encodes) that a cluster file's `profile_file:` reads.
+    /// Measures this machine's weight-read rate and bf16 GEMM throughput and writes a power
+    /// profile (JSON, as `PowerProfile` encodes) that a cluster file's `profile_file:` reads; with
+    /// `--local-nodes N` also the fixed cost of one MoE layer's round trip through N expert-node
+    /// processes on this machine (`linkRoundTripSeconds` in the same file, for a cluster file's
+    /// `link: {latency_us}`).
     struct Calibrate: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Measure this machine and write a power profile for the simulator.")
 
@@ -145,20 +149,92 @@ struct Simulate: ParsableCommand {
         @Option(name: .long, help: "Device label written into the profile.")
         var device: String = "calibrated"
 
+        @Option(name: .long, help: "Also measure one MoE layer's round trip through this many local expert nodes (0: not measured).")
+        var localNodes: Int = 0
+
+        @Option(name: .long, help: "With --local-nodes: the MoE model the nodes serve (a checkpoint directory or GGUF file; default: the default model).")
+        var model: String?
+
+        func validate() throws {
+            guard (0...16).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...16, got \(localNodes)") }
+            guard model == nil || localNodes > 0 else { throw ValidationError("--model is for the round trip through --local-nodes N; give both") }
+        }
+
         func run() throws {
             try runReportingErrors {
                 var profile = try HardwareClass.profile(named: hardwareClass)
                 profile.device = device
-                profile.memoryBandwidth = MemoryBandwidth.measure(rounds: 5)
+                let read = MemoryBandwidth.measure(rounds: 5)
+                profile.memoryBandwidth = Self.gemvBandwidth()
                 profile.flopsPerSecond = Self.gemmFlops()
+                var roundTrip: Double?
+                if localNodes > 0 { roundTrip = try Self.layerRoundTrip(model: try model ?? DefaultModel.path(), nodes: localNodes) }
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
-                do { try e.encode(profile).write(to: URL(fileURLWithPath: out)) } catch {
+                do {
+                    try e.encode(CalibratedProfile(profile: profile, linkRoundTripSeconds: roundTrip)).write(to: URL(fileURLWithPath: out))
+                } catch {
                     throw SimulatorError.unwritableFile(file: out, reason: error.localizedDescription)
                 }
-                print(String(format: "read bandwidth %.1f GB/s, bf16 GEMM %.1f GFLOP/s; wrote ", profile.memoryBandwidth / 1e9,
-                             profile.flopsPerSecond / 1e9) + out)
+                print(String(format: "read bandwidth %.1f GB/s (bf16 GEMV reads weights at %.1f GB/s: the profile's), bf16 GEMM %.1f GFLOP/s",
+                             read / 1e9, profile.memoryBandwidth / 1e9, profile.flopsPerSecond / 1e9)
+                      + (roundTrip.map { String(format: ", MoE layer round trip through %d local nodes %.0f µs", localNodes, $0 * 1e6) } ?? "")
+                      + "; wrote " + out)
             }
+        }
+
+        /// A profile with the measured link round trip beside it (a `PowerProfile` decoder ignores
+        /// the extra key).
+        struct CalibratedProfile: Encodable {
+            var profile: PowerProfile
+            var linkRoundTripSeconds: Double?
+            enum Keys: String, CodingKey { case linkRoundTripSeconds }
+            func encode(to encoder: Encoder) throws {
+                try profile.encode(to: encoder)
+                var c = encoder.container(keyedBy: Keys.self)
+                try c.encodeIfPresent(linkRoundTripSeconds, forKey: .linkRoundTripSeconds)
+            }
+        }
+
+        /// Bytes per second at which a one-token bf16 GEMV (`Linear.forward`, count 1: what decode
+        /// runs) reads a 64 MiB weight matrix, larger than any cache here; best of 5. Lower than a
+        /// plain read (`MemoryBandwidth`): the kernel widens bf16 and multiplies as it reads.
+        static func gemvBandwidth() -> Double {
+            let rows = 4096, cols = 8192
+            let w = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * cols)
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+            let y = UnsafeMutablePointer<Float>.allocate(capacity: rows)
+            defer { w.deallocate(); x.deallocate(); y.deallocate() }
+            w.initialize(repeating: 0x3C00, count: rows * cols)
+            x.initialize(repeating: 1, count: cols)
+            let m = Matrix(data: UnsafeRawPointer(w), dtype: .bf16, rows: rows, cols: cols)
+            var best = 0.0
+            for _ in 0..<5 {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                Linear.forward(m, input: x, count: 1, output: y)
+                let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+                best = max(best, Double(rows * cols * 2) / s)
+            }
+            return best
+        }
+
+        /// The fixed cost of one MoE layer's expert step through `nodes` local expert nodes: the
+        /// median over 200 one-token steps (random routes, after 10 unmeasured) of the step's time
+        /// minus the compute time the node answering last reported: dispatch, transport both
+        /// ways, the nodes' decoding and encoding, and the wake-ups of processes sharing cores.
+        static func layerRoundTrip(model path: String, nodes: Int) throws -> Double {
+            let (m, cluster) = try loadModel(path: path, localNodes: nodes)
+            guard let cluster else {
+                throw SimulatorError.invalidOption(name: "--model", problem: "\(path) has no routed experts: there is no expert round trip to measure")
+            }
+            cluster.recordsTimings = true
+            cluster.clearTimings()
+            let (total, _) = try Bench.roundTrip(model: m, cluster: cluster, tokens: 1, samples: 200)
+            let timings = cluster.timings.dropFirst(10)
+            cluster.recordsTimings = false
+            let compute = timings.map(\.lastCompute).sorted()
+            let median = compute.isEmpty ? 0 : compute[compute.count / 2]
+            return max(total - median, 0)
         }
 
         /// FLOP/s of a 1024×2048 bf16 weight times 128 tokens (an expert-sized prefill GEMM), best of 5.
