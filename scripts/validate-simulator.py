@@ -330,9 +330,12 @@ def cluster_file(path, profile_path, profile, args, shared_host):
     # One way is half the measured round trip's fixed cost (`calibrate --local-nodes 3`).
     rtt = profile.get("linkRoundTripSeconds")
     link = f", link: {{latency_us: {rtt / 2 * 1e6:.1f}}}" if rtt else ""
+    # What a one-token step costs beyond the roofline (`calibrate --model`), per step.
+    step = profile.get("stepOverheadSeconds") if args.step_overhead else None
+    overhead = f", overhead_us: {step * 1e6:.1f}" if step else ""
     path.write_text(
         "# The live run's cluster: coordinator and 3 local expert nodes, all on this machine.\n"
-        f"coordinator: {{profile_file: {profile_path}, kv_budget: {args.kv_budget}}}\n"
+        f"coordinator: {{profile_file: {profile_path}, kv_budget: {args.kv_budget}{overhead}}}\n"
         "nodes:\n"
         f"  - {{id: local, count: 3, profile_file: {profile_path}{host}{link}}}\n"
         f"scheduler: {{max_batch_tokens: {args.max_batch_tokens}, max_seqs: {args.max_seqs}, max_waiting: 256}}\n")
@@ -377,6 +380,8 @@ def main():
     ap.add_argument("--kv-budget", default="1GiB")
     ap.add_argument("--rounds", type=int, default=1, help="live replays (the simulation is deterministic)")
     ap.add_argument("--out", help="directory for the trace, profile, cluster file, logs and results (default: a new temporary one)")
+    ap.add_argument("--step-overhead", action=argparse.BooleanOptionalAction, default=True,
+                    help="give the coordinator the calibrated per-step overhead (stepOverheadSeconds)")
     ap.add_argument("--json", action="store_true", help="print only the final JSON summary")
     args = ap.parse_args()
     if not Path(args.bin).exists():
