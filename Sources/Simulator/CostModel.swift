@@ -35,7 +35,7 @@ public struct CostModel {
         self.perNode = perNode
         var groups: [String: [Int]] = [:]
         for (n, node) in cluster.nodes.enumerated() { if let h = node.host { groups[h, default: []].append(n) } }
-        hosts = groups.values.filter { $0.count > 1 }.map { $0 }
+        hosts = groups.values.filter { $0.count > 1 }
         table = [(seconds: Double, busy: [Double])?](repeating: nil, count: cluster.limits.maxBatchTokens + 1)
     }
 
@@ -71,7 +71,8 @@ public struct CostModel {
 
     /// The experts' phase of a step of `tokens` tokens: Σ over MoE layers of the slowest node's
     /// compute plus its link time (latency both ways, activations out and back), and each node's
-    /// busy (compute) seconds.
+    /// busy (compute) seconds; nodes sharing a host take their finish times under processor
+    /// sharing (`sharedFinishTimes`) for both.
     public mutating func expertSeconds(tokens: Int) -> (seconds: Double, busy: [Double]) {
         if tokens < table.count, let hit = table[tokens] { return hit }
         let layout = model.layout

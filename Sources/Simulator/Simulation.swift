@@ -8,7 +8,7 @@ public struct NodeResult: Codable, Sendable, Equatable {
     public var device: String
     /// Expert copies it holds (the coordinator: 0).
     public var experts: Int
-    /// Busy seconds over the simulated window (clamped to 1).
+    /// Fraction of the simulated window busy (at most 1).
     public var utilisation: Double
     /// Seconds busy over the run: the coordinator's steps' own work, an expert node's compute
     /// (what a live node reports in its heartbeats, `farside cluster status`'s `busy_seconds`).

@@ -136,7 +136,8 @@ struct Simulate: ParsableCommand {
     /// profile (JSON, as `PowerProfile` encodes) that a cluster file's `profile_file:` reads; with
     /// `--local-nodes N` also the fixed cost of one MoE layer's round trip through N expert-node
     /// processes on this machine (`linkRoundTripSeconds` in the same file, for a cluster file's
-    /// `link: {latency_us}`).
+    /// `link: {latency_us}`) and the per-step overhead beyond the roofline (`stepOverheadSeconds`,
+    /// for the coordinator's `overhead_us`).
     struct Calibrate: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Measure this machine and write a power profile for the simulator.")
 
@@ -189,8 +190,8 @@ struct Simulate: ParsableCommand {
             }
         }
 
-        /// A profile with the measured link round trip beside it (a `PowerProfile` decoder ignores
-        /// the extra key).
+        /// A profile with the measured fixed costs beside it, the layer round trip through local
+        /// nodes and the per-step overhead (a `PowerProfile` decoder ignores the extra keys).
         struct CalibratedProfile: Encodable {
             var profile: PowerProfile
             var linkRoundTripSeconds: Double?
