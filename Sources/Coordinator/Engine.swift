@@ -183,6 +183,10 @@ public final class Engine: @unchecked Sendable {
         public var kvBlocksCached = 0
         public var steps = 0
         public var stepTokens = 0
+        /// Wall seconds the engine thread spent in steps (planning, the forward pass with its
+        /// expert round trips, sampling, handing tokens to their streams) since the start: the
+        /// time the engine was busy, what `farside simulate` sums as its steps' durations.
+        public var stepSeconds = 0.0
         /// Tokens sampled (generated) since the start.
         public var generatedTokens = 0
         /// Requests admitted that reused cached KV, and the prompt tokens they did not compute.
@@ -428,6 +432,13 @@ public final class Engine: @unchecked Sendable {
 
     /// One step: plan, run every scheduled token in one forward pass, sample, report.
     private func step() {
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer {
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+            lock.lock()
+            stats.stepSeconds += seconds
+            lock.unlock()
+        }
         // A sequence gets its KV (its cached prefix) when admitted (`admit` runs before `pending`
         // is asked): a prefix hit changes how many of its tokens are pending. `reserve` allocates
         // the step's blocks; `release` gives back a preempted sequence's, cached for its return.

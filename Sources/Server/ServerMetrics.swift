@@ -20,6 +20,8 @@ final class ServerMetrics: Sendable {
     let nodesAlive: Gauge
     let nodesKnown: Gauge
     let steps: Gauge
+    let stepSeconds: Gauge
+    let stepTokens: Gauge
     let prefixHits: Gauge
     let prefixCachedTokens: Gauge
     let prefixHitRate: Gauge
@@ -48,6 +50,9 @@ final class ServerMetrics: Sendable {
         nodesAlive = registry.makeGauge(name: "farside_expert_nodes_alive", help: "Expert nodes serving.")
         nodesKnown = registry.makeGauge(name: "farside_expert_nodes_known", help: "Expert nodes registered, alive or not.")
         steps = registry.makeGauge(name: "farside_engine_steps", help: "Forward steps run since start.")
+        stepSeconds = registry.makeGauge(name: "farside_engine_step_seconds",
+                                         help: "Wall seconds the engine spent in steps since start (its busy time, expert round trips included).")
+        stepTokens = registry.makeGauge(name: "farside_engine_step_tokens", help: "Tokens computed in steps since start (prompt and generated).")
         prefixHits = registry.makeGauge(name: "farside_prefix_cache_hits", help: "Requests that reused an earlier request's KV.")
         prefixCachedTokens = registry.makeGauge(name: "farside_prefix_cache_cached_tokens",
                                                 help: "Prompt tokens whose KV came from the prefix cache instead of being computed.")
@@ -75,6 +80,8 @@ final class ServerMetrics: Sendable {
         registry.makeGauge(name: "farside_kv_cache_dtype", labels: [("dtype", s.kvDType.rawValue)],
                            help: "1 for the type KV rows are stored in (--kv-dtype).").set(Double(1))
         steps.set(Double(s.steps))
+        stepSeconds.set(s.stepSeconds)
+        stepTokens.set(Double(s.stepTokens))
         prefixHits.set(Double(s.prefixHits))
         prefixCachedTokens.set(Double(s.prefixTokensReused))
         prefixHitRate.set(s.prefixTokensQueried > 0 ? Double(s.prefixTokensReused) / Double(s.prefixTokensQueried) : 0)

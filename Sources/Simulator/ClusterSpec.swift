@@ -16,6 +16,9 @@ public struct SimulatedNode: Sendable, Equatable {
     public var linkBandwidth: Double
     /// Fixed seconds per layer call (kernel launches, dispatch); for the coordinator, per step.
     public var overhead: Double
+    /// The machine it runs on when it shares one with other nodes (`host:` in the cluster file;
+    /// nil: a machine of its own). Nodes on one host share its cores and memory bandwidth.
+    public var host: String? = nil
 }
 
 /// A simulated cluster: the coordinator's node (attention, scheduler), the expert nodes and the
@@ -61,7 +64,7 @@ public struct ClusterSpec: Sendable, Equatable {
             }
         }
         let directory = URL(fileURLWithPath: file).deletingLastPathComponent()
-        let nodeKeys = ["id", "count", "class", "profile", "profile_file", "gpus", "memory", "site", "link", "overhead_us"]
+        let nodeKeys = ["id", "count", "class", "profile", "profile_file", "gpus", "memory", "site", "link", "overhead_us", "host"]
 
         func machine(_ f: Fields, id: String) throws -> SimulatedNode {
             var profile: PowerProfile
@@ -106,8 +109,12 @@ public struct ClusterSpec: Sendable, Equatable {
                 latency = (try g.number("latency_us") ?? 0) * 1e-6
                 bandwidth = (try g.number("bandwidth_gbs") ?? 0) * 1e9
             }
+            let host = try f.text("host")
+            if let host, host.isEmpty {
+                throw SimulatorError.invalidValue(file: file, line: f.line("host"), key: "host", problem: "must name a machine (nodes with the same host share it)")
+            }
             return SimulatedNode(id: id, profile: profile, memoryBytes: try f.size("memory") ?? 0, linkLatency: latency,
-                                 linkBandwidth: bandwidth, overhead: (try f.number("overhead_us") ?? 0) * 1e-6)
+                                 linkBandwidth: bandwidth, overhead: (try f.number("overhead_us") ?? 0) * 1e-6, host: host)
         }
 
         guard let c = top.node("coordinator") else { throw SimulatorError.missingKey(file: file, line: 1, key: "coordinator") }

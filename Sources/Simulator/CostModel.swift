@@ -16,6 +16,8 @@ public struct CostModel {
     let shares: RoutingShares
     /// Per layer, per node: (expert share of the layer's routed tokens, divided by its copies).
     let perNode: [[[Double]]]
+    /// Nodes that share a host with others (`SimulatedNode.host`), one list per host.
+    let hosts: [[Int]]
     /// Tabulated experts' phase per step size T: seconds on the critical path, busy seconds per node.
     private var table: [(seconds: Double, busy: [Double])?]
 
@@ -31,6 +33,9 @@ public struct CostModel {
             }
         }
         self.perNode = perNode
+        var groups: [String: [Int]] = [:]
+        for (n, node) in cluster.nodes.enumerated() { if let h = node.host { groups[h, default: []].append(n) } }
+        hosts = groups.values.filter { $0.count > 1 }
         table = [(seconds: Double, busy: [Double])?](repeating: nil, count: cluster.limits.maxBatchTokens + 1)
     }
 
@@ -46,28 +51,56 @@ public struct CostModel {
                                  flops: 2 * p * Double(tokens) + model.attentionFlopsPerPosition * positions) + c.overhead
     }
 
+    /// When each node finishes a layer's `work` (seconds it would take with its machine to
+    /// itself) started at the same time: a node alone on its machine at `work`; nodes on one
+    /// host (`hosts`) share it equally while they work (processor sharing, as the kernel's
+    /// scheduler shares cores between busy processes), so with works w1 ≤ w2 ≤ … ≤ wk the i-th
+    /// finishes at Σ_{j<i} w_j + (k − i + 1)·w_i, and the last at Σ w.
+    static func sharedFinishTimes(work: [Double], hosts: [[Int]]) -> [Double] {
+        var finish = work
+        for group in hosts {
+            let busy = group.filter { work[$0] > 0 }.sorted { work[$0] < work[$1] }
+            var done = 0.0
+            for (i, n) in busy.enumerated() {
+                finish[n] = done + Double(busy.count - i) * work[n]
+                done += work[n]
+            }
+        }
+        return finish
+    }
+
     /// The experts' phase of a step of `tokens` tokens: Σ over MoE layers of the slowest node's
     /// compute plus its link time (latency both ways, activations out and back), and each node's
-    /// busy (compute) seconds.
+    /// busy (compute) seconds; nodes sharing a host take their finish times under processor
+    /// sharing (`sharedFinishTimes`) for both.
     public mutating func expertSeconds(tokens: Int) -> (seconds: Double, busy: [Double]) {
         if tokens < table.count, let hit = table[tokens] { return hit }
         let layout = model.layout
         let routed = Double(tokens) * Double(model.expertsPerToken)
         var busy = [Double](repeating: 0, count: cluster.nodes.count)
         var total = 0.0
+        var work = [Double](repeating: 0, count: cluster.nodes.count), link = work
         for layer in perNode {
-            var slowest = 0.0
-            for (n, copies) in layer.enumerated() where !copies.isEmpty {
+            for (n, copies) in layer.enumerated() {
+                work[n] = 0
+                link[n] = 0
+                guard !copies.isEmpty else { continue }
                 let node = cluster.nodes[n]
-                var work = node.overhead, rows = 0.0
+                var w = node.overhead, rows = 0.0
                 for share in copies {
                     let t = routed * share
                     rows += t
-                    work += PlacementCost.expertWork(layout: layout, profile: node.profile, tokens: t)
+                    w += PlacementCost.expertWork(layout: layout, profile: node.profile, tokens: t)
                 }
-                busy[n] += work
-                let link = 2 * node.linkLatency + (node.linkBandwidth > 0 ? 2 * rows * model.activationBytes / node.linkBandwidth : 0)
-                slowest = max(slowest, work + link)
+                work[n] = w
+                link[n] = 2 * node.linkLatency + (node.linkBandwidth > 0 ? 2 * rows * model.activationBytes / node.linkBandwidth : 0)
+            }
+            // Nodes sharing a host compute at once on its cores: each takes its finish time.
+            let finish = Self.sharedFinishTimes(work: work, hosts: hosts)
+            var slowest = 0.0
+            for n in 0..<work.count where work[n] > 0 {
+                busy[n] += finish[n]
+                slowest = max(slowest, finish[n] + link[n])
             }
             total += slowest
         }

@@ -8,8 +8,11 @@ public struct NodeResult: Codable, Sendable, Equatable {
     public var device: String
     /// Expert copies it holds (the coordinator: 0).
     public var experts: Int
-    /// Busy seconds over the simulated window.
+    /// Fraction of the simulated window busy (at most 1).
     public var utilisation: Double
+    /// Seconds busy over the run: the coordinator's steps' own work, an expert node's compute
+    /// (what a live node reports in its heartbeats, `farside cluster status`'s `busy_seconds`).
+    public var busySeconds: Double
     /// Mean wall watts (PUE included) over the window.
     public var meanWatts: Double
     public var joules: Double
@@ -26,6 +29,8 @@ public struct StrategyResult: Codable, Sendable, Equatable {
     public var rejected: Int
     public var preemptions: Int
     public var steps: Int
+    /// Σ of the steps' durations: the seconds the engine was busy (live: `farside_engine_step_seconds`).
+    public var stepSeconds: Double
     /// Prompt and generated tokens of the completed requests.
     public var tokens: Int
     public var outputTokens: Int
@@ -84,7 +89,7 @@ public struct Simulation {
         tpot.reserveCapacity(requests.count)
         // Steps per size: the nodes' busy time is summed from the tabulated per-size figures at the end.
         var stepsOfSize = [Int](repeating: 0, count: cluster.limits.maxBatchTokens + 1)
-        var coordinatorBusy = 0.0
+        var coordinatorBusy = 0.0, engineBusy = 0.0
         var stepTokens = 0.0
         // Busy seconds per interval, [interval][coordinator, nodes…]: a step counts in the
         // interval it starts in (steps are far shorter than intervals).
@@ -144,6 +149,7 @@ public struct Simulation {
             busyOverTime[bucket][0] += attention
             for n in 0..<cluster.nodes.count { busyOverTime[bucket][n + 1] += experts.busy[n] }
             now += attention + experts.seconds
+            engineBusy += attention + experts.seconds
             coordinatorBusy += attention
             stepsOfSize[min(count, stepsOfSize.count - 1)] += 1
             stepTokens += Double(count)
@@ -195,7 +201,7 @@ public struct Simulation {
             dollars += EnergyModel.dollars(joules: j, node.profile)
             grams += EnergyModel.grams(joules: j, node.profile)
             nodes.append(NodeResult(id: node.id, device: node.profile.device, experts: experts,
-                                    utilisation: window > 0 ? min(busy / window, 1) : 0,
+                                    utilisation: window > 0 ? min(busy / window, 1) : 0, busySeconds: busy,
                                     meanWatts: window > 0 ? j / window : 0, joules: j, watts: watts))
         }
         add(cluster.coordinator, busy: coordinatorBusy, experts: 0, charged: true)
@@ -207,7 +213,7 @@ public struct Simulation {
         let perToken = tokens > 0 ? 1 / Double(tokens) : 0
         let result = StrategyResult(
             strategy: strategy, requests: requests.count, completed: completed, rejected: rejected,
-            preemptions: preemptions, steps: steps, tokens: tokens, outputTokens: outputTokens,
+            preemptions: preemptions, steps: steps, stepSeconds: engineBusy, tokens: tokens, outputTokens: outputTokens,
             simulatedSeconds: window, outputTokensPerSecond: window > 0 ? Double(outputTokens) / window : 0,
             energyKWh: joules / EnergyModel.joulesPerKWh, joulesPerToken: joules * perToken,
             dollars: dollars, dollarsPerMillionTokens: dollars * perToken * 1e6,

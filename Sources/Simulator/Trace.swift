@@ -40,7 +40,9 @@ public enum Trace {
         var out: [TraceRequest] = []
         var lineNumber = 0
         var last = -Double.infinity
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Lines end with LF or CRLF (a CSV written on Windows or by Python's csv module): in Swift
+        // "\r\n" is one Character, so splitting on "\n" alone would leave such a file one line.
+        for raw in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
             lineNumber += 1
             let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
             if line.isEmpty || line.hasPrefix("#") { continue }
@@ -79,7 +81,7 @@ public enum Trace {
 
     static func firstDataLine(_ text: String) -> Int {
         var n = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        for raw in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
             n += 1
             let line = raw.trimmingCharacters(in: .whitespaces)
             if !line.isEmpty && !line.hasPrefix("#") { return n }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Coordinator
 import Foundation
 import Kernels
 import Placement
@@ -131,8 +132,12 @@ struct Simulate: ParsableCommand {
         }
     }
 
-    /// Measures this machine's read bandwidth and bf16 GEMM throughput and writes a power profile
-    /// (JSON, as `PowerProfile` encodes) that a cluster file's `profile_file:` reads.
+    /// Measures this machine's weight-read rate and bf16 GEMM throughput and writes a power
+    /// profile (JSON, as `PowerProfile` encodes) that a cluster file's `profile_file:` reads; with
+    /// `--local-nodes N` also the fixed cost of one MoE layer's round trip through N expert-node
+    /// processes on this machine (`linkRoundTripSeconds` in the same file, for a cluster file's
+    /// `link: {latency_us}`) and the per-step overhead beyond the roofline (`stepOverheadSeconds`,
+    /// for the coordinator's `overhead_us`).
     struct Calibrate: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Measure this machine and write a power profile for the simulator.")
 
@@ -145,23 +150,147 @@ struct Simulate: ParsableCommand {
         @Option(name: .long, help: "Device label written into the profile.")
         var device: String = "calibrated"
 
+        @Option(name: .long, help: "Also measure one MoE layer's round trip through this many local expert nodes (0: not measured).")
+        var localNodes: Int = 0
+
+        @Option(name: .long, help: "With --local-nodes: the MoE model the nodes serve (a checkpoint directory or GGUF file; default: the default model).")
+        var model: String?
+
+        func validate() throws {
+            guard (0...16).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...16, got \(localNodes)") }
+            guard model == nil || localNodes > 0 else { throw ValidationError("--model is for the round trip through --local-nodes N; give both") }
+        }
+
         func run() throws {
             try runReportingErrors {
                 var profile = try HardwareClass.profile(named: hardwareClass)
                 profile.device = device
-                profile.memoryBandwidth = MemoryBandwidth.measure(rounds: 5)
+                let read = MemoryBandwidth.measure(rounds: 5)
+                profile.memoryBandwidth = Self.gemvBandwidth()
                 profile.flopsPerSecond = Self.gemmFlops()
+                var roundTrip: Double?, stepOverhead: Double?
+                if localNodes > 0 {
+                    let path = try model ?? DefaultModel.path()
+                    stepOverhead = try Self.stepOverhead(model: path, profile: profile)
+                    roundTrip = try Self.layerRoundTrip(model: path, nodes: localNodes)
+                }
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
-                do { try e.encode(profile).write(to: URL(fileURLWithPath: out)) } catch {
+                do {
+                    try e.encode(CalibratedProfile(profile: profile, linkRoundTripSeconds: roundTrip, stepOverheadSeconds: stepOverhead))
+                        .write(to: URL(fileURLWithPath: out))
+                } catch {
                     throw SimulatorError.unwritableFile(file: out, reason: error.localizedDescription)
                 }
-                print(String(format: "read bandwidth %.1f GB/s, bf16 GEMM %.1f GFLOP/s; wrote ", profile.memoryBandwidth / 1e9,
-                             profile.flopsPerSecond / 1e9) + out)
+                print(String(format: "read bandwidth %.1f GB/s (bf16 GEMV reads weights at %.1f GB/s: the profile's), bf16 GEMM %.1f GFLOP/s",
+                             read / 1e9, profile.memoryBandwidth / 1e9, profile.flopsPerSecond / 1e9)
+                      + (roundTrip.map { String(format: ", MoE layer round trip through %d local nodes %.0f µs", localNodes, $0 * 1e6) } ?? "")
+                      + (stepOverhead.map { String(format: ", step overhead %.0f µs", $0 * 1e6) } ?? "")
+                      + "; wrote " + out)
             }
         }
 
-        /// FLOP/s of a 1024×2048 bf16 weight times 128 tokens (an expert-sized prefill GEMM), best of 5.
+        /// A profile with the measured fixed costs beside it, the layer round trip through local
+        /// nodes and the per-step overhead (a `PowerProfile` decoder ignores the extra keys).
+        struct CalibratedProfile: Encodable {
+            var profile: PowerProfile
+            var linkRoundTripSeconds: Double?
+            var stepOverheadSeconds: Double?
+            enum Keys: String, CodingKey { case linkRoundTripSeconds, stepOverheadSeconds }
+            func encode(to encoder: Encoder) throws {
+                try profile.encode(to: encoder)
+                var c = encoder.container(keyedBy: Keys.self)
+                try c.encodeIfPresent(linkRoundTripSeconds, forKey: .linkRoundTripSeconds)
+                try c.encodeIfPresent(stepOverheadSeconds, forKey: .stepOverheadSeconds)
+            }
+        }
+
+        /// What a one-token engine step costs beyond the simulator's roofline for it (a cluster
+        /// file's coordinator `overhead_us`): the median of 50 one-token decode steps of the model
+        /// with every expert in this process (after 10 unmeasured) minus the cost model's time
+        /// for the same step on `profile` (attention and other non-expert weights, the step's
+        /// experts on one node): per-operation dispatch, norms, sampling, what a roofline leaves
+        /// out. Nil for a model without a config.json (a GGUF file).
+        static func stepOverhead(model path: String, profile: PowerProfile) throws -> Double? {
+            let config = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
+            guard FileManager.default.fileExists(atPath: config) else { return nil }
+            let spec = try ModelSpec.load(config, format: .bf16)
+            let (m, _) = try loadModel(path: path, localNodes: 0)
+            let prompt = (0..<16).map { 5 + $0 * 7 % max(m.vocabSize - 10, 1) }
+            let cache = m.makeCache(capacity: prompt.count + 61)
+            var logits = try m.forward(prompt, cache: cache)
+            var times: [Double] = []
+            for i in 0..<60 {
+                let next = logits.withUnsafeBufferPointer { Sampler.argmax($0) }
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                logits = try m.forward([next], cache: cache, logits: .last)
+                if i >= 10 { times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9) }
+            }
+            times.sort()
+            let measured = times[times.count / 2]
+            let yaml = """
+            coordinator: {profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}
+            nodes:
+              - {profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}
+            """
+            let cluster = try ClusterSpec.parse(yaml, file: "calibrate")
+            let node = PlacementNode(id: "in-process", memoryBytes: 0, profile: cluster.nodes[0].profile)
+            let placement = try Planner.plan(layout: spec.layout, nodes: [node], available: [true], load: nil, strategy: .memory, current: nil)
+            var cost = CostModel(model: spec, cluster: cluster, placement: placement,
+                                 shares: try RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: 0, seed: 0))
+            let position = Double(prompt.count + 35)
+            let predicted = cost.attentionSeconds(tokens: 1, positions: position, kvTokens: position) + cost.expertSeconds(tokens: 1).seconds
+            return max(measured - predicted, 0)
+        }
+
+        /// Bytes per second at which a one-token bf16 GEMV (`Linear.forward`, count 1: what decode
+        /// runs) reads a 256 MiB weight matrix, far larger than any cache here (a 64 MiB one read
+        /// faster than plain memory reads on this VM: partly cached): the median of 21
+        /// measurements 0.1 s apart. The median, not the best: a shared VM's rate swings by 2×
+        /// from second to second (19 and 44 GB/s minutes apart on the 2-core VM), and a run
+        /// lasting minutes sees the typical rate, not the best instant.
+        static func gemvBandwidth() -> Double {
+            let rows = 16384, cols = 8192
+            let w = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * cols)
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+            let y = UnsafeMutablePointer<Float>.allocate(capacity: rows)
+            defer { w.deallocate(); x.deallocate(); y.deallocate() }
+            w.initialize(repeating: 0x3C00, count: rows * cols)
+            x.initialize(repeating: 1, count: cols)
+            let m = Matrix(data: UnsafeRawPointer(w), dtype: .bf16, rows: rows, cols: cols)
+            Linear.forward(m, input: x, count: 1, output: y)  // pages the weights in
+            var rates: [Double] = []
+            for i in 0..<21 {
+                if i > 0 { usleep(100_000) }
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                Linear.forward(m, input: x, count: 1, output: y)
+                let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+                rates.append(Double(rows * cols * 2) / s)
+            }
+            return rates.sorted()[rates.count / 2]
+        }
+
+        /// The fixed cost of one MoE layer's expert step through `nodes` local expert nodes: the
+        /// median over 200 one-token steps (random routes, after 10 unmeasured) of the step's time
+        /// minus the compute time the node answering last reported: dispatch, transport both
+        /// ways, the nodes' decoding and encoding, and the wake-ups of processes sharing cores.
+        static func layerRoundTrip(model path: String, nodes: Int) throws -> Double {
+            let (m, cluster) = try loadModel(path: path, localNodes: nodes)
+            guard let cluster else {
+                throw SimulatorError.invalidOption(name: "--model", problem: "\(path) has no routed experts: there is no expert round trip to measure")
+            }
+            cluster.recordsTimings = true
+            cluster.clearTimings()
+            let (total, _) = try Bench.roundTrip(model: m, cluster: cluster, tokens: 1, samples: 200)
+            let timings = cluster.timings.dropFirst(10)
+            cluster.recordsTimings = false
+            let compute = timings.map(\.lastCompute).sorted()
+            let median = compute.isEmpty ? 0 : compute[compute.count / 2]
+            return max(total - median, 0)
+        }
+
+        /// FLOP/s of a 1024×2048 bf16 weight times 128 tokens (an expert-sized prefill GEMM): the
+        /// median of 11 measurements 0.1 s apart (see `gemvBandwidth`).
         static func gemmFlops() -> Double {
             let rows = 1024, cols = 2048, tokens = 128
             let w = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * cols)
@@ -172,14 +301,15 @@ struct Simulate: ParsableCommand {
             w.initialize(repeating: 0x3C00, count: rows * cols)
             x.initialize(repeating: 1, count: tokens * cols)
             let m = Matrix(data: UnsafeRawPointer(w), dtype: .bf16, rows: rows, cols: cols)
-            var best = 0.0
-            for _ in 0..<5 {
+            var rates: [Double] = []
+            for i in 0..<11 {
+                if i > 0 { usleep(100_000) }
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 Linear.forward(m, input: x, count: tokens, output: y)
                 let s = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
-                best = max(best, 2 * Double(rows * cols * tokens) / s)
+                rates.append(2 * Double(rows * cols * tokens) / s)
             }
-            return best
+            return rates.sorted()[rates.count / 2]
         }
     }
 }

@@ -1,6 +1,6 @@
 import Foundation
 import Placement
-import Simulator
+@testable import Simulator
 import XCTest
 
 final class SimulatorTests: XCTestCase {
@@ -255,5 +255,43 @@ final class SimulatorTests: XCTestCase {
         XCTAssertGreaterThan(r.preemptions, 0)
         XCTAssertEqual(r.completed, 4)
         XCTAssertEqual(r.rejected, 0)
+    }
+
+    func testNodesSharingAHostFinishAsUnderProcessorSharing() {
+        // Works 1, 2 and 3 on one host: all three run at a third of it until the first is done
+        // (3), the other two at half (the second at 3 + 2·1 = 5), the last alone (6 = Σ).
+        let f = CostModel.sharedFinishTimes(work: [2, 1, 3, 4], hosts: [[0, 1, 2]])
+        XCTAssertEqual(f, [5, 3, 6, 4])
+        XCTAssertEqual(CostModel.sharedFinishTimes(work: [2, 0, 3], hosts: [[0, 1, 2]]), [4, 0, 5], "an idle node takes no share")
+        XCTAssertEqual(CostModel.sharedFinishTimes(work: [2, 1], hosts: []), [2, 1])
+    }
+
+    func testAHostSharedByTheNodesLengthensTheExpertPhaseAndTheirBusyTime() throws {
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        func cost(_ host: String) throws -> (seconds: Double, busy: [Double]) {
+            let yaml = """
+            coordinator: {class: vm-2vcpu}
+            nodes:
+              - {id: n, count: 3, class: vm-2vcpu\(host)}
+            """
+            let cluster = try ClusterSpec.parse(yaml, file: "host.yaml")
+            let placement = try Planner.plan(layout: model.layout, nodes: cluster.nodes.map { PlacementNode(id: $0.id, memoryBytes: 0, profile: $0.profile) },
+                                             available: [true, true, true], load: nil, strategy: .memory, current: nil)
+            var c = CostModel(model: model, cluster: cluster, placement: placement,
+                              shares: try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 0, seed: 0))
+            return c.expertSeconds(tokens: 16)
+        }
+        let own = try cost(""), shared = try cost(", host: vm")
+        XCTAssertGreaterThan(shared.seconds, 2.5 * own.seconds, "three equal nodes on one host take about three times as long")
+        XCTAssertLessThanOrEqual(shared.seconds, 3 * own.seconds * (1 + 1e-9))
+        for (s, o) in zip(shared.busy, own.busy) { XCTAssertGreaterThan(s, o) }
+        XCTAssertThrowsError(try ClusterSpec.parse("coordinator: {class: vm-2vcpu}\nnodes:\n  - {class: vm-2vcpu, host: ''}\n", file: "h.yaml")) { error in
+            guard case SimulatorError.invalidValue("h.yaml", _, "host", _) = error else { return XCTFail("\(error)") }
+        }
+    }
+
+    func testATraceWithCRLFLineEndsIsRead() throws {
+        let r = try Trace.parse(csv: "arrived_at,num_prefill_tokens,num_decode_tokens\r\n0.5,10,3\r\n1.25,20,4\r\n", file: "crlf.csv")
+        XCTAssertEqual(r, [TraceRequest(arrival: 0.5, promptTokens: 10, outputTokens: 3), TraceRequest(arrival: 1.25, promptTokens: 20, outputTokens: 4)])
     }
 }
