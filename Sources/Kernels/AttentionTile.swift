@@ -119,7 +119,7 @@ public enum AttentionTile {
 
     /// Rows ahead of the one being widened whose cache lines are prefetched: far enough that a
     /// row's load from memory overlaps the widening of the rows before it.
-    @usableFromInline static let prefetchRows = 16
+    @inlinable static var prefetchRows: Int { 16 }
 
     /// `rows[j]` = row `j < c` as fp32: in place for f32 rows, else widened into `buffer`. The
     /// list is padded to a multiple of 8 with copies of the last row (the kernels' spare lanes).
@@ -133,14 +133,15 @@ public enum AttentionTile {
                                       buffer: UnsafeMutablePointer<Float>, rows: UnsafeMutablePointer<UnsafePointer<Float>>,
                                       later: UnsafePointer<UnsafeRawPointer>?) {
         let last = c + min(ahead, prefetchRows)
+        /// Row `j`'s lines ahead into L1, and `later[j - prefetchRows]`'s (a row of this chunk) into L2.
         @inline(__always)
         func prefetch(_ j: Int) {
+            var o = 0
             if j < last {
-                var o = 0
                 while o < rowBytes { fs_prefetch(src[j] + o); o += 64 }
             }
-            if let later, j - prefetchRows < c {
-                var o = 0
+            if let later {
+                o = 0
                 while o < rowBytes { fs_prefetch_l2(later[j - prefetchRows] + o); o += 64 }
             }
         }
