@@ -41,8 +41,13 @@ public enum ClusterError: Error, CustomStringConvertible {
 public final class ExpertCluster: ExpertBackend {
     public struct Options {
         public var controlEndpoint = "tcp://127.0.0.1:*"
-        /// Seconds without a reply after which a node is declared dead.
+        /// Seconds without a reply after which a node is declared dead (when another node can
+        /// take its experts; see `lastNodesGrace`).
         public var nodeTimeout = 2.0
+        /// Seconds from a step's dispatch that it waits for slow nodes still connected when no
+        /// other node could take their experts, instead of declaring them dead after
+        /// `nodeTimeout` (which would leave no node to serve).
+        public var lastNodesGrace = 30.0
         public var maxMessageBytes: Int64 = 1 << 30
         /// Seconds to wait for replies polling with `sched_yield()` before blocking in
         /// `zmq_poll` (see `Poller.poll(timeout:yieldingFor:)`). A layer's round trip at decode
@@ -501,6 +506,8 @@ public final class ExpertCluster: ExpertBackend {
         /// A node this step waits on died: the step must be sent again.
         var lost = false
         var attempts = 0
+        /// The step outlived its deadline waiting for the last nodes (`graceDeadline`), said once.
+        var waitedForSlowNodes = false
         init(layer: Int, batch: RoutedBatch, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
             self.layer = layer; self.batch = batch; self.input = input; self.output = output
         }
@@ -727,6 +734,22 @@ public final class ExpertCluster: ExpertBackend {
         return true
     }
 
+    /// How long a step may still wait for `slow` nodes that missed its deadline, or nil to
+    /// declare them dead now. Declaring dead the nodes that every remaining expert would have to
+    /// move to fails the step for certain (`noLiveNodes`), while a node that is merely slow (a
+    /// loaded machine, page faults on first touch of its experts) answers in the end: so when no
+    /// other node is available and the slow ones' connections are still up (a process that ends
+    /// drops its connection and is noticed at once), the step waits up to `lastNodesGrace`
+    /// after its dispatch. With another node available the slow ones are declared dead as
+    /// before and their experts move there: failing over is the faster way on.
+    func graceDeadline(_ step: Step, slow: Set<Int>) -> Double? {
+        guard nodes.indices.allSatisfy({ slow.contains($0) || !available($0) }) else { return nil }
+        pumpEvents()
+        guard slow.allSatisfy({ nodes[$0].alive && nodes[$0].data != nil }) else { return nil }
+        let until = step.dispatchEnd + options.lastNodesGrace
+        return Self.now() < until ? until : nil
+    }
+
     /// Reads replies for every outstanding step until `step` has all of its own, or has lost a
     /// node (`step.lost`). Replies to other steps are kept in those steps.
     func receive(until step: Step) throws {
@@ -754,7 +777,18 @@ public final class ExpertCluster: ExpertBackend {
             if ready.last == true { try pumpControl(timeout: 0) }
             if ready[sockets.count..<(sockets.count + monitors.count)].contains(true) { pumpEvents() }
             if left <= 0 && !ready[..<sockets.count].contains(true) {
-                for node in Set(step.pending.values.map(\.node)) { markDead(node, "no reply within \(options.nodeTimeout) s") }
+                let slow = Set(step.pending.values.map(\.node))
+                if let until = graceDeadline(step, slow: slow) {
+                    if !step.waitedForSlowNodes {
+                        step.waitedForSlowNodes = true
+                        log("node(s) \(slow.sorted().map { nodes[$0].id }.joined(separator: ", ")) gave no reply within "
+                            + "\(options.nodeTimeout) s, but no other node could take their experts: waiting up to "
+                            + "\(String(format: "%.0f", until - step.dispatchEnd)) s while their connections stay up")
+                    }
+                    step.deadline = min(Self.now() + options.nodeTimeout, until)
+                    continue
+                }
+                for node in slow { markDead(node, "no reply within \(options.nodeTimeout) s") }
                 step.lost = true
                 return
             }

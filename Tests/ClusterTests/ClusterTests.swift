@@ -100,6 +100,26 @@ enum Harness {
         return (model, cluster, nodes, tokens, try model.forward(tokens, cache: model.makeCache(), logits: .all))
     }
 
+    /// The fixture's directory, its reference, and the greedy tokens of its reference prompt
+    /// computed in process.
+    static func inProcessGreedy(_ name: String, maxTokens: Int) throws -> (URL, Reference, [Int]) {
+        let dir = fixtures.appendingPathComponent(name)
+        let ref = try reference(name)
+        let (plain, _) = try ModelRegistry.load(directory: dir)
+        plain.experts = try LocalExperts(model: plain)
+        return (dir, ref, try Generator(model: plain).generate(prompt: ref.greedy.prompt, maxTokens: maxTokens, ignoreEOS: true))
+    }
+
+    /// Greedy tokens of `prompt` through `model`, calling `action` once `after` tokens came out.
+    static func greedy(_ model: DecoderModel, _ prompt: [Int], maxTokens: Int, after: Int, _ action: () -> Void) throws -> [Int] {
+        var produced = 0
+        return try Generator(model: model).generate(prompt: prompt, maxTokens: maxTokens, ignoreEOS: true) { _ in
+            produced += 1
+            if produced == after { action() }
+            return true
+        }
+    }
+
     static func stop(_ ps: [Process]) {
         for p in ps where p.isRunning { kill(p.processIdentifier, SIGKILL) }
         for p in ps { p.waitUntilExit() }
@@ -137,21 +157,11 @@ final class ClusterTests: XCTestCase {
     /// SIGKILL one of three nodes in the middle of a 64-token greedy generation: the request
     /// completes with the tokens an undisturbed run produces.
     func testKilledNodeLosesNoRequest() throws {
-        let name = "deepseek_v3"
-        let dir = Harness.fixtures.appendingPathComponent(name)
-        let ref = try Harness.reference(name)
-        let (plain, _) = try ModelRegistry.load(directory: dir)
-        plain.experts = try LocalExperts(model: plain)
-        let want = try Generator(model: plain).generate(prompt: ref.greedy.prompt, maxTokens: 64, ignoreEOS: true)
+        let (dir, ref, want) = try Harness.inProcessGreedy("deepseek_v3", maxTokens: 64)
 
         let (model, cluster, nodes) = try Harness.threeNodeCluster(dir)
         defer { Harness.stop(nodes) }
-        var produced = 0
-        let got = try Generator(model: model).generate(prompt: ref.greedy.prompt, maxTokens: 64, ignoreEOS: true) { _ in
-            produced += 1
-            if produced == 20 { kill(nodes[1].processIdentifier, SIGKILL) }
-            return true
-        }
+        let got = try Harness.greedy(model, ref.greedy.prompt, maxTokens: 64, after: 20) { kill(nodes[1].processIdentifier, SIGKILL) }
         XCTAssertEqual(got, want)
         XCTAssertGreaterThanOrEqual(cluster.retries, 1, "the kill should have forced a re-sent step")
         XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 2)
@@ -172,6 +182,54 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(again, want)
         XCTAssertEqual(cluster.nodeStates.filter(\.alive).count, 3)
         XCTAssertTrue(cluster.nodeStates.allSatisfy { $0.experts > 0 }, "\(cluster.nodeStates)")
+    }
+
+    /// A node that stops answering (SIGSTOP) while another node is available is declared dead
+    /// after the node timeout and its experts move; the last available node, stopped the same
+    /// way while its connection stays up, is waited for instead (declaring it dead would leave
+    /// no node to serve): generation after SIGCONT gives the undisturbed tokens. Stopped past
+    /// `lastNodesGrace`, it is declared dead and the step fails with `noLiveNodes`.
+    func testSlowLastNodeIsWaitedForAndOthersFailOver() throws {
+        let (dir, ref, want) = try Harness.inProcessGreedy("deepseek_v3", maxTokens: 24)
+
+        let (model, _) = try ModelRegistry.load(directory: dir)
+        var opts = ExpertCluster.Options()
+        opts.nodeTimeout = 0.3
+        opts.lastNodesGrace = 4
+        let lines = LockedLines()
+        let cluster = try ExpertCluster(model: model, fingerprint: try ModelRegistry.fingerprint(directory: dir), options: opts,
+                                        log: { lines.append($0) })
+        let nodes = try Harness.startNodes(2, model: dir.path, cluster: cluster)
+        defer {
+            for p in nodes where p.isRunning { kill(p.processIdentifier, SIGCONT) }
+            Harness.stop(nodes)
+        }
+        try cluster.start(expecting: 2, timeout: 30)
+        model.experts = cluster
+
+        // Node 2 stops with node 1 available: declared dead after 0.3 s, its experts move.
+        let got = try Harness.greedy(model, ref.greedy.prompt, maxTokens: 24, after: 5) { kill(nodes[1].processIdentifier, SIGSTOP) }
+        XCTAssertEqual(got, want)
+        XCTAssertEqual(cluster.nodeStates.filter(\.alive).map(\.id), ["test-1"])
+        XCTAssertTrue(lines.all.contains { $0.contains("node test-2 declared dead: no reply within") }, "\(lines.all)")
+
+        // Node 1 is the last: stopped for 1.5 s (5x the node timeout), it is waited for.
+        let start = Date()
+        let again = try Harness.greedy(model, ref.greedy.prompt, maxTokens: 24, after: 5) {
+            kill(nodes[0].processIdentifier, SIGSTOP)
+            DispatchQueue.global().asyncAfter(deadline: .now() + 1.5) { kill(nodes[0].processIdentifier, SIGCONT) }
+        }
+        XCTAssertEqual(again, want)
+        XCTAssertGreaterThan(Date().timeIntervalSince(start), 1.5)
+        XCTAssertEqual(cluster.nodeStates.filter(\.alive).map(\.id), ["test-1"], "\(lines.all)")
+        XCTAssertTrue(lines.all.contains { $0.contains("no other node could take their experts: waiting up to 4 s") }, "\(lines.all)")
+
+        // Stopped for longer than the grace: declared dead, and the step fails with a clear error.
+        kill(nodes[0].processIdentifier, SIGSTOP)
+        XCTAssertThrowsError(try Generator(model: model).generate(prompt: ref.greedy.prompt, maxTokens: 4, ignoreEOS: true)) { error in
+            XCTAssertEqual("\(error)", "\(ClusterError.noLiveNodes)")
+        }
+        XCTAssertTrue(lines.all.contains { $0.contains("node test-1 declared dead: no reply within") }, "\(lines.all)")
     }
 
     /// Two layer steps in flight at once (what ping-pong micro-batches do), finished in reverse
@@ -575,4 +633,12 @@ final class LocalExpertsRowBlockTests: XCTestCase {
             }
         }
     }
+}
+
+/// Log lines collected from any thread.
+final class LockedLines: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
 }
