@@ -152,7 +152,8 @@ public final class Engine: @unchecked Sendable {
         /// A directory for the KV disk tier (`--kv-disk`): full prefix-cache blocks are written
         /// there and read back when no longer in RAM, also after a restart. Needs `prefixCaching`.
         public var kvDiskDirectory: String?
-        /// Bytes of block files at most (`--kv-disk-budget`); the least recently used go first.
+        /// Bytes of files in `kvDiskDirectory` at most (`--kv-disk-budget`): block files (the
+        /// least recently used go first) and streamed sequences' files.
         public var kvDiskBudgetBytes = 64 << 30
         /// Hears what the disk tier ignores (files that do not match) and a write that failed.
         public var warn: (@Sendable (String) -> Void)?
@@ -250,6 +251,8 @@ public final class Engine: @unchecked Sendable {
         /// (`streamed`) instead of the pool's blocks.
         let streams: Bool
         var streamed: StreamedKVCache?
+        /// The part of `--kv-disk-budget` its streamed KV holds (`KVDiskTier.reserveStream`).
+        var streamShare = 0
         var sampler: Sampler
         let stops: Set<Int>
 
@@ -314,10 +317,13 @@ public final class Engine: @unchecked Sendable {
         }
         // Immutable sizes of the allocator, safe to read from any thread. With a disk tier, a
         // sequence the budget could not hold streams its KV from a file instead.
-        let positions = min(request.prompt.count + max(request.maxTokens, 1), model.maxPositions)
+        let positions = reservedPositions(request)
         let streams = diskDirectory != nil && positions > kvCapacity
         guard request.prompt.count < kvCapacity || streams else {
             throw EngineError.exceedsKVBudget(tokens: request.prompt.count, positions: kvCapacity)
+        }
+        if streams, let disk = kv.disk, !disk.couldHoldStream(bytes: positions * kv.bytesPerPosition) {
+            throw KVDiskError.streamExceedsBudget(bytes: positions * kv.bytesPerPosition, budget: disk.capacity * disk.layout.fileBytes)
         }
         guard request.maxTokens >= 1 else { throw EngineError.invalidMaxTokens(request.maxTokens) }
         if let k = request.topLogprobs, !(0...20).contains(k) { throw EngineError.invalidTopLogprobs(k) }
@@ -333,6 +339,12 @@ public final class Engine: @unchecked Sendable {
         waitingCount += 1
         lock.signal()
         return id
+    }
+
+    /// Positions a request may come to hold: its prompt and every token it may generate,
+    /// within the model's context.
+    private func reservedPositions(_ request: GenerationRequest) -> Int {
+        min(request.prompt.count + max(request.maxTokens, 1), model.maxPositions)
     }
 
     /// Cancels a request (at the next step); its caller gets `finished(.cancelled, …)` unless it
@@ -401,6 +413,8 @@ public final class Engine: @unchecked Sendable {
                 sequences[s.id] = s
                 if s.streams, let dir = diskDirectory {
                     do {
+                        // Its file counts toward --kv-disk-budget, as the block files do.
+                        s.streamShare = try kv.disk?.reserveStream(bytes: reservedPositions(s.request) * kv.bytesPerPosition) ?? 0
                         s.streamed = try StreamedKVCache(widths: model.layers.map { $0.attention.cacheWidths }, dtype: kv.dtype,
                                                          capacity: model.maxPositions, directory: dir)
                         lock.lock()
@@ -567,6 +581,8 @@ public final class Engine: @unchecked Sendable {
         }
         s.cache = nil
         s.streamed = nil
+        if s.streamShare > 0 { kv.disk?.releaseStream(s.streamShare) }
+        s.streamShare = 0
         s.onEvent(.finished(reason, Usage(promptTokens: s.request.prompt.count, completionTokens: s.generated,
                                           cachedTokens: s.cachedTokens)))
     }

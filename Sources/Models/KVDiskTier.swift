@@ -13,6 +13,10 @@ public enum KVDiskError: Error, CustomStringConvertible, Equatable {
     case unwritable(String, reason: String)
     case inUse(String)
     case budgetTooSmall(budget: Int, fileBytes: Int)
+    /// A sequence streaming its KV into the directory needs more than the whole budget.
+    case streamExceedsBudget(bytes: Int, budget: Int)
+    /// Sequences streaming their KV hold the part of the budget this one would need.
+    case budgetHeldByStreams(bytes: Int, free: Int)
 
     public var description: String {
         switch self {
@@ -26,6 +30,10 @@ public enum KVDiskError: Error, CustomStringConvertible, Equatable {
             return "--kv-disk '\(p)' is in use by another farside server; give each server its own directory"
         case let .budgetTooSmall(budget, fileBytes):
             return "a --kv-disk-budget of \(budget) bytes holds no KV block file (one takes \(fileBytes) bytes for this model); raise --kv-disk-budget"
+        case let .streamExceedsBudget(bytes, budget):
+            return "this request's KV (\(bytes) bytes, more than --kv-budget holds) would stream to a file in --kv-disk, but --kv-disk-budget is \(budget) bytes; raise --kv-disk-budget or ask for fewer tokens"
+        case let .budgetHeldByStreams(bytes, free):
+            return "this request's KV (\(bytes) bytes) would stream to a file in --kv-disk, but other long requests streaming there leave \(free) bytes of --kv-disk-budget; retry later"
         }
     }
 }
@@ -66,8 +74,11 @@ public final class KVDiskTier: @unchecked Sendable {
         public var rejected = 0
         /// Files removed to stay within the budget.
         public var evictions = 0
-        /// Blocks not written because the writer was too far behind or writing is off.
+        /// Blocks not written because the writer was too far behind, writing is off, or streamed
+        /// sequences hold the whole budget.
         public var dropped = 0
+        /// Bytes of the budget held by sequences streaming their KV into the directory.
+        public var streamBytes = 0
         /// Whether blocks are still being written (false after a failed write).
         public var writable = true
     }
@@ -97,6 +108,8 @@ public final class KVDiskTier: @unchecked Sendable {
     private var closed = false
     private var tick: UInt64 = 0
     private var stats = Stats()
+    /// Files' worth of the budget held by sequences streaming their KV here (`reserveStream`).
+    private var streamFiles = 0
     private let warn: @Sendable (String) -> Void
     private var lockFD: Int32
     /// Blocks waiting to be written at most, in bytes: a writer that falls behind drops blocks
@@ -165,8 +178,40 @@ public final class KVDiskTier: @unchecked Sendable {
         var s = stats
         s.blocks = index.count
         s.bytes = index.count * layout.fileBytes
+        s.streamBytes = streamFiles * layout.fileBytes
         return s
     }
+
+    /// Whether a sequence streaming `bytes` of KV into the directory fits the budget at all.
+    public func couldHoldStream(bytes: Int) -> Bool { files(bytes) <= capacity }
+
+    /// Takes `bytes` of the budget for a sequence streaming its KV into the directory (the
+    /// budget bounds everything Farside writes there), removing least recently used block files
+    /// to make room. Returns the share to give back with `releaseStream` when the sequence ends.
+    /// Throws `streamExceedsBudget` when the budget could never hold it, `budgetHeldByStreams`
+    /// when other streamed sequences hold too much of it now.
+    public func reserveStream(bytes: Int) throws -> Int {
+        let n = files(bytes)
+        lock.lock()
+        defer { lock.unlock() }
+        guard n <= capacity else { throw KVDiskError.streamExceedsBudget(bytes: bytes, budget: capacity * layout.fileBytes) }
+        guard n <= capacity - streamFiles else {
+            throw KVDiskError.budgetHeldByStreams(bytes: bytes, free: (capacity - streamFiles) * layout.fileBytes)
+        }
+        streamFiles += n
+        makeRoom(for: 0)
+        return n
+    }
+
+    /// Gives back a share `reserveStream` returned.
+    public func releaseStream(_ share: Int) {
+        lock.lock()
+        streamFiles -= share
+        lock.unlock()
+    }
+
+    /// Block files' worth of `bytes` (rounded up).
+    private func files(_ bytes: Int) -> Int { (max(bytes, 0) + layout.fileBytes - 1) / layout.fileBytes }
 
     /// Whether a file for `key` (same hash, parent and tokens) is on disk.
     public func contains(_ key: BlockPool.Key) -> Bool {
@@ -230,7 +275,7 @@ public final class KVDiskTier: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard !closed, index[key.hash] == nil, !queued.contains(key.hash) else { return }
-        guard stats.writable, queuedBytes + layout.payloadBytes <= maxQueuedBytes else {
+        guard stats.writable, streamFiles < capacity, queuedBytes + layout.payloadBytes <= maxQueuedBytes else {
             stats.dropped += 1
             return
         }
@@ -326,11 +371,12 @@ public final class KVDiskTier: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Removes least recently used files until `incoming` more fit. Holds `lock`. A scan of the
+    /// Removes least recently used files until `incoming` more fit beside the streamed
+    /// sequences' share. Holds `lock`. A scan of the
     /// index per eviction (O(files)): it runs on the writer thread, beside a file write that
     /// costs far more, and keeps the index one dictionary.
     private func makeRoom(for incoming: Int) {
-        while index.count + incoming > capacity, let oldest = index.min(by: { $0.value.lastUse < $1.value.lastUse }) {
+        while index.count + incoming + streamFiles > capacity, let oldest = index.min(by: { $0.value.lastUse < $1.value.lastUse }) {
             index[oldest.key] = nil
             unlink(path(oldest.key))
             stats.evictions += 1
@@ -355,7 +401,8 @@ public final class KVDiskTier: @unchecked Sendable {
             }
             let job = queue.removeFirst()
             writing = true
-            let on = stats.writable
+            // Streamed sequences may hold the whole budget: then there is no room for the block.
+            let on = stats.writable && streamFiles < capacity
             lock.unlock()
 
             let error = on ? writeFile(job) : nil
@@ -371,6 +418,10 @@ public final class KVDiskTier: @unchecked Sendable {
                 stats.writable = false
                 stats.dropped += 1
                 warn("cannot write KV block files in \(directory) (\(error)); the disk tier stops writing and the server goes on with RAM (and the blocks already on disk)")
+            } else if streamFiles >= capacity {
+                // A streamed sequence took the rest of the budget while the file was written.
+                unlink(path(job.key.hash))
+                stats.dropped += 1
             } else {
                 makeRoom(for: 1)
                 tick += 1

@@ -105,6 +105,7 @@ final class ServerMetrics: Sendable {
         func gauge(_ name: String, _ help: String, _ v: Int) { registry.makeGauge(name: name, help: help).set(Double(v)) }
         gauge("farside_kv_disk_blocks", "KV block files in the disk tier (--kv-disk).", d.blocks)
         gauge("farside_kv_disk_bytes", "Bytes of KV block files in the disk tier.", d.bytes)
+        gauge("farside_kv_disk_stream_bytes", "Bytes of --kv-disk-budget held by sequences streaming their KV to a file.", d.streamBytes)
         gauge("farside_kv_disk_hits", "KV blocks read back from the disk tier instead of computed.", d.hits)
         gauge("farside_kv_disk_read_bytes", "Bytes of KV block files read.", d.bytesRead)
         gauge("farside_kv_disk_writes", "KV block files written.", d.writes)

@@ -67,7 +67,7 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("kv-disk"), help: "A directory for the KV cache's disk tier: full prefix-cache blocks are written there and read back when no longer in RAM, also after a restart on the same model (created if missing; one server per directory).")
     var kvDisk: String?
 
-    @Option(name: .customLong("kv-disk-budget"), help: "Disk space for --kv-disk block files (e.g. 64GiB); the least recently used are removed first.")
+    @Option(name: .customLong("kv-disk-budget"), help: "Disk space for --kv-disk (e.g. 64GiB): block files, least recently used removed first, and the files of sequences longer than --kv-budget.")
     var kvDiskBudget: String = "64GiB"
 
     @Option(name: .long, help: "Require 'Authorization: Bearer KEY' on /v1/* (default: $FARSIDE_API_KEY, or none).")

@@ -153,6 +153,43 @@ final class KVDiskTierTests: XCTestCase {
         t.shutdown()
     }
 
+    /// Streamed sequences' files count toward the budget: reserving evicts the least recently
+    /// used block files, a stream larger than the budget or than what other streams leave is
+    /// refused, no block is written while streams hold the whole budget, and a released share
+    /// makes room again.
+    func testStreamedSequencesShareTheBudget() throws {
+        let f = Self.layout.fileBytes
+        let t = try tier(budget: 3 * f)
+        let a = Self.key([1, 1, 1, 1]), b = Self.key([2, 2, 2, 2]), c = Self.key([3, 3, 3, 3])
+        store(t, a, Self.payload(1))
+        store(t, b, Self.payload(2))
+        XCTAssertTrue(t.couldHoldStream(bytes: 3 * f))
+        XCTAssertFalse(t.couldHoldStream(bytes: 3 * f + 1))
+        XCTAssertThrowsError(try t.reserveStream(bytes: 3 * f + 1)) {
+            XCTAssertEqual($0 as? KVDiskError, .streamExceedsBudget(bytes: 3 * f + 1, budget: 3 * f))
+        }
+        let first = try t.reserveStream(bytes: f + 1)  // two files' worth: a (least recently used) goes
+        XCTAssertEqual(first, 2)
+        XCTAssertFalse(t.contains(a))
+        XCTAssertTrue(t.contains(b))
+        XCTAssertEqual(t.snapshot.streamBytes, 2 * f)
+        XCTAssertThrowsError(try t.reserveStream(bytes: 2 * f)) {
+            XCTAssertEqual($0 as? KVDiskError, .budgetHeldByStreams(bytes: 2 * f, free: f))
+        }
+        let second = try t.reserveStream(bytes: f)  // the last file's worth: b goes too
+        XCTAssertEqual(t.snapshot.blocks, 0)
+        store(t, c, Self.payload(3))
+        XCTAssertFalse(t.contains(c), "no room for a block while streams hold the budget")
+        XCTAssertEqual(t.snapshot.dropped, 1)
+        XCTAssertEqual(files, [])
+        t.releaseStream(second)
+        store(t, c, Self.payload(3))
+        XCTAssertTrue(t.contains(c))
+        t.releaseStream(first)
+        XCTAssertEqual(t.snapshot.streamBytes, 0)
+        t.shutdown()
+    }
+
     func testDirectoryErrorsAreClear() throws {
         _ = FileManager.default.createFile(atPath: dir, contents: Data("x".utf8))
         XCTAssertThrowsError(try tier()) { XCTAssertEqual($0 as? KVDiskError, .notADirectory(dir)) }

@@ -195,3 +195,29 @@ def test_preempted_sequence_resumes_from_disk(disk_dir):
     assert m["farside_kv_disk_hits"] >= 1, "the preempted sequence's evicted blocks came back from disk"
     for p, (ids, _) in zip(prompts, got):
         assert ids == generate_ids(p, 60)
+
+
+def test_streamed_sequences_count_toward_the_disk_budget(disk_dir):
+    """A streamed sequence's file counts toward `--kv-disk-budget`, as block files do: a request
+    whose KV could never fit it is refused with a 400 naming the flag, before any work; one that
+    fits runs and answers as `farside generate` does, and gives its share back when it ends."""
+    prompt, n = tokens(200, 5), 12
+    s = Server("--kv-budget", "2MiB", "--kv-block-size", str(BLOCK), "--kv-disk", disk_dir, "--kv-disk-budget", "24MiB")
+    try:
+        per = int(s.metrics()["farside_kv_cache_bytes_per_token"])
+        need = (len(prompt) + n) * per
+        assert need < 24 << 20, need  # this prompt fits the budget
+        ids, _ = complete_token_ids(s, prompt, n)
+        assert ids == generate_ids(prompt, n)
+        m = s.metrics()
+        assert m["farside_kv_disk_streamed_sequences"] == 1
+        assert m["farside_kv_disk_stream_bytes"] == 0, "the share went back when the request ended"
+        # Asking for many more tokens makes the same prompt's KV larger than the whole budget.
+        more = (24 << 20) // per
+        status, _, body = s.request("POST", "/v1/completions", {"prompt": prompt, "max_tokens": more, "temperature": 0,
+                                                                 "ignore_eos": True})
+        assert status == 400, body
+        assert b"--kv-disk-budget" in body, body
+        assert s.metrics()["farside_kv_disk_streamed_sequences"] == 1, "refused before any work"
+    finally:
+        assert s.stop() == 0
