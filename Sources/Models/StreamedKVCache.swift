@@ -80,6 +80,7 @@ public final class StreamedKVCache: KVStore {
         close(fd)
         staging.deallocate()
         table.deallocate()
+        readErrors.deallocate()
     }
 
     private static func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
@@ -134,12 +135,50 @@ public final class StreamedKVCache: KVStore {
         transfer(write: true, staging + stagingPositions * ra + length * rb, rb * count, at: offsets[l] + capacity * ra + length * rb)
     }
 
-    /// Reads layer `l`'s rows `0 ..< length` from the file into staging.
+    /// Reads layer `l`'s rows `0 ..< length` from the file into staging, on every core: one
+    /// core's copy out of the page cache falls well short of the memory bandwidth (BENCHMARKS,
+    /// "Streaming from the file"), and the copy is most of what a streamed decode step adds.
     private func readIn(_ l: Int) {
         guard length > 0 else { return }
         let (ra, rb) = rowBytes[l]
-        transfer(write: false, staging, ra * length, at: offsets[l])
-        transfer(write: false, staging + stagingPositions * ra, rb * length, at: offsets[l] + capacity * ra)
+        let length = length, staging = staging, a = offsets[l], b = offsets[l] + capacity * ra, bBase = stagingPositions * ra
+        let granule = max(256, (length + Self.readSlots - 1) / Self.readSlots)
+        let errors = readErrors
+        ThreadPool.shared.parallelFor(length, granularity: granule) { start, end in
+            let n = end - start
+            let e1 = Self.readFully(fd, staging + start * ra, ra * n, at: a + start * ra)
+            let e2 = Self.readFully(fd, staging + bBase + start * rb, rb * n, at: b + start * rb)
+            errors[start / granule] = e1 != 0 ? e1 : e2
+        }
+        for i in 0..<((length + granule - 1) / granule) where errors[i] != 0 {
+            if failure == nil {
+                failure = errors[i] > 0 ? String(cString: strerror(errors[i])) : "the sequence's KV file ended early"
+            }
+            errors[i] = 0
+        }
+        bytesRead += (ra + rb) * length
+    }
+
+    /// Chunks a layer's read is split into at most, and each chunk's outcome (0, an errno, or
+    /// -1 for a file that ended early), kept for the sequence's life.
+    private static let readSlots = 64
+    private let readErrors: UnsafeMutablePointer<Int32> = {
+        let p = UnsafeMutablePointer<Int32>.allocate(capacity: readSlots)
+        p.initialize(repeating: 0, count: readSlots)
+        return p
+    }()
+
+    /// `pread`s `count` bytes at `offset` into `p`; 0, an errno, or -1 when the file ends first.
+    private static func readFully(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ count: Int, at offset: Int) -> Int32 {
+        var done = 0
+        while done < count {
+            let n = pread(fd, p + done, count - done, off_t(offset + done))
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return errno }
+            if n == 0 { return -1 }
+            done += n
+        }
+        return 0
     }
 
     private func transfer(write: Bool, _ p: UnsafeMutableRawPointer, _ count: Int, at offset: Int) {
