@@ -322,8 +322,9 @@ public final class Engine: @unchecked Sendable {
         guard request.prompt.count < kvCapacity || streams else {
             throw EngineError.exceedsKVBudget(tokens: request.prompt.count, positions: kvCapacity)
         }
-        if streams, let disk = kv.disk, !disk.couldHoldStream(bytes: positions * kv.bytesPerPosition) {
-            throw KVDiskError.streamExceedsBudget(bytes: positions * kv.bytesPerPosition, budget: disk.capacity * disk.layout.fileBytes)
+        let streamBytes = positions * kv.bytesPerPosition
+        if streams, let disk = kv.disk, !disk.couldHoldStream(bytes: streamBytes) {
+            throw KVDiskError.streamExceedsBudget(bytes: streamBytes, budget: disk.capacity * disk.layout.fileBytes)
         }
         guard request.maxTokens >= 1 else { throw EngineError.invalidMaxTokens(request.maxTokens) }
         if let k = request.topLogprobs, !(0...20).contains(k) { throw EngineError.invalidTopLogprobs(k) }

@@ -131,8 +131,8 @@ public final class StreamedKVCache: KVStore {
     private func writeBack(_ l: Int, count: Int) {
         guard count > 0 else { return }
         let (ra, rb) = rowBytes[l]
-        transfer(write: true, staging + length * ra, ra * count, at: offsets[l] + length * ra)
-        transfer(write: true, staging + stagingPositions * ra + length * rb, rb * count, at: offsets[l] + capacity * ra + length * rb)
+        write(staging + length * ra, ra * count, at: offsets[l] + length * ra)
+        write(staging + stagingPositions * ra + length * rb, rb * count, at: offsets[l] + capacity * ra + length * rb)
     }
 
     /// Reads layer `l`'s rows `0 ..< length` from the file into staging, on every core: one
@@ -146,14 +146,12 @@ public final class StreamedKVCache: KVStore {
         let errors = readErrors
         ThreadPool.shared.parallelFor(length, granularity: granule) { start, end in
             let n = end - start
-            let e1 = Self.readFully(fd, staging + start * ra, ra * n, at: a + start * ra)
-            let e2 = Self.readFully(fd, staging + bBase + start * rb, rb * n, at: b + start * rb)
+            let e1 = Self.move(write: false, fd, staging + start * ra, ra * n, at: a + start * ra)
+            let e2 = Self.move(write: false, fd, staging + bBase + start * rb, rb * n, at: b + start * rb)
             errors[start / granule] = e1 != 0 ? e1 : e2
         }
         for i in 0..<((length + granule - 1) / granule) where errors[i] != 0 {
-            if failure == nil {
-                failure = errors[i] > 0 ? String(cString: strerror(errors[i])) : "the sequence's KV file ended early"
-            }
+            note(errors[i])
             errors[i] = 0
         }
         bytesRead += (ra + rb) * length
@@ -168,11 +166,12 @@ public final class StreamedKVCache: KVStore {
         return p
     }()
 
-    /// `pread`s `count` bytes at `offset` into `p`; 0, an errno, or -1 when the file ends first.
-    private static func readFully(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ count: Int, at offset: Int) -> Int32 {
+    /// `pwrite`s or `pread`s all `count` bytes at `offset` from or into `p`; 0, an errno, or -1
+    /// when the file ends first.
+    private static func move(write: Bool, _ fd: Int32, _ p: UnsafeMutableRawPointer, _ count: Int, at offset: Int) -> Int32 {
         var done = 0
         while done < count {
-            let n = pread(fd, p + done, count - done, off_t(offset + done))
+            let n = write ? pwrite(fd, p + done, count - done, off_t(offset + done)) : pread(fd, p + done, count - done, off_t(offset + done))
             if n < 0 && errno == EINTR { continue }
             if n < 0 { return errno }
             if n == 0 { return -1 }
@@ -181,19 +180,15 @@ public final class StreamedKVCache: KVStore {
         return 0
     }
 
-    private func transfer(write: Bool, _ p: UnsafeMutableRawPointer, _ count: Int, at offset: Int) {
-        var done = 0
-        while done < count {
-            let n = write ? pwrite(fd, p + done, count - done, off_t(offset + done)) : pread(fd, p + done, count - done, off_t(offset + done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                if failure == nil {
-                    failure = n < 0 ? String(cString: strerror(errno)) : "the sequence's KV file ended early"
-                }
-                return
-            }
-            done += n
-        }
-        if write { bytesWritten += count } else { bytesRead += count }
+    /// Keeps the first failure `move` reported (`code` ≠ 0).
+    private func note(_ code: Int32) {
+        guard failure == nil else { return }
+        failure = code > 0 ? String(cString: strerror(code)) : "the sequence's KV file ended early"
+    }
+
+    private func write(_ p: UnsafeMutableRawPointer, _ count: Int, at offset: Int) {
+        let code = Self.move(write: true, fd, p, count, at: offset)
+        if code != 0 { return note(code) }
+        bytesWritten += count
     }
 }
