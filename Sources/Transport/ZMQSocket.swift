@@ -91,8 +91,29 @@ public final class ZMQSocket {
     /// period (0 unless changed), then discarded.
     public func close() {
         guard let h = handle else { return }
+        // A monitored socket reports its connections' end from libzmq's I/O thread, which
+        // *blocks* sending the event while the monitor's PAIR has no peer (its reader closed):
+        // every socket of the context then stalls for good. Stop reporting first, under
+        // libzmq's monitor lock, so no event is sent after this socket or its reader closes.
+        if isMonitored { zmq_socket_monitor(h, nil, 0) }
+        isMonitored = false
+        if let source = monitoredSource, !source.isClosed { source.stopMonitor() }
+        monitoredSource = nil
         handle = nil
         zmq_close(h)
+    }
+
+    /// Whether `monitor(_:)` is reporting this socket's events.
+    private var isMonitored = false
+    /// For a socket returned by `monitor(_:)`: the socket whose events it receives, told to stop
+    /// reporting when this one closes first (see `close`).
+    private weak var monitoredSource: ZMQSocket?
+
+    /// Stops the reports `monitor(_:)` started; the PAIR it returned receives nothing more.
+    public func stopMonitor() {
+        guard isMonitored, let h = handle else { return }
+        zmq_socket_monitor(h, nil, 0)
+        isMonitored = false
     }
 
     private func open() throws -> UnsafeMutableRawPointer {
@@ -224,7 +245,8 @@ public final class ZMQSocket {
 
     /// Starts reporting `events` of this socket and returns the PAIR socket that receives them,
     /// to be polled like any other and read with `readMonitorEvent`. Close the returned socket
-    /// when done (closing this one ends the reports). Uses an inproc endpoint of this socket's
+    /// when done, on the thread that uses this one: closing either socket ends the reports
+    /// (`close` stops them before libzmq could block on a reader that is gone). Uses an inproc endpoint of this socket's
     /// context, named uniquely per call.
     public func monitor(_ events: MonitorEvents) throws -> ZMQSocket {
         let h = try open()
@@ -232,8 +254,16 @@ public final class ZMQSocket {
         guard zmq_socket_monitor(h, address, Int32(events.rawValue)) == 0 else {
             throw transportError(lastZMQErrno(), "zmq_socket_monitor \(address)")
         }
-        let pair = try ZMQSocket(context: context, kind: .pair)
-        try pair.connect(address)
+        isMonitored = true
+        let pair: ZMQSocket
+        do {
+            pair = try ZMQSocket(context: context, kind: .pair)
+            try pair.connect(address)
+        } catch {
+            stopMonitor()
+            throw error
+        }
+        pair.monitoredSource = self
         return pair
     }
 

@@ -284,6 +284,51 @@ final class TransportTests: XCTestCase {
         events.close()
     }
 
+    /// A monitor's reader closed before its socket's connection ends (a node dropped while its
+    /// peer exits at the same moment) must not stall the context: libzmq's I/O thread blocks
+    /// sending an event to a monitor with no reader, and every socket of the context with it.
+    /// Both orders of closing are checked, each in a context of its own (one I/O thread) whose
+    /// sockets must still talk afterwards.
+    func testClosingAMonitorBeforeItsSocketDoesNotStallTheContext() throws {
+        for readerFirst in [true, false] {
+            let context = try ZMQContext(ioThreads: 1)
+            let server = try ZMQSocket(kind: .router)   // the peer, in the shared context
+            let endpoint = try server.bind("tcp://127.0.0.1:*")
+            let client = try ZMQSocket(context: context, kind: .dealer)
+            let events = try client.monitor([.handshakeSucceeded, .disconnected])
+            try client.connect(endpoint)
+            XCTAssertTrue(try ZMQSocket.poll([events], timeout: 5000)[0])
+            XCTAssertEqual(try events.readMonitorEvent()?.event, .handshakeSucceeded)
+            if readerFirst {
+                events.close()
+                // The peer goes away while the monitored socket is still open: its I/O thread
+                // sees the connection end and would report it.
+                server.close()
+                usleep(200_000)
+                client.close()
+            } else {
+                client.close()
+                events.close()
+                server.close()
+            }
+            usleep(200_000)
+            // The context's I/O thread still moves messages.
+            let a = try ZMQSocket(context: context, kind: .router)
+            let there = try a.bind("tcp://127.0.0.1:*")
+            let b = try ZMQSocket(context: context, kind: .dealer)
+            try b.connect(there)
+            try b.send([Frame("still alive")])
+            guard try ZMQSocket.poll([a], timeout: 5000)[0] else {
+                // Terminating a stalled context would hang the test run: leave it.
+                _ = Unmanaged.passRetained(context)
+                return XCTFail("the context stalled (reader closed first: \(readerFirst))")
+            }
+            XCTAssertEqual(try a.receive(timeout: 0)?.last?.string, "still alive")
+            a.close()
+            b.close()
+        }
+    }
+
     func testPollReportsWhichSocketIsReadable() throws {
         let (a1, b1) = try inprocPair()
         let (a2, b2) = try inprocPair()
