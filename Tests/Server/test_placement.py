@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -80,11 +81,20 @@ def generations_while(server, actions):
         return [f.result()[0] for f in futures]
 
 
+def node_log(p):
+    """What a node started by `join_node` has printed so far."""
+    p.log.seek(0)
+    return p.log.read()
+
+
 def join_node(server, listen, node_id, *flags):
     """Starts `farside expert` with `flags` registering at `listen` as `node_id`; returns the
-    process once the server reports experts on it."""
+    process once the server reports experts on it (`node_log` reads what it printed)."""
+    # Its log goes to a file, not a pipe nobody reads while it runs (a full pipe would block it).
+    log = tempfile.TemporaryFile("w+")
     p = subprocess.Popen([str(BIN), "expert", "--listen", "tcp://127.0.0.1:*", "--coordinator", listen, "--node-id", node_id,
-                          "--insecure-links", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          "--insecure-links", *flags], stdout=subprocess.DEVNULL, stderr=log, text=True)
+    p.log = log
     deadline = time.time() + 60
     while time.time() < deadline:
         nodes = {n["id"]: n for n in status(server)["nodes"]}
@@ -186,7 +196,7 @@ def test_a_node_without_the_model_gets_its_experts_streamed(undisturbed):
         if bare:
             bare.send_signal(signal.SIGTERM)
             assert bare.wait(30) == 0
-            err = bare.stderr.read()
+            err = node_log(bare)
             assert "refused" not in err, err
 
 
