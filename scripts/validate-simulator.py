@@ -7,7 +7,8 @@ the same 3 nodes, this machine's calibrated profile and the same placement strat
    or generated (Poisson arrivals, uniform lengths, seeded; written next to the results).
 2. `farside simulate calibrate --local-nodes 3 --model M` measures this machine (the bf16 GEMV's
    weight-read rate, bf16 GEMM FLOP/s, one MoE layer's round trip through 3 local nodes, the
-   per-step overhead beyond the roofline) into a profile (or --profile takes one written before).
+   per-step overhead beyond the roofline, the nodes' busy time over the roofline's when they
+   share the machine) into a profile (or --profile takes one written before).
 3. Live: `farside serve --local-nodes 3 --placement S --no-prefix-cache` on the model (a
    synthetic Kimi-K2-shaped MoE made by `farside synth` when missing: 384 routed experts top 8,
    so the nodes compute routed experts). Each request is sent at its arrival time (one thread
@@ -20,7 +21,10 @@ the same 3 nodes, this machine's calibrated profile and the same placement strat
    (`coordinator` and 3 `nodes` with `profile_file: PROFILE`, the server's scheduler limits and
    KV budget, the nodes' `link: {latency_us}` half the calibrated expert round trip, the
    coordinator's `overhead_us` the calibrated step overhead); and again with `host: this-vm`
-   on the nodes (they share this machine: processor sharing), shown beside it.
+   on the nodes. They do share this machine: calibrate measures how much longer the 3 nodes
+   compute a layer than the roofline says (the profile's `hostSharing`, per step size), and
+   with it the one-host prediction is the claimed one and the machine-each one is shown beside
+   it (a profile without it: the machine-each one claimed, processor sharing shown).
 5. Compared, predicted against measured: generated tokens/s over the replay (from trace time 0
    to the last token), TPOT p50 (per request (last token - first token) / (tokens - 1),
    nearest-rank median), and busy-time energy of the expert nodes: Σ busy seconds × (busy W -
@@ -436,6 +440,13 @@ def main():
     for shared in (True, False):
         clusters[shared] = workdir / ("cluster-shared-host.yaml" if shared else "cluster-own-hosts.yaml")
         cluster_file(clusters[shared], profile_path.resolve(), profile, args, shared)
+    if profile.get("hostSharing"):
+        # Processor sharing, the model the measurement replaces, shown beside it: the same
+        # profile without the measurement, the nodes on one host.
+        plain = workdir / "profile-without-sharing.json"
+        plain.write_text(json.dumps({k: v for k, v in profile.items() if k != "hostSharing"}, indent=1))
+        clusters["processor-sharing"] = workdir / "cluster-processor-sharing.yaml"
+        cluster_file(clusters["processor-sharing"], plain.resolve(), profile, args, True)
 
     uptime_before = Path("/proc/loadavg").read_text().split()[:3]
     measured = []
@@ -450,9 +461,18 @@ def main():
         sims[shared] = simulate(args, trace, cluster, measured[0]["routing"])
         sims[shared]["busy_energy_j"] = busy_energy(sum(sims[shared]["node_busy_s"].values()), profile)
         say(json.dumps({"predicted": sims[shared], "cluster": str(cluster)}))
-    # The primary prediction declares nothing about sharing (every node a machine of its own, the
-    # simulator's default); the variant declares the three nodes on one host (processor sharing).
-    sim, alt = sims[False], sims[True]
+    # The three nodes do share this machine: with the sharing `calibrate` measured (the profile's
+    # hostSharing) the claimed prediction declares them on one host, which then costs their work
+    # the measured factor; the other declares a machine each (no sharing at all). A profile
+    # without the measurement (one written by an older calibrate) keeps the machine-each
+    # prediction as the claimed one, beside processor sharing on one host.
+    measured_sharing = bool(profile.get("hostSharing"))
+    sim, alt = (sims[True], sims[False]) if measured_sharing else (sims[False], sims[True])
+    ps = sims.get("processor-sharing")
+    alt_label = ("the nodes declared on machines of their own" if measured_sharing
+                 else "the nodes declared on one host (processor sharing)")
+    claimed_label = ("the nodes on one host, sharing measured by calibrate" if measured_sharing
+                     else "the nodes declared on machines of their own")
 
     med = lambda k: statistics.median(m[k] for m in measured)
     rows_out = []
@@ -464,11 +484,14 @@ def main():
         live, pred = med(key), sim[key]
         rows_out.append({"metric": label, "claimed": claimed, "predicted": pred, "measured": live,
                          "error": (pred - live) / live if live else None,
-                         "predicted_shared_host": alt[key], "error_shared_host": (alt[key] - live) / live if live else None})
+                         "predicted_alternative": alt[key], "error_alternative": (alt[key] - live) / live if live else None,
+                         "predicted_processor_sharing": ps[key] if ps else None,
+                         "error_processor_sharing": (ps[key] - live) / live if ps and live else None})
     summary = {"trace": str(trace), "requests": len(rows), "profile": profile, "rounds": len(measured),
                "completed": [m["completed"] for m in measured], "loadavg_before": uptime_before, "loadavg_after": uptime_after,
-               "comparison": rows_out, "measured": measured, "predicted": sim, "predicted_shared_host": alt,
-               "workdir": str(workdir)}
+               "comparison": rows_out, "measured": measured, "predicted": sim, "predicted_alternative": alt,
+               "predicted_processor_sharing": ps,
+               "predicted_label": claimed_label, "alternative_label": alt_label, "workdir": str(workdir)}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.json:
         print(json.dumps(summary))
@@ -476,12 +499,14 @@ def main():
     print(f"\n{len(rows)} requests over {rows[-1][0]:.0f} s; {len(measured)} live round(s), completed "
           f"{', '.join(str(m['completed']) for m in measured)} of {len(rows)}; load average before {' '.join(uptime_before)}, "
           f"after {' '.join(uptime_after)}; results in {workdir}\n")
-    print("| metric | measured (median) | predicted | error | predicted, the nodes declared on one host | error |")
-    print("|---|---|---|---|---|---|")
+    extra = " predicted, one host under processor sharing | error |" if ps else ""
+    print(f"| metric | measured (median) | predicted ({claimed_label}) | error | predicted, {alt_label} | error |{extra}")
+    print("|---|---|---|---|---|---|" + ("---|---|" if ps else ""))
     pct = lambda e: f"{e * 100:+.1f}%" if e is not None else "-"
     for r in rows_out:
+        more = f" {r['predicted_processor_sharing']:.2f} | {pct(r['error_processor_sharing'])} |" if ps else ""
         print(f"| {r['metric']}{'' if r['claimed'] else ' (not claimed)'} | {r['measured']:.2f} | {r['predicted']:.2f} | "
-              f"{pct(r['error'])} | {r['predicted_shared_host']:.2f} | {pct(r['error_shared_host'])} |")
+              f"{pct(r['error'])} | {r['predicted_alternative']:.2f} | {pct(r['error_alternative'])} |{more}")
 
 
 if __name__ == "__main__":

@@ -503,6 +503,8 @@ public final class ExpertCluster: ExpertBackend {
         /// For `StepTiming`: when the dispatch began and ended, and the request answered last.
         var dispatchStart = 0.0, dispatchEnd = 0.0
         var lastReply: (at: Double, roundTrip: Double, compute: Double) = (0, 0, 0)
+        /// The compute seconds every reply reported, summed (the nodes' busy time for the step).
+        var computeSum = 0.0
         /// A node this step waits on died: the step must be sent again.
         var lost = false
         var attempts = 0
@@ -526,6 +528,9 @@ public final class ExpertCluster: ExpertBackend {
         /// That request's compute time as its node reported it (`compute_seconds`); the rest
         /// of `lastRoundTrip` is transport, queueing and the node's decoding and encoding.
         public var lastCompute: Double
+        /// Every request's compute time as its node reported it, summed: the busy seconds the
+        /// step cost the nodes (what their heartbeats report).
+        public var compute: Double
         /// Adding the nodes' partial sums after the last reply.
         public var combine: Double
     }
@@ -613,7 +618,7 @@ public final class ExpertCluster: ExpertBackend {
         if recordsTimings && step.attempts == 1 {
             timings.append(StepTiming(dispatch: step.dispatchEnd - step.dispatchStart, wait: step.lastReply.at - step.dispatchEnd,
                                       lastRoundTrip: step.lastReply.roundTrip, lastCompute: step.lastReply.compute,
-                                      combine: Self.now() - combineStart))
+                                      compute: step.computeSum, combine: Self.now() - combineStart))
         }
     }
 
@@ -812,6 +817,7 @@ public final class ExpertCluster: ExpertBackend {
                     owner.results[node, default: []].append((p.tokens, frames[1]))
                     let at = Self.now()
                     owner.lastReply = (at, at - p.sentAt, rep.computeSeconds)
+                    owner.computeSum += rep.computeSeconds
                     nodes[node].roundTrip = nodes[node].roundTrip == 0 ? at - p.sentAt : 0.9 * nodes[node].roundTrip + 0.1 * (at - p.sentAt)
                     owner.pending[rep.requestID] = nil
                     requestStep[rep.requestID] = nil

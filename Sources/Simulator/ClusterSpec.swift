@@ -19,6 +19,9 @@ public struct SimulatedNode: Sendable, Equatable {
     /// The machine it runs on when it shares one with other nodes (`host:` in the cluster file;
     /// nil: a machine of its own). Nodes on one host share its cores and memory bandwidth.
     public var host: String? = nil
+    /// How nodes sharing its host slow each other, as measured there (a calibrated profile's
+    /// `hostSharing`); used instead of processor sharing when its host holds as many nodes.
+    public var hostSharing: HostSharing? = nil
 }
 
 /// A simulated cluster: the coordinator's node (attention, scheduler), the expert nodes and the
@@ -68,6 +71,7 @@ public struct ClusterSpec: Sendable, Equatable {
 
         func machine(_ f: Fields, id: String) throws -> SimulatedNode {
             var profile: PowerProfile
+            var sharing: HostSharing?
             if let name = try f.text("class") {
                 do { profile = try HardwareClass.profile(named: name) } catch {
                     throw SimulatorError.unknownNodeClass(file: file, line: f.line("class"), name: name, known: HardwareClass.names)
@@ -81,9 +85,16 @@ public struct ClusterSpec: Sendable, Equatable {
                                        flopsPerSecond: (try g.number("tflops") ?? 0) * 1e12)
             } else if let path = try f.text("profile_file") {
                 let url = path.hasPrefix("/") ? URL(fileURLWithPath: path) : directory.appendingPathComponent(path)
-                do { profile = try JSONDecoder().decode(PowerProfile.self, from: Data(contentsOf: url)) } catch {
+                do {
+                    let data = try Data(contentsOf: url)
+                    profile = try JSONDecoder().decode(PowerProfile.self, from: data)
+                    sharing = try JSONDecoder().decode(CalibratedExtras.self, from: data).hostSharing
+                } catch {
                     throw SimulatorError.invalidValue(file: file, line: f.line("profile_file"), key: "profile_file",
                                                       problem: "cannot read a profile from \(url.path): \(error)")
+                }
+                if let problem = sharing?.problem {
+                    throw SimulatorError.invalidValue(file: file, line: f.line("profile_file"), key: "profile_file", problem: "\(url.path): \(problem)")
                 }
             } else {
                 throw SimulatorError.missingKey(file: file, line: f.line, key: f.key + ".class (or profile, profile_file)")
@@ -114,7 +125,8 @@ public struct ClusterSpec: Sendable, Equatable {
                 throw SimulatorError.invalidValue(file: file, line: f.line("host"), key: "host", problem: "must name a machine (nodes with the same host share it)")
             }
             return SimulatedNode(id: id, profile: profile, memoryBytes: try f.size("memory") ?? 0, linkLatency: latency,
-                                 linkBandwidth: bandwidth, overhead: (try f.number("overhead_us") ?? 0) * 1e-6, host: host)
+                                 linkBandwidth: bandwidth, overhead: (try f.number("overhead_us") ?? 0) * 1e-6, host: host,
+                                 hostSharing: sharing)
         }
 
         guard let c = top.node("coordinator") else { throw SimulatorError.missingKey(file: file, line: 1, key: "coordinator") }

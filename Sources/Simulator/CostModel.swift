@@ -16,8 +16,12 @@ public struct CostModel {
     let shares: RoutingShares
     /// Per layer, per node: (expert share of the layer's routed tokens, divided by its copies).
     let perNode: [[[Double]]]
-    /// Nodes that share a host with others (`SimulatedNode.host`), one list per host.
+    /// Nodes that share a host with others (`SimulatedNode.host`), one list per host, under
+    /// processor sharing.
     let hosts: [[Int]]
+    /// Per node: the measured slow-down of its host's nodes (`HostSharing`), for nodes whose host
+    /// holds as many nodes as were measured; nil for the others.
+    let measuredSharing: [HostSharing?]
     /// Tabulated experts' phase per step size T: seconds on the critical path, busy seconds per node.
     private var table: [(seconds: Double, busy: [Double])?]
 
@@ -35,7 +39,19 @@ public struct CostModel {
         self.perNode = perNode
         var groups: [String: [Int]] = [:]
         for (n, node) in cluster.nodes.enumerated() { if let h = node.host { groups[h, default: []].append(n) } }
-        hosts = groups.values.filter { $0.count > 1 }
+        var measured = [HostSharing?](repeating: nil, count: cluster.nodes.count)
+        var shared: [[Int]] = []
+        for group in groups.values.sorted(by: { $0[0] < $1[0] }) where group.count > 1 {
+            // Every node of the host must carry the measurement, made with as many nodes.
+            let m = group.compactMap { cluster.nodes[$0].hostSharing }
+            if m.count == group.count, m.allSatisfy({ $0.nodes == group.count }) {
+                for n in group { measured[n] = cluster.nodes[n].hostSharing }
+            } else {
+                shared.append(group)
+            }
+        }
+        hosts = shared
+        measuredSharing = measured
         table = [(seconds: Double, busy: [Double])?](repeating: nil, count: cluster.limits.maxBatchTokens + 1)
     }
 
@@ -72,7 +88,8 @@ public struct CostModel {
     /// The experts' phase of a step of `tokens` tokens: Σ over MoE layers of the slowest node's
     /// compute plus its link time (latency both ways, activations out and back), and each node's
     /// busy (compute) seconds; nodes sharing a host take their finish times under processor
-    /// sharing (`sharedFinishTimes`) for both.
+    /// sharing (`sharedFinishTimes`) for both, or their work times the host's measured factor
+    /// (`HostSharing`) where it was measured.
     public mutating func expertSeconds(tokens: Int) -> (seconds: Double, busy: [Double]) {
         if tokens < table.count, let hit = table[tokens] { return hit }
         let layout = model.layout
@@ -92,7 +109,7 @@ public struct CostModel {
                     rows += t
                     w += PlacementCost.expertWork(layout: layout, profile: node.profile, tokens: t)
                 }
-                work[n] = w
+                work[n] = w * (measuredSharing[n]?.factor(tokens: tokens) ?? 1)
                 link[n] = 2 * node.linkLatency + (node.linkBandwidth > 0 ? 2 * rows * model.activationBytes / node.linkBandwidth : 0)
             }
             // Nodes sharing a host compute at once on its cores: each takes its finish time.

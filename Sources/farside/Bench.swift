@@ -104,24 +104,32 @@ struct Bench: ParsableCommand {
 
     /// Round trip of one MoE layer's expert step through the cluster for `tokens` tokens with
     /// seeded random routes (p50, p99 seconds over `samples` calls).
-    static func roundTrip(model: DecoderModel, cluster: ExpertCluster, tokens: Int, samples: Int) throws -> (Double, Double) {
+    static func roundTrip(model: DecoderModel, cluster: ExpertCluster, tokens: Int, samples: Int,
+                          freshRoutes: Bool = false) throws -> (Double, Double) {
         guard let (layer, experts, router) = model.sparseLayers.first else { return (0, 0) }
         var rng = SplitMix64(seed: UInt64(tokens))
         let k = router.topK, d = model.hidden
-        var batch = RoutedBatch(rows: tokens, hidden: d, topK: k, experts: [], weights: [])
-        for _ in 0..<tokens {
-            var chosen: [Int32] = []
-            while chosen.count < k {
-                let e = Int32(rng.next() % UInt64(experts))
-                if !chosen.contains(e) { chosen.append(e) }
+        func draw() -> RoutedBatch {
+            var batch = RoutedBatch(rows: tokens, hidden: d, topK: k, experts: [], weights: [])
+            for _ in 0..<tokens {
+                var chosen: [Int32] = []
+                while chosen.count < k {
+                    let e = Int32(rng.next() % UInt64(experts))
+                    if !chosen.contains(e) { chosen.append(e) }
+                }
+                batch.experts += chosen
+                batch.weights += chosen.map { _ in Float(rng.next() % 1000) / 1000 }
             }
-            batch.experts += chosen
-            batch.weights += chosen.map { _ in Float(rng.next() % 1000) / 1000 }
+            return batch
         }
+        var batch = draw()
         let input = (0..<(tokens * d)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
         var output = [Float](repeating: 0, count: tokens * d)
         var times: [Double] = []
         for i in 0..<(samples + 10) {
+            // Fresh routes: each step reads the weights of other experts, as a model's routing
+            // does across layers, instead of the same ones again from cache.
+            if freshRoutes && i > 0 { batch = draw() }
             let t0 = now()
             try input.withUnsafeBufferPointer { x in
                 try output.withUnsafeMutableBufferPointer { y in

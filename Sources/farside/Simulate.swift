@@ -2,6 +2,7 @@ import ArgumentParser
 import Coordinator
 import Foundation
 import Kernels
+import Models
 import Placement
 import Simulator
 
@@ -168,16 +169,24 @@ struct Simulate: ParsableCommand {
                 let read = MemoryBandwidth.measure(rounds: 5)
                 profile.memoryBandwidth = Self.gemvBandwidth()
                 profile.flopsPerSecond = Self.gemmFlops()
-                var roundTrip: Double?, stepOverhead: Double?
+                var roundTrip: Double?, stepOverhead: Double?, sharing: HostSharing?
                 if localNodes > 0 {
                     let path = try model ?? DefaultModel.path()
                     stepOverhead = try Self.stepOverhead(model: path, profile: profile)
-                    roundTrip = try Self.layerRoundTrip(model: path, nodes: localNodes)
+                    let (m, cluster) = try loadModel(path: path, localNodes: localNodes)
+                    guard let cluster else {
+                        throw SimulatorError.invalidOption(name: "--model", problem: "\(path) has no routed experts: there is no expert round trip to measure")
+                    }
+                    roundTrip = try Self.layerRoundTrip(model: m, cluster: cluster)
+                    if localNodes >= 2 {
+                        sharing = try Self.hostSharing(model: m, path: path, cluster: cluster, nodes: localNodes, profile: profile)
+                    }
                 }
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
                 do {
-                    try e.encode(CalibratedProfile(profile: profile, linkRoundTripSeconds: roundTrip, stepOverheadSeconds: stepOverhead))
+                    try e.encode(CalibratedProfile(profile: profile, linkRoundTripSeconds: roundTrip, stepOverheadSeconds: stepOverhead,
+                                                   hostSharing: sharing))
                         .write(to: URL(fileURLWithPath: out))
                 } catch {
                     throw SimulatorError.unwritableFile(file: out, reason: error.localizedDescription)
@@ -186,6 +195,7 @@ struct Simulate: ParsableCommand {
                              read / 1e9, profile.memoryBandwidth / 1e9, profile.flopsPerSecond / 1e9)
                       + (roundTrip.map { String(format: ", MoE layer round trip through %d local nodes %.0f µs", localNodes, $0 * 1e6) } ?? "")
                       + (stepOverhead.map { String(format: ", step overhead %.0f µs", $0 * 1e6) } ?? "")
+                      + (sharing.map { ", nodes' busy time over the roofline's (tokens: factor) " + $0.factors.map { String(format: "%d: %.2f", $0.tokens, $0.factor) }.joined(separator: ", ") } ?? "")
                       + "; wrote " + out)
             }
         }
@@ -196,12 +206,14 @@ struct Simulate: ParsableCommand {
             var profile: PowerProfile
             var linkRoundTripSeconds: Double?
             var stepOverheadSeconds: Double?
-            enum Keys: String, CodingKey { case linkRoundTripSeconds, stepOverheadSeconds }
+            var hostSharing: HostSharing?
+            enum Keys: String, CodingKey { case linkRoundTripSeconds, stepOverheadSeconds, hostSharing }
             func encode(to encoder: Encoder) throws {
                 try profile.encode(to: encoder)
                 var c = encoder.container(keyedBy: Keys.self)
                 try c.encodeIfPresent(linkRoundTripSeconds, forKey: .linkRoundTripSeconds)
                 try c.encodeIfPresent(stepOverheadSeconds, forKey: .stepOverheadSeconds)
+                try c.encodeIfPresent(hostSharing, forKey: .hostSharing)
             }
         }
 
@@ -274,11 +286,7 @@ struct Simulate: ParsableCommand {
         /// median over 200 one-token steps (random routes, after 10 unmeasured) of the step's time
         /// minus the compute time the node answering last reported: dispatch, transport both
         /// ways, the nodes' decoding and encoding, and the wake-ups of processes sharing cores.
-        static func layerRoundTrip(model path: String, nodes: Int) throws -> Double {
-            let (m, cluster) = try loadModel(path: path, localNodes: nodes)
-            guard let cluster else {
-                throw SimulatorError.invalidOption(name: "--model", problem: "\(path) has no routed experts: there is no expert round trip to measure")
-            }
+        static func layerRoundTrip(model m: DecoderModel, cluster: ExpertCluster) throws -> Double {
             cluster.recordsTimings = true
             cluster.clearTimings()
             let (total, _) = try Bench.roundTrip(model: m, cluster: cluster, tokens: 1, samples: 200)
@@ -287,6 +295,40 @@ struct Simulate: ParsableCommand {
             let compute = timings.map(\.lastCompute).sorted()
             let median = compute.isEmpty ? 0 : compute[compute.count / 2]
             return max(total - median, 0)
+        }
+
+        /// How much longer the `nodes` local nodes, sharing this machine, compute an MoE layer
+        /// than the cost model says for the same routed rows on `profile` with a machine each
+        /// (`HostSharing`): per step size T in 1, 4, 16, 64, 256 tokens (random routes, drawn
+        /// anew every step as the cost model's uniform routing assumes), the median
+        /// over steps of the compute seconds the nodes reported, summed, over the cost model's
+        /// busy seconds for a layer of T tokens (uniform routing, the `memory` placement). Nil
+        /// for a model without a config.json (a GGUF file), which the cost model cannot read.
+        static func hostSharing(model m: DecoderModel, path: String, cluster: ExpertCluster, nodes: Int,
+                                profile: PowerProfile) throws -> HostSharing? {
+            let config = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
+            guard FileManager.default.fileExists(atPath: config) else { return nil }
+            let spec = try ModelSpec.load(config, format: .bf16)
+            let node = "{profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}"
+            let yaml = "coordinator: \(node)\nnodes:\n" + String(repeating: "  - \(node)\n", count: nodes)
+            let simulated = try ClusterSpec.parse(yaml, file: "calibrate")
+            let planned = simulated.nodes.enumerated().map { PlacementNode(id: "n\($0.offset)", memoryBytes: 0, profile: $0.element.profile) }
+            let placement = try Planner.plan(layout: spec.layout, nodes: planned, available: planned.map { _ in true }, load: nil,
+                                             strategy: .memory, current: nil)
+            var cost = CostModel(model: spec, cluster: simulated, placement: placement,
+                                 shares: try RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: 0, seed: 0))
+            var points: [HostSharing.Point] = []
+            defer { cluster.recordsTimings = false }
+            for tokens in [1, 4, 16, 64, 256] {
+                let predicted = cost.expertSeconds(tokens: tokens).busy.reduce(0, +) / Double(max(spec.moeLayers, 1))
+                cluster.recordsTimings = true
+                cluster.clearTimings()
+                _ = try Bench.roundTrip(model: m, cluster: cluster, tokens: tokens, samples: tokens >= 64 ? 40 : 100, freshRoutes: true)
+                let measured = cluster.timings.dropFirst(10).map(\.compute).sorted()
+                guard predicted > 0, !measured.isEmpty else { continue }
+                points.append(.init(tokens: tokens, factor: measured[measured.count / 2] / predicted))
+            }
+            return points.isEmpty ? nil : HostSharing(nodes: nodes, factors: points)
         }
 
         /// FLOP/s of a 1024×2048 bf16 weight times 128 tokens (an expert-sized prefill GEMM): the

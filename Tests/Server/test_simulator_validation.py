@@ -1,16 +1,18 @@
 """`farside simulate` against the live cluster (issue 17), short: a ~40 s Poisson trace replayed
 through `farside serve --local-nodes 3` and simulated on the same 3 nodes (this machine's
-calibrated profile and expert round trip, the same placement) by scripts/validate-simulator.py.
+calibrated profile, expert round trip and host sharing, the same placement) by
+scripts/validate-simulator.py.
 
 Every request must complete with exactly its tokens, and the live throughput, TPOT p50 and the
-expert nodes' busy-time energy must lie within a factor of BOUND around the bracket of the two
-predictions (nodes on their own machines; the three nodes sharing this one). The bound is loose
-on purpose (CI saw the own-hosts energy prediction at ×0.47 of the live run once): the busy-time energy is predicted 36% short on this machine (the
-final run in BENCHMARKS.md, "Simulator validation against the live cluster", with the machine's
-load), the calibration moves predictions by tens of percent from minute to minute, and a timed
-run on a shared 2-core VM drifts by ±30%; so this catches a broken simulator (a cost term lost,
-a unit slip, the wrong placement or trace: errors of several times), not a regression of a few
-tens of percent. It passed in 50-55 s on the 2-core VM."""
+expert nodes' busy-time energy must lie within a factor of BOUND around the span of the
+predictions: the claimed one (the three nodes on one host, costing the slow-down `calibrate`
+measured there), nodes on machines of their own, and the nodes under processor sharing. The
+bound is loose on purpose: the claimed prediction was 11-13% short of the live busy energy and
+26-36% short of its TPOT p50 in the runs in BENCHMARKS.md ("Simulator validation against the
+live cluster"), the calibration moves predictions by tens of percent from minute to minute, and
+a timed run on a shared 2-core VM drifts by ±30%; so this catches a broken simulator (a cost
+term lost, a unit slip, the wrong placement or trace: errors of several times), not a
+regression of a few tens of percent. It passed in 50-55 s on the 2-core VM."""
 import json
 import os
 import subprocess
@@ -48,17 +50,21 @@ def test_the_simulator_predicts_a_live_replay_within_the_bound(model, tmp_path):
     assert live["wrong_length"] == 0, f"{live['wrong_length']} streams did not end with exactly their tokens and 'length'"
     assert live["completed"] == out["requests"] == 48
     assert out["predicted"]["completed"] == 48
+    # calibrate measured how the three nodes sharing this machine slow each other, per step size.
+    sharing = out["profile"].get("hostSharing")
+    assert sharing and sharing["nodes"] == 3 and [p["tokens"] for p in sharing["factors"]] == [1, 4, 16, 64, 256], sharing
+    assert all(0 < p["factor"] < 100 for p in sharing["factors"]), sharing
     claimed = {c["metric"]: c for c in out["comparison"] if c["claimed"]}
     assert len(claimed) == 3, claimed
+    assert all(c["predicted_processor_sharing"] is not None for c in claimed.values()), claimed
     for name, c in claimed.items():
-        assert c["measured"] > 0 and c["predicted"] > 0 and c["predicted_shared_host"] > 0, c
-        # The two predictions bracket the live run: nodes on machines of their own (no
-        # contention) and the three nodes declared on one host (they split its cores). On 2 cores
-        # the nodes overlap only partly, so the live figure lies between them (busy-time energy:
-        # 137.5 J own hosts, 213.9 J measured, 360.5 J one host, BENCHMARKS.md), and the bound
-        # widens that bracket by BOUND on each side.
-        lo, hi = sorted([c["predicted"], c["predicted_shared_host"]])
+        predictions = [c[k] for k in ("predicted", "predicted_alternative", "predicted_processor_sharing") if c.get(k) is not None]
+        assert c["measured"] > 0 and all(p > 0 for p in predictions), c
+        # The live figure lies near the claimed prediction or between the machine-each one (no
+        # contention) and processor sharing on one host (full contention); the bound widens that
+        # span by BOUND on each side.
+        lo, hi = min(predictions), max(predictions)
         assert lo / BOUND <= c["measured"] <= hi * BOUND, (
-            f"{name}: measured {c['measured']:.3f}, predicted {c['predicted']:.3f} (own hosts) and "
-            f"{c['predicted_shared_host']:.3f} (one host), bound ×{BOUND:.1f} around them; "
-            f"load average {out['loadavg_before']} -> {out['loadavg_after']}; results in {out['workdir']}")
+            f"{name}: measured {c['measured']:.3f}, predicted {c['predicted']:.3f} ({out['predicted_label']}), "
+            f"{c['predicted_alternative']:.3f} ({out['alternative_label']}), processor sharing {c.get('predicted_processor_sharing')}; "
+            f"bound ×{BOUND:.1f} around them; load average {out['loadavg_before']} -> {out['loadavg_after']}; results in {out['workdir']}")

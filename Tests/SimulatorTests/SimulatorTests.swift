@@ -290,6 +290,62 @@ final class SimulatorTests: XCTestCase {
         }
     }
 
+    func testAMeasuredHostSharingScalesTheNodesWorkInsteadOfProcessorSharing() throws {
+        let sharing = HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 4), .init(tokens: 16, factor: 2), .init(tokens: 256, factor: 1.5)])
+        XCTAssertEqual(sharing.factor(tokens: 1), 4)
+        XCTAssertEqual(sharing.factor(tokens: 4), 3, accuracy: 1e-12, "linear in log(tokens): 4 is halfway from 1 to 16")
+        XCTAssertEqual(sharing.factor(tokens: 16), 2, accuracy: 1e-12)
+        XCTAssertEqual(sharing.factor(tokens: 64), 1.75, accuracy: 1e-12)
+        XCTAssertEqual(sharing.factor(tokens: 4096), 1.5, "the last point beyond it")
+        XCTAssertNil(sharing.problem)
+
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("farside-sharing-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func profile(_ name: String, _ sharing: HostSharing?) throws -> String {
+            var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(try HardwareClass.profile(named: "vm-2vcpu"))) as! [String: Any]
+            if let sharing { json["hostSharing"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(sharing)) }
+            try JSONSerialization.data(withJSONObject: json).write(to: dir.appendingPathComponent(name))
+            return name
+        }
+        let measured = try profile("measured.json", sharing), plain = try profile("plain.json", nil)
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        func cost(_ nodes: String, count: Int, tokens: Int = 16) throws -> (seconds: Double, busy: [Double]) {
+            let cluster = try ClusterSpec.parse("coordinator: {class: vm-2vcpu}\nnodes:\n\(nodes)", file: dir.appendingPathComponent("c.yaml").path)
+            let placement = try Planner.plan(layout: model.layout, nodes: cluster.nodes.map { PlacementNode(id: $0.id, memoryBytes: 0, profile: $0.profile) },
+                                             available: Array(repeating: true, count: count), load: nil, strategy: .memory, current: nil)
+            var c = CostModel(model: model, cluster: cluster, placement: placement,
+                              shares: try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 0, seed: 0))
+            return c.expertSeconds(tokens: tokens)
+        }
+        let own = try cost("  - {id: n, count: 3, profile_file: \(plain)}\n", count: 3)
+        // Measured with 3 nodes on the host: their work costs the factor (2 at 16 tokens).
+        let shared = try cost("  - {id: n, count: 3, profile_file: \(measured), host: vm}\n", count: 3)
+        XCTAssertEqual(shared.seconds, 2 * own.seconds, accuracy: 1e-12 * own.seconds)
+        for (s, o) in zip(shared.busy, own.busy) { XCTAssertEqual(s, 2 * o, accuracy: 1e-12 * o) }
+        XCTAssertEqual(try cost("  - {id: n, count: 3, profile_file: \(measured), host: vm}\n", count: 3, tokens: 1).busy[0],
+                       4 * (try cost("  - {id: n, count: 3, profile_file: \(plain)}\n", count: 3, tokens: 1)).busy[0], accuracy: 1e-15)
+        // Not on a shared host, or a host of another size than measured: not applied.
+        let alone = try cost("  - {id: n, count: 3, profile_file: \(measured)}\n", count: 3)
+        XCTAssertEqual(alone.busy, own.busy)
+        let two = try cost("  - {id: n, count: 2, profile_file: \(measured), host: vm}\n", count: 2)
+        let twoPS = try cost("  - {id: n, count: 2, profile_file: \(plain), host: vm}\n", count: 2)
+        XCTAssertEqual(two.busy, twoPS.busy, "two nodes on a host measured with three: processor sharing")
+
+        for (bad, needle) in [(HostSharing(nodes: 3, factors: []), "empty"),
+                              (HostSharing(nodes: 1, factors: [.init(tokens: 1, factor: 2)]), "nodes must be ≥ 2"),
+                              (HostSharing(nodes: 3, factors: [.init(tokens: 4, factor: 2), .init(tokens: 4, factor: 1)]), "increasing"),
+                              (HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 0)]), "positive"),
+                              (HostSharing(nodes: 3, factors: [.init(tokens: 0, factor: 1)]), "tokens must be ≥ 1")] {
+            let name = try profile("bad.json", bad)
+            XCTAssertThrowsError(try cost("  - {id: n, count: 3, profile_file: \(name), host: vm}\n", count: 3)) { error in
+                guard case SimulatorError.invalidValue(_, 3, "profile_file", let problem) = error, problem.contains(needle) else {
+                    return XCTFail("\(needle): \(error)")
+                }
+            }
+        }
+    }
+
     func testATraceWithCRLFLineEndsIsRead() throws {
         let r = try Trace.parse(csv: "arrived_at,num_prefill_tokens,num_decode_tokens\r\n0.5,10,3\r\n1.25,20,4\r\n", file: "crlf.csv")
         XCTAssertEqual(r, [TraceRequest(arrival: 0.5, promptTokens: 10, outputTokens: 3), TraceRequest(arrival: 1.25, promptTokens: 20, outputTokens: 4)])
