@@ -224,9 +224,7 @@ struct Simulate: ParsableCommand {
         /// experts on one node): per-operation dispatch, norms, sampling, what a roofline leaves
         /// out. Nil for a model without a config.json (a GGUF file).
         static func stepOverhead(model path: String, profile: PowerProfile) throws -> Double? {
-            let config = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
-            guard FileManager.default.fileExists(atPath: config) else { return nil }
-            let spec = try ModelSpec.load(config, format: .bf16)
+            guard var cost = try rooflineCost(model: path, profile: profile, nodes: 1) else { return nil }
             let (m, _) = try loadModel(path: path, localNodes: 0)
             let prompt = (0..<16).map { 5 + $0 * 7 % max(m.vocabSize - 10, 1) }
             let cache = m.makeCache(capacity: prompt.count + 61)
@@ -240,16 +238,6 @@ struct Simulate: ParsableCommand {
             }
             times.sort()
             let measured = times[times.count / 2]
-            let yaml = """
-            coordinator: {profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}
-            nodes:
-              - {profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}
-            """
-            let cluster = try ClusterSpec.parse(yaml, file: "calibrate")
-            let node = PlacementNode(id: "in-process", memoryBytes: 0, profile: cluster.nodes[0].profile)
-            let placement = try Planner.plan(layout: spec.layout, nodes: [node], available: [true], load: nil, strategy: .memory, current: nil)
-            var cost = CostModel(model: spec, cluster: cluster, placement: placement,
-                                 shares: try RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: 0, seed: 0))
             let position = Double(prompt.count + 35)
             let predicted = cost.attentionSeconds(tokens: 1, positions: position, kvTokens: position) + cost.expertSeconds(tokens: 1).seconds
             return max(measured - predicted, 0)
@@ -306,17 +294,8 @@ struct Simulate: ParsableCommand {
         /// for a model without a config.json (a GGUF file), which the cost model cannot read.
         static func hostSharing(model m: DecoderModel, path: String, cluster: ExpertCluster, nodes: Int,
                                 profile: PowerProfile) throws -> HostSharing? {
-            let config = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
-            guard FileManager.default.fileExists(atPath: config) else { return nil }
-            let spec = try ModelSpec.load(config, format: .bf16)
-            let node = "{profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}"
-            let yaml = "coordinator: \(node)\nnodes:\n" + String(repeating: "  - \(node)\n", count: nodes)
-            let simulated = try ClusterSpec.parse(yaml, file: "calibrate")
-            let planned = simulated.nodes.enumerated().map { PlacementNode(id: "n\($0.offset)", memoryBytes: 0, profile: $0.element.profile) }
-            let placement = try Planner.plan(layout: spec.layout, nodes: planned, available: planned.map { _ in true }, load: nil,
-                                             strategy: .memory, current: nil)
-            var cost = CostModel(model: spec, cluster: simulated, placement: placement,
-                                 shares: try RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: 0, seed: 0))
+            guard var cost = try rooflineCost(model: path, profile: profile, nodes: nodes) else { return nil }
+            let spec = cost.model
             var points: [HostSharing.Point] = []
             defer { cluster.recordsTimings = false }
             for tokens in [1, 4, 16, 64, 256] {
@@ -329,6 +308,24 @@ struct Simulate: ParsableCommand {
                 points.append(.init(tokens: tokens, factor: measured[measured.count / 2] / predicted))
             }
             return points.isEmpty ? nil : HostSharing(nodes: nodes, factors: points)
+        }
+
+        /// The simulator's cost model of the model at `path` (its config.json) on `nodes` nodes with
+        /// `profile`, a machine each, the `memory` placement and uniform routing: what the
+        /// calibration's measurements are compared with. Nil for a model without a config.json (a
+        /// GGUF file), which the cost model cannot read.
+        static func rooflineCost(model path: String, profile: PowerProfile, nodes: Int) throws -> CostModel? {
+            let config = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
+            guard FileManager.default.fileExists(atPath: config) else { return nil }
+            let spec = try ModelSpec.load(config, format: .bf16)
+            let node = "{profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}"
+            let yaml = "coordinator: \(node)\nnodes:\n" + String(repeating: "  - \(node)\n", count: nodes)
+            let cluster = try ClusterSpec.parse(yaml, file: "calibrate")
+            let planned = cluster.nodes.enumerated().map { PlacementNode(id: "n\($0.offset)", memoryBytes: 0, profile: $0.element.profile) }
+            let placement = try Planner.plan(layout: spec.layout, nodes: planned, available: planned.map { _ in true }, load: nil,
+                                             strategy: .memory, current: nil)
+            return CostModel(model: spec, cluster: cluster, placement: placement,
+                             shares: try RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: 0, seed: 0))
         }
 
         /// FLOP/s of a 1024×2048 bf16 weight times 128 tokens (an expert-sized prefill GEMM): the
