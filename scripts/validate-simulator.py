@@ -5,10 +5,11 @@ the same 3 nodes, this machine's calibrated profile and the same placement strat
 
 1. The trace: Vidur's CSV (`arrived_at,num_prefill_tokens,num_decode_tokens`), given (--trace)
    or generated (Poisson arrivals, uniform lengths, seeded; written next to the results).
-2. `farside simulate calibrate --local-nodes 3 --model M` measures this machine (the bf16 GEMV's
-   weight-read rate, bf16 GEMM FLOP/s, one MoE layer's round trip through 3 local nodes, the
-   per-step overhead beyond the roofline, the nodes' busy time over the roofline's when they
-   share the machine) into a profile (or --profile takes one written before).
+2. `farside simulate calibrate --local-nodes 3 --model M --routing LOAD` measures this machine
+   right after the first live round (the bf16 GEMV's weight-read rate, bf16 GEMM FLOP/s, one
+   MoE layer's round trip through 3 local nodes, the per-step overhead beyond the roofline, the
+   nodes' busy and wall time over the roofline's when they share the machine, with routes drawn
+   by the routing that round recorded) into a profile (or --profile takes one written before).
 3. Live: `farside serve --local-nodes 3 --placement S --no-prefix-cache` on the model (a
    synthetic Kimi-K2-shaped MoE made by `farside synth` when missing: 384 routed experts top 8,
    so the nodes compute routed experts). Each request is sent at its arrival time (one thread
@@ -272,7 +273,7 @@ def nearest_rank(xs, p):
     return xs[min(max(int(k), 1), len(xs)) - 1]
 
 
-def live_round(args, rows, vocab, profile, workdir, r):
+def live_round(args, rows, vocab, workdir, r):
     server = Server(args.bin, args.model, ["--local-nodes", "3", "--placement", args.placement, "--no-prefix-cache",
                                            "--max-seqs", str(args.max_seqs), "--max-batch-tokens", str(args.max_batch_tokens),
                                            "--kv-budget", args.kv_budget],
@@ -309,7 +310,7 @@ def live_round(args, rows, vocab, profile, workdir, r):
         "out_tok_s": tokens / window if window else 0,
         "tpot_p50_ms": nearest_rank(tpots, 50) * 1e3, "tpot_p99_ms": nearest_rank(tpots, 99) * 1e3,
         "ttft_p50_ms": nearest_rank(ttfts, 50) * 1e3, "ttft_p99_ms": nearest_rank(ttfts, 99) * 1e3,
-        "node_busy_s": busy, "busy_energy_j": busy_energy(sum(busy.values()), profile),
+        "node_busy_s": busy, "busy_energy_j": None,
         "steps": metric(m1, "farside_engine_steps") - metric(m0, "farside_engine_steps"),
         "engine_busy_s": (metric(m1, "farside_engine_step_seconds") or 0) - (metric(m0, "farside_engine_step_seconds") or 0),
         "routing": str(load_path),
@@ -425,17 +426,28 @@ def main():
     say(f"trace: {len(rows)} requests over {rows[-1][0]:.1f} s, {sum(r[1] for r in rows)} prompt and "
         f"{sum(r[2] for r in rows)} decode tokens -> {trace}")
 
+    uptime_before = Path("/proc/loadavg").read_text().split()[:3]
     profile_path = Path(args.profile) if args.profile else workdir / "profile.json"
-    if not args.profile:
-        r = subprocess.run([args.bin, "simulate", "calibrate", "--out", str(profile_path), "--local-nodes", "3", "--model", str(model)],
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            fail(f"farside simulate calibrate: {r.stderr.strip()}")
-        say(r.stdout.strip())
+    measured = []
+    for r in range(args.rounds):
+        m = live_round(args, rows, vocab, workdir, r + 1)
+        say(json.dumps({"measured": m}))
+        measured.append(m)
+        if r == 0 and not args.profile:
+            # Calibrated right after the first round, its probe's routes drawn by the routing
+            # that round recorded (the router's skew changes how the nodes' threads share work).
+            c = subprocess.run([args.bin, "simulate", "calibrate", "--out", str(profile_path), "--local-nodes", "3", "--model", str(model),
+                                "--routing", m["routing"]], capture_output=True, text=True, timeout=600)
+            if c.returncode != 0:
+                fail(f"farside simulate calibrate: {c.stderr.strip()}")
+            say(c.stdout.strip())
+    uptime_after = Path("/proc/loadavg").read_text().split()[:3]
     try:
         profile = json.loads(profile_path.read_text())
     except (OSError, ValueError) as e:
         fail(f"--profile {profile_path}: {e}")
+    for m in measured:
+        m["busy_energy_j"] = busy_energy(sum(m["node_busy_s"].values()), profile)
     clusters = {}
     for shared in (True, False):
         clusters[shared] = workdir / ("cluster-shared-host.yaml" if shared else "cluster-own-hosts.yaml")
@@ -448,13 +460,6 @@ def main():
         clusters["processor-sharing"] = workdir / "cluster-processor-sharing.yaml"
         cluster_file(clusters["processor-sharing"], plain.resolve(), profile, args, True)
 
-    uptime_before = Path("/proc/loadavg").read_text().split()[:3]
-    measured = []
-    for r in range(args.rounds):
-        m = live_round(args, rows, vocab, profile, workdir, r + 1)
-        say(json.dumps({"measured": m}))
-        measured.append(m)
-    uptime_after = Path("/proc/loadavg").read_text().split()[:3]
     # The routing of the first round (its statistics) drives the simulation.
     sims = {}
     for shared, cluster in clusters.items():

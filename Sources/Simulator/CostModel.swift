@@ -88,8 +88,9 @@ public struct CostModel {
     /// The experts' phase of a step of `tokens` tokens: Σ over MoE layers of the slowest node's
     /// compute plus its link time (latency both ways, activations out and back), and each node's
     /// busy (compute) seconds; nodes sharing a host take their finish times under processor
-    /// sharing (`sharedFinishTimes`) for both, or their work times the host's measured factor
-    /// (`HostSharing`) where it was measured.
+    /// sharing (`sharedFinishTimes`) for both, or, where the host's sharing was measured
+    /// (`HostSharing`), their work times its busy factor as busy time and times its wall factor
+    /// as finish time.
     public mutating func expertSeconds(tokens: Int) -> (seconds: Double, busy: [Double]) {
         if tokens < table.count, let hit = table[tokens] { return hit }
         let layout = model.layout
@@ -97,6 +98,8 @@ public struct CostModel {
         var busy = [Double](repeating: 0, count: cluster.nodes.count)
         var total = 0.0
         var work = [Double](repeating: 0, count: cluster.nodes.count), link = work
+        let busyFactor = measuredSharing.map { $0?.factor(tokens: tokens) ?? 1 }
+        let wallFactor = measuredSharing.map { $0?.wallFactor(tokens: tokens) ?? 1 }
         for layer in perNode {
             for (n, copies) in layer.enumerated() {
                 work[n] = 0
@@ -109,15 +112,18 @@ public struct CostModel {
                     rows += t
                     w += PlacementCost.expertWork(layout: layout, profile: node.profile, tokens: t)
                 }
-                work[n] = w * (measuredSharing[n]?.factor(tokens: tokens) ?? 1)
+                work[n] = w
                 link[n] = 2 * node.linkLatency + (node.linkBandwidth > 0 ? 2 * rows * model.activationBytes / node.linkBandwidth : 0)
             }
             // Nodes sharing a host compute at once on its cores: each takes its finish time.
+            // Elsewhere (a machine each, or a measured host) busy and finish are the work's
+            // times their factors (1 on a machine of its own).
             let finish = Self.sharedFinishTimes(work: work, hosts: hosts)
             var slowest = 0.0
             for n in 0..<work.count where work[n] > 0 {
-                busy[n] += finish[n]
-                slowest = max(slowest, finish[n] + link[n])
+                let measured = measuredSharing[n] != nil
+                busy[n] += measured ? work[n] * busyFactor[n] : finish[n]
+                slowest = max(slowest, (measured ? work[n] * wallFactor[n] : finish[n]) + link[n])
             }
             total += slowest
         }

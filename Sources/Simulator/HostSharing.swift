@@ -8,8 +8,11 @@ import Foundation
 /// one after another and a decode layer's compute is about as short as a send), and the roofline
 /// leaves out what small expert calls cost beyond their bytes and FLOPs (thread hand-offs,
 /// wake-ups of processes sharing the cores). A measurement of both, per step size, replaces the
-/// assumption for a host whose nodes carry it: a node's layer work (and so its busy time and
-/// its finish) is the roofline's times `factor(tokens:)`.
+/// assumption for a host whose nodes carry it: a node's busy time for a layer is the roofline's
+/// work times `factor(tokens:)`, and its finish (what the layer waits for, beyond the link) the
+/// roofline's work times `wallFactor(tokens:)`. The two differ: a node's reported compute counts
+/// the time the others held the cores while it worked, and the layer waits for the last node,
+/// which may have waited for the others' turns before it began.
 public struct HostSharing: Sendable, Equatable, Codable {
     /// How many nodes shared the host while it was measured; it applies to hosts of as many.
     public var nodes: Int
@@ -21,15 +24,28 @@ public struct HostSharing: Sendable, Equatable, Codable {
         /// The nodes' reported compute seconds for a layer step of `tokens` tokens (summed over
         /// the nodes, median over steps) divided by the cost model's busy seconds for it.
         public var factor: Double
-        public init(tokens: Int, factor: Double) {
+        /// The layer step's wall time beyond the fixed round trip (`linkRoundTripSeconds`; median
+        /// over steps, at least the compute the node answering last reported) divided by the
+        /// cost model's slowest node's work for it. Nil in a profile written before it was
+        /// measured: `factor` stands in.
+        public var wallFactor: Double?
+        public init(tokens: Int, factor: Double, wallFactor: Double? = nil) {
             self.tokens = tokens
             self.factor = factor
+            self.wallFactor = wallFactor
         }
     }
 
-    public init(nodes: Int, factors: [Point]) {
+    /// The routing statistics file whose shares drew the measured steps' routes; nil: uniform
+    /// routes. Factors measured under a router's skew fit a simulation of that skew better: a
+    /// node runs each expert holding several rows on one of its threads, so a hot expert's
+    /// many rows leave its other threads idle, which the roofline does not see.
+    public var routing: String?
+
+    public init(nodes: Int, factors: [Point], routing: String? = nil) {
         self.nodes = nodes
         self.factors = factors
+        self.routing = routing
     }
 
     /// Why the measurement cannot be used (nil: it can): no points, tokens not increasing from
@@ -41,22 +57,29 @@ public struct HostSharing: Sendable, Equatable, Codable {
             guard p.tokens >= 1 else { return "hostSharing.factors[\(i)].tokens must be ≥ 1, got \(p.tokens)" }
             guard i == 0 || p.tokens > factors[i - 1].tokens else { return "hostSharing.factors must be in increasing tokens (entry \(i): \(p.tokens))" }
             guard p.factor.isFinite && p.factor > 0 else { return "hostSharing.factors[\(i)].factor must be a positive number, got \(p.factor)" }
+            if let w = p.wallFactor, !(w.isFinite && w > 0) { return "hostSharing.factors[\(i)].wallFactor must be a positive number, got \(w)" }
         }
         return nil
     }
 
-    /// The factor for a step of `tokens` tokens: linear in log(tokens) between the measured
-    /// points, the end points' beyond them.
-    public func factor(tokens: Int) -> Double {
+    /// The busy-time factor for a step of `tokens` tokens: linear in log(tokens) between the
+    /// measured points, the end points' beyond them.
+    public func factor(tokens: Int) -> Double { interpolate(tokens) { $0.factor } }
+
+    /// The finish-time factor for a step of `tokens` tokens, interpolated as `factor(tokens:)`;
+    /// `factor` where a point has no `wallFactor`.
+    public func wallFactor(tokens: Int) -> Double { interpolate(tokens) { $0.wallFactor ?? $0.factor } }
+
+    private func interpolate(_ tokens: Int, _ value: (Point) -> Double) -> Double {
         guard let first = factors.first, let last = factors.last else { return 1 }
-        if tokens <= first.tokens { return first.factor }
-        if tokens >= last.tokens { return last.factor }
+        if tokens <= first.tokens { return value(first) }
+        if tokens >= last.tokens { return value(last) }
         let t = log(Double(tokens))
         for (a, b) in zip(factors, factors.dropFirst()) where tokens <= b.tokens {
             let u = (t - log(Double(a.tokens))) / (log(Double(b.tokens)) - log(Double(a.tokens)))
-            return a.factor + u * (b.factor - a.factor)
+            return value(a) + u * (value(b) - value(a))
         }
-        return last.factor
+        return value(last)
     }
 }
 

@@ -106,15 +106,51 @@ struct Bench: ParsableCommand {
     /// seeded random routes (p50, p99 seconds over `samples` calls).
     static func roundTrip(model: DecoderModel, cluster: ExpertCluster, tokens: Int, samples: Int,
                           freshRoutes: Bool = false) throws -> (Double, Double) {
-        guard let (layer, experts, router) = model.sparseLayers.first else { return (0, 0) }
-        var rng = SplitMix64(seed: UInt64(tokens))
+        let times = try roundTripTimes(model: model, cluster: cluster, tokens: tokens, samples: samples, freshRoutes: freshRoutes).sorted()
+        guard !times.isEmpty else { return (0, 0) }
+        return (times[times.count / 2], times[min(times.count - 1, Int(Double(times.count) * 0.99))])
+    }
+
+    /// The seconds of `samples` calls of one MoE layer's expert step through the cluster for
+    /// `tokens` tokens, after `warmup` unmeasured ones (empty for a model without routed
+    /// experts): the first sparse layer's, or with `everyLayer` each sparse layer's in turn. The
+    /// routes are seeded by `seed` (default: `tokens`), uniform over the experts or, with
+    /// `shares` (per sparse layer, each expert's share of its routed tokens), drawn by those
+    /// shares; with `freshRoutes` they are drawn anew for every call.
+    static func roundTripTimes(model: DecoderModel, cluster: ExpertCluster, tokens: Int, samples: Int, warmup: Int = 10,
+                               seed: UInt64? = nil, freshRoutes: Bool = false, everyLayer: Bool = false,
+                               shares: [[Double]]? = nil) throws -> [Double] {
+        let sparse = model.sparseLayers
+        guard let (_, experts, router) = sparse.first else { return [] }
+        var rng = SplitMix64(seed: seed ?? UInt64(tokens))
         let k = router.topK, d = model.hidden
-        func draw() -> RoutedBatch {
+        // Per sparse layer, the running sums of its shares (an inverse-CDF draw per pick).
+        let cumulative: [[Double]]? = shares.map { rows in
+            rows.map { row in
+                var sum = 0.0
+                return row.map { sum += $0; return sum }
+            }
+        }
+        func pick(_ layer: Int) -> Int32 {
+            guard let all = cumulative, layer < all.count, let total = all[layer].last, total > 0 else {
+                return Int32(rng.next() % UInt64(experts))
+            }
+            let c = all[layer]
+            let u = Double(rng.next() >> 11) / Double(1 << 53) * total
+            var lo = 0, hi = c.count - 1
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if c[mid] > u { hi = mid } else { lo = mid + 1 }
+            }
+            return Int32(lo)
+        }
+        func draw(_ layer: Int) -> RoutedBatch {
             var batch = RoutedBatch(rows: tokens, hidden: d, topK: k, experts: [], weights: [])
             for _ in 0..<tokens {
+                // Distinct experts per token, as a router's top-k.
                 var chosen: [Int32] = []
                 while chosen.count < k {
-                    let e = Int32(rng.next() % UInt64(experts))
+                    let e = pick(layer)
                     if !chosen.contains(e) { chosen.append(e) }
                 }
                 batch.experts += chosen
@@ -122,24 +158,24 @@ struct Bench: ParsableCommand {
             }
             return batch
         }
-        var batch = draw()
+        var batch = draw(0)
         let input = (0..<(tokens * d)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
         var output = [Float](repeating: 0, count: tokens * d)
         var times: [Double] = []
-        for i in 0..<(samples + 10) {
+        for i in 0..<(samples + warmup) {
+            let layer = everyLayer ? i % sparse.count : 0
             // Fresh routes: each step reads the weights of other experts, as a model's routing
             // does across layers, instead of the same ones again from cache.
-            if freshRoutes && i > 0 { batch = draw() }
+            if freshRoutes && i > 0 { batch = draw(layer) }
             let t0 = now()
             try input.withUnsafeBufferPointer { x in
                 try output.withUnsafeMutableBufferPointer { y in
-                    try cluster.computeExperts(layer: layer, batch: batch, input: x.baseAddress!, output: y.baseAddress!)
+                    try cluster.computeExperts(layer: sparse[layer].layer, batch: batch, input: x.baseAddress!, output: y.baseAddress!)
                 }
             }
-            if i >= 10 { times.append(now() - t0) }
+            if i >= warmup { times.append(now() - t0) }
         }
-        times.sort()
-        return (times[times.count / 2], times[min(times.count - 1, Int(Double(times.count) * 0.99))])
+        return times
     }
 
     func run() throws {

@@ -137,8 +137,9 @@ struct Simulate: ParsableCommand {
     /// profile (JSON, as `PowerProfile` encodes) that a cluster file's `profile_file:` reads; with
     /// `--local-nodes N` also the fixed cost of one MoE layer's round trip through N expert-node
     /// processes on this machine (`linkRoundTripSeconds` in the same file, for a cluster file's
-    /// `link: {latency_us}`) and the per-step overhead beyond the roofline (`stepOverheadSeconds`,
-    /// for the coordinator's `overhead_us`).
+    /// `link: {latency_us}`), with N ≥ 2 how the nodes sharing this machine slow each other
+    /// (`hostSharing`), and the per-step overhead of a decode step through the nodes beyond the
+    /// simulator's model of it (`stepOverheadSeconds`, for the coordinator's `overhead_us`).
     struct Calibrate: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Measure this machine and write a power profile for the simulator.")
 
@@ -157,9 +158,13 @@ struct Simulate: ParsableCommand {
         @Option(name: .long, help: "With --local-nodes: the MoE model the nodes serve (a checkpoint directory or GGUF file; default: the default model).")
         var model: String?
 
+        @Option(name: .long, help: "With --local-nodes N ≥ 2: draw the host-sharing probe's routes from a live run's routing statistics (farside-routing-load-v1 JSON, the simulator's --routing) instead of uniformly.")
+        var routing: String?
+
         func validate() throws {
             guard (0...16).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...16, got \(localNodes)") }
             guard model == nil || localNodes > 0 else { throw ValidationError("--model is for the round trip through --local-nodes N; give both") }
+            guard routing == nil || localNodes >= 2 else { throw ValidationError("--routing is for the host-sharing probe through --local-nodes N (N ≥ 2); give both") }
         }
 
         func run() throws {
@@ -172,15 +177,26 @@ struct Simulate: ParsableCommand {
                 var roundTrip: Double?, stepOverhead: Double?, sharing: HostSharing?
                 if localNodes > 0 {
                     let path = try model ?? DefaultModel.path()
-                    stepOverhead = try Self.stepOverhead(model: path, profile: profile)
+                    // The routing file is checked before any node starts.
+                    let spec = try Self.configSpec(model: path)
+                    if spec == nil, routing != nil {
+                        throw SimulatorError.invalidOption(name: "--routing", problem: "\(path) has no config.json: the simulator cannot read its shape to route by it")
+                    }
+                    let shares = try spec.flatMap { spec in
+                        try routing.map { try RoutingShares.recorded(try RoutingLoad.load($0), file: $0, layers: spec.moeLayers, experts: spec.experts) }
+                    }
                     let (m, cluster) = try loadModel(path: path, localNodes: localNodes)
                     guard let cluster else {
                         throw SimulatorError.invalidOption(name: "--model", problem: "\(path) has no routed experts: there is no expert round trip to measure")
                     }
-                    roundTrip = try Self.layerRoundTrip(model: m, cluster: cluster)
+                    let rtt = try Self.layerRoundTrip(model: m, cluster: cluster)
+                    roundTrip = rtt
                     if localNodes >= 2 {
-                        sharing = try Self.hostSharing(model: m, path: path, cluster: cluster, nodes: localNodes, profile: profile)
+                        sharing = try Self.hostSharing(model: m, path: path, cluster: cluster, nodes: localNodes, profile: profile,
+                                                       roundTrip: rtt, routing: routing, shares: shares)
                     }
+                    stepOverhead = try Self.stepOverhead(model: m, path: path, profile: profile, nodes: localNodes, roundTrip: rtt,
+                                                         sharing: sharing, shares: shares)
                 }
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -195,7 +211,8 @@ struct Simulate: ParsableCommand {
                              read / 1e9, profile.memoryBandwidth / 1e9, profile.flopsPerSecond / 1e9)
                       + (roundTrip.map { String(format: ", MoE layer round trip through %d local nodes %.0f µs", localNodes, $0 * 1e6) } ?? "")
                       + (stepOverhead.map { String(format: ", step overhead %.0f µs", $0 * 1e6) } ?? "")
-                      + (sharing.map { ", nodes' busy time over the roofline's (tokens: factor) " + $0.factors.map { String(format: "%d: %.2f", $0.tokens, $0.factor) }.joined(separator: ", ") } ?? "")
+                      + (sharing.map { ", nodes' busy and wall time over the roofline's (tokens: factors) "
+                          + $0.factors.map { String(format: "%d: %.2f %.2f", $0.tokens, $0.factor, $0.wallFactor ?? $0.factor) }.joined(separator: ", ") } ?? "")
                       + "; wrote " + out)
             }
         }
@@ -217,15 +234,18 @@ struct Simulate: ParsableCommand {
             }
         }
 
-        /// What a one-token engine step costs beyond the simulator's roofline for it (a cluster
-        /// file's coordinator `overhead_us`): the median of 50 one-token decode steps of the model
-        /// with every expert in this process (after 10 unmeasured) minus the cost model's time
-        /// for the same step on `profile` (attention and other non-expert weights, the step's
-        /// experts on one node): per-operation dispatch, norms, sampling, what a roofline leaves
-        /// out. Nil for a model without a config.json (a GGUF file).
-        static func stepOverhead(model path: String, profile: PowerProfile) throws -> Double? {
-            guard var cost = try rooflineCost(model: path, profile: profile, nodes: 1) else { return nil }
-            let (m, _) = try loadModel(path: path, localNodes: 0)
+        /// What a one-token engine step costs beyond the simulator's model of it (a cluster
+        /// file's coordinator `overhead_us`): the mean of 50 one-token decode steps of the model
+        /// through the `nodes` local nodes (after 10 unmeasured) minus the cost model's time for
+        /// the same step on `profile` with what this calibration measured (the link's round
+        /// trip, the nodes on one host with `sharing`, routing by `shares` or uniform): the
+        /// coordinator's per-operation dispatch, norms, sampling, and what its compute and the
+        /// nodes' cost each other on shared cores; at least 0. Nil for a model without a
+        /// config.json (a GGUF file).
+        static func stepOverhead(model m: DecoderModel, path: String, profile: PowerProfile, nodes: Int, roundTrip: Double,
+                                 sharing: HostSharing?, shares: RoutingShares?) throws -> Double? {
+            guard var cost = try rooflineCost(model: path, profile: profile, nodes: nodes, shares: shares,
+                                              linkLatency: roundTrip / 2, sharing: sharing) else { return nil }
             let prompt = (0..<16).map { 5 + $0 * 7 % max(m.vocabSize - 10, 1) }
             let cache = m.makeCache(capacity: prompt.count + 61)
             var logits = try m.forward(prompt, cache: cache)
@@ -236,8 +256,7 @@ struct Simulate: ParsableCommand {
                 logits = try m.forward([next], cache: cache, logits: .last)
                 if i >= 10 { times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9) }
             }
-            times.sort()
-            let measured = times[times.count / 2]
+            let measured = times.reduce(0, +) / Double(times.count)
             let position = Double(prompt.count + 35)
             let predicted = cost.attentionSeconds(tokens: 1, positions: position, kvTokens: position) + cost.expertSeconds(tokens: 1).seconds
             return max(measured - predicted, 0)
@@ -287,45 +306,89 @@ struct Simulate: ParsableCommand {
 
         /// How much longer the `nodes` local nodes, sharing this machine, compute an MoE layer
         /// than the cost model says for the same routed rows on `profile` with a machine each
-        /// (`HostSharing`): per step size T in 1, 4, 16, 64, 256 tokens (random routes, drawn
-        /// anew every step as the cost model's uniform routing assumes), the median
-        /// over steps of the compute seconds the nodes reported, summed, over the cost model's
-        /// busy seconds for a layer of T tokens (uniform routing, the `memory` placement). Nil
-        /// for a model without a config.json (a GGUF file), which the cost model cannot read.
+        /// (`HostSharing`): per step size T in 1, 4, 16, 64, 256 tokens (random routes drawn
+        /// anew every step, uniform or by the shares of the statistics file `routing`, the cost
+        /// model routing alike, with the `memory` placement; the sparse layers in turn, so the
+        /// nodes read from as many weights as when serving, not one layer's that a large cache
+        /// may hold), means over steps of
+        /// - the compute seconds the nodes reported, summed, over the cost model's busy seconds
+        ///   for a layer of T tokens (`factor`), and
+        /// - the layer's wall time less `roundTrip` (the fixed cost of a layer's round trip,
+        ///   `layerRoundTrip`), and at least what the node answering last reported, over the
+        ///   cost model's slowest node's work for it (`wallFactor`).
+        /// Means, not medians, since busy energy and a request's TPOT add up steps, stalls
+        /// included: the median over 5 rounds of each round's mean. The sizes take turns over
+        /// the rounds, so a drift of the machine's speed during the calibration reaches every
+        /// size alike. Nil for a model without a config.json (a GGUF file), which the cost model
+        /// cannot read.
         static func hostSharing(model m: DecoderModel, path: String, cluster: ExpertCluster, nodes: Int,
-                                profile: PowerProfile) throws -> HostSharing? {
-            guard var cost = try rooflineCost(model: path, profile: profile, nodes: nodes) else { return nil }
-            let spec = cost.model
-            var points: [HostSharing.Point] = []
+                                profile: PowerProfile, roundTrip: Double, routing: String?, shares: RoutingShares?) throws -> HostSharing? {
+            guard var cost = try rooflineCost(model: path, profile: profile, nodes: nodes, shares: shares) else { return nil }
+            let layers = Double(max(cost.model.moeLayers, 1))
+            let sizes = [1, 4, 16, 64, 256], rounds = 5, warmup = 2
+            // [size][round]: each round's samples.
+            var wall = [[[Double]]](repeating: [], count: sizes.count), compute = wall, last = wall
             defer { cluster.recordsTimings = false }
-            for tokens in [1, 4, 16, 64, 256] {
-                let predicted = cost.expertSeconds(tokens: tokens).busy.reduce(0, +) / Double(max(spec.moeLayers, 1))
-                cluster.recordsTimings = true
-                cluster.clearTimings()
-                _ = try Bench.roundTrip(model: m, cluster: cluster, tokens: tokens, samples: tokens >= 64 ? 40 : 100, freshRoutes: true)
-                let measured = cluster.timings.dropFirst(10).map(\.compute).sorted()
-                guard predicted > 0, !measured.isEmpty else { continue }
-                points.append(.init(tokens: tokens, factor: measured[measured.count / 2] / predicted))
+            for round in 0..<rounds {
+                for (i, tokens) in sizes.enumerated() {
+                    cluster.recordsTimings = true
+                    cluster.clearTimings()
+                    wall[i].append(try Bench.roundTripTimes(model: m, cluster: cluster, tokens: tokens, samples: tokens >= 64 ? 30 : 60,
+                                                        warmup: warmup, seed: UInt64(round * 1000 + tokens), freshRoutes: true,
+                                                        everyLayer: true, shares: shares?.shares))
+                    let timings = cluster.timings.dropFirst(warmup)
+                    compute[i].append(timings.map(\.compute))
+                    last[i].append(timings.map(\.lastCompute))
+                }
             }
-            return points.isEmpty ? nil : HostSharing(nodes: nodes, factors: points)
+            // The median over rounds of each round's mean: a mean, as steps add up, without
+            // letting one stall of a second (a VM's) decide the figure.
+            func mean(_ rounds: [[Double]]) -> Double {
+                let means = rounds.filter { !$0.isEmpty }.map { $0.reduce(0, +) / Double($0.count) }.sorted()
+                return means.isEmpty ? 0 : means[means.count / 2]
+            }
+            var points: [HostSharing.Point] = []
+            for (i, tokens) in sizes.enumerated() {
+                let roofline = cost.expertSeconds(tokens: tokens)
+                // The calibration's cluster has no link cost: its seconds are the slowest node's work.
+                let busy = roofline.busy.reduce(0, +) / layers, slowest = roofline.seconds / layers
+                guard busy > 0, slowest > 0, mean(wall[i]) > 0, mean(compute[i]) > 0 else { continue }
+                points.append(.init(tokens: tokens, factor: mean(compute[i]) / busy,
+                                    wallFactor: max(mean(wall[i]) - roundTrip, mean(last[i])) / slowest))
+            }
+            return points.isEmpty ? nil : HostSharing(nodes: nodes, factors: points, routing: routing)
         }
 
         /// The simulator's cost model of the model at `path` (its config.json) on `nodes` nodes with
         /// `profile`, a machine each, the `memory` placement and uniform routing: what the
         /// calibration's measurements are compared with. Nil for a model without a config.json (a
         /// GGUF file), which the cost model cannot read.
-        static func rooflineCost(model path: String, profile: PowerProfile, nodes: Int) throws -> CostModel? {
-            let config = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
-            guard FileManager.default.fileExists(atPath: config) else { return nil }
-            let spec = try ModelSpec.load(config, format: .bf16)
+        static func rooflineCost(model path: String, profile: PowerProfile, nodes: Int, shares: RoutingShares? = nil,
+                                 linkLatency: Double = 0, sharing: HostSharing? = nil) throws -> CostModel? {
+            guard let spec = try configSpec(model: path) else { return nil }
             let node = "{profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}"
             let yaml = "coordinator: \(node)\nnodes:\n" + String(repeating: "  - \(node)\n", count: nodes)
-            let cluster = try ClusterSpec.parse(yaml, file: "calibrate")
+            var cluster = try ClusterSpec.parse(yaml, file: "calibrate")
+            for i in cluster.nodes.indices {
+                cluster.nodes[i].linkLatency = linkLatency
+                if let sharing, nodes >= 2 {
+                    cluster.nodes[i].host = "calibrate"
+                    cluster.nodes[i].hostSharing = sharing
+                }
+            }
             let planned = cluster.nodes.enumerated().map { PlacementNode(id: "n\($0.offset)", memoryBytes: 0, profile: $0.element.profile) }
             let placement = try Planner.plan(layout: spec.layout, nodes: planned, available: planned.map { _ in true }, load: nil,
                                              strategy: .memory, current: nil)
             return CostModel(model: spec, cluster: cluster, placement: placement,
-                             shares: try RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: 0, seed: 0))
+                             shares: try shares ?? RoutingShares.zipf(layers: spec.moeLayers, experts: spec.experts, skew: 0, seed: 0))
+        }
+
+        /// The simulator's description of the model at `path` from its config.json (bf16
+        /// experts, as `farside synth` writes them); nil without one (a GGUF file).
+        static func configSpec(model path: String) throws -> ModelSpec? {
+            let config = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
+            guard FileManager.default.fileExists(atPath: config) else { return nil }
+            return try ModelSpec.load(config, format: .bf16)
         }
 
         /// FLOP/s of a 1024×2048 bf16 weight times 128 tokens (an expert-sized prefill GEMM): the

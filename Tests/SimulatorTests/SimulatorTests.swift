@@ -332,10 +332,22 @@ final class SimulatorTests: XCTestCase {
         let twoPS = try cost("  - {id: n, count: 2, profile_file: \(plain), host: vm}\n", count: 2)
         XCTAssertEqual(two.busy, twoPS.busy, "two nodes on a host measured with three: processor sharing")
 
+        // A wall factor measured beside the busy one: the layer waits the work times it, the
+        // nodes are busy the work times the busy factor.
+        let walls = HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 4, wallFactor: 6), .init(tokens: 16, factor: 2, wallFactor: 3),
+                                                    .init(tokens: 256, factor: 1.5)])
+        XCTAssertEqual(walls.wallFactor(tokens: 4), 4.5, accuracy: 1e-12, "linear in log(tokens)")
+        XCTAssertEqual(walls.wallFactor(tokens: 256), 1.5, "a point without it: its busy factor")
+        XCTAssertEqual(sharing.wallFactor(tokens: 16), 2, "a profile without wall factors: the busy factor")
+        let both = try cost("  - {id: n, count: 3, profile_file: \(try profile("walls.json", walls)), host: vm}\n", count: 3)
+        XCTAssertEqual(both.seconds, 3 * own.seconds, accuracy: 1e-12 * own.seconds)
+        for (s, o) in zip(both.busy, own.busy) { XCTAssertEqual(s, 2 * o, accuracy: 1e-12 * o) }
+
         for (bad, needle) in [(HostSharing(nodes: 3, factors: []), "empty"),
                               (HostSharing(nodes: 1, factors: [.init(tokens: 1, factor: 2)]), "nodes must be ≥ 2"),
                               (HostSharing(nodes: 3, factors: [.init(tokens: 4, factor: 2), .init(tokens: 4, factor: 1)]), "increasing"),
                               (HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 0)]), "positive"),
+                              (HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 1, wallFactor: -1)]), "wallFactor must be a positive"),
                               (HostSharing(nodes: 3, factors: [.init(tokens: 0, factor: 1)]), "tokens must be ≥ 1")] {
             let name = try profile("bad.json", bad)
             XCTAssertThrowsError(try cost("  - {id: n, count: 3, profile_file: \(name), host: vm}\n", count: 3)) { error in
