@@ -426,8 +426,16 @@ def main():
     say(f"trace: {len(rows)} requests over {rows[-1][0]:.1f} s, {sum(r[1] for r in rows)} prompt and "
         f"{sum(r[2] for r in rows)} decode tokens -> {trace}")
 
-    uptime_before = Path("/proc/loadavg").read_text().split()[:3]
+    def read_profile(path):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            fail(f"--profile {path}: {e}")
+
     profile_path = Path(args.profile) if args.profile else workdir / "profile.json"
+    if args.profile:
+        read_profile(profile_path)  # a bad file fails before the live rounds, not after
+    uptime_before = Path("/proc/loadavg").read_text().split()[:3]
     measured = []
     for r in range(args.rounds):
         m = live_round(args, rows, vocab, workdir, r + 1)
@@ -442,10 +450,7 @@ def main():
                 fail(f"farside simulate calibrate: {c.stderr.strip()}")
             say(c.stdout.strip())
     uptime_after = Path("/proc/loadavg").read_text().split()[:3]
-    try:
-        profile = json.loads(profile_path.read_text())
-    except (OSError, ValueError) as e:
-        fail(f"--profile {profile_path}: {e}")
+    profile = read_profile(profile_path)
     for m in measured:
         m["busy_energy_j"] = busy_energy(sum(m["node_busy_s"].values()), profile)
     clusters = {}

@@ -22,9 +22,9 @@ public struct HostSharing: Sendable, Equatable, Codable {
     public struct Point: Sendable, Equatable, Codable {
         public var tokens: Int
         /// The nodes' reported compute seconds for a layer step of `tokens` tokens (summed over
-        /// the nodes, median over steps) divided by the cost model's busy seconds for it.
+        /// the nodes, a mean over steps) divided by the cost model's busy seconds for it.
         public var factor: Double
-        /// The layer step's wall time beyond the fixed round trip (`linkRoundTripSeconds`; median
+        /// The layer step's wall time beyond the fixed round trip (`linkRoundTripSeconds`; a mean
         /// over steps, at least the compute the node answering last reported) divided by the
         /// cost model's slowest node's work for it. Nil in a profile written before it was
         /// measured: `factor` stands in.

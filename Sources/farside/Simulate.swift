@@ -191,12 +191,15 @@ struct Simulate: ParsableCommand {
                     }
                     let rtt = try Self.layerRoundTrip(model: m, cluster: cluster)
                     roundTrip = rtt
-                    if localNodes >= 2 {
-                        sharing = try Self.hostSharing(model: m, path: path, cluster: cluster, nodes: localNodes, profile: profile,
-                                                       roundTrip: rtt, routing: routing, shares: shares)
+                    // Both compare with the simulator's cost model, which reads the model's config.json.
+                    if let spec {
+                        if localNodes >= 2 {
+                            sharing = try Self.hostSharing(model: m, spec: spec, cluster: cluster, nodes: localNodes, profile: profile,
+                                                           roundTrip: rtt, routing: routing, shares: shares)
+                        }
+                        stepOverhead = try Self.stepOverhead(model: m, spec: spec, profile: profile, nodes: localNodes, roundTrip: rtt,
+                                                             sharing: sharing, shares: shares)
                     }
-                    stepOverhead = try Self.stepOverhead(model: m, path: path, profile: profile, nodes: localNodes, roundTrip: rtt,
-                                                         sharing: sharing, shares: shares)
                 }
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -240,12 +243,11 @@ struct Simulate: ParsableCommand {
         /// the same step on `profile` with what this calibration measured (the link's round
         /// trip, the nodes on one host with `sharing`, routing by `shares` or uniform): the
         /// coordinator's per-operation dispatch, norms, sampling, and what its compute and the
-        /// nodes' cost each other on shared cores; at least 0. Nil for a model without a
-        /// config.json (a GGUF file).
-        static func stepOverhead(model m: DecoderModel, path: String, profile: PowerProfile, nodes: Int, roundTrip: Double,
-                                 sharing: HostSharing?, shares: RoutingShares?) throws -> Double? {
-            guard var cost = try rooflineCost(model: path, profile: profile, nodes: nodes, shares: shares,
-                                              linkLatency: roundTrip / 2, sharing: sharing) else { return nil }
+        /// nodes' cost each other on shared cores; at least 0.
+        static func stepOverhead(model m: DecoderModel, spec: ModelSpec, profile: PowerProfile, nodes: Int, roundTrip: Double,
+                                 sharing: HostSharing?, shares: RoutingShares?) throws -> Double {
+            var cost = try rooflineCost(spec: spec, profile: profile, nodes: nodes, shares: shares,
+                                        linkLatency: roundTrip / 2, sharing: sharing)
             let prompt = (0..<16).map { 5 + $0 * 7 % max(m.vocabSize - 10, 1) }
             let cache = m.makeCache(capacity: prompt.count + 61)
             var logits = try m.forward(prompt, cache: cache)
@@ -319,12 +321,11 @@ struct Simulate: ParsableCommand {
         /// Means, not medians, since busy energy and a request's TPOT add up steps, stalls
         /// included: the median over 5 rounds of each round's mean. The sizes take turns over
         /// the rounds, so a drift of the machine's speed during the calibration reaches every
-        /// size alike. Nil for a model without a config.json (a GGUF file), which the cost model
-        /// cannot read.
-        static func hostSharing(model m: DecoderModel, path: String, cluster: ExpertCluster, nodes: Int,
+        /// size alike. Nil when no step size could be measured.
+        static func hostSharing(model m: DecoderModel, spec: ModelSpec, cluster: ExpertCluster, nodes: Int,
                                 profile: PowerProfile, roundTrip: Double, routing: String?, shares: RoutingShares?) throws -> HostSharing? {
-            guard var cost = try rooflineCost(model: path, profile: profile, nodes: nodes, shares: shares) else { return nil }
-            let layers = Double(max(cost.model.moeLayers, 1))
+            var cost = try rooflineCost(spec: spec, profile: profile, nodes: nodes, shares: shares)
+            let layers = Double(max(spec.moeLayers, 1))
             let sizes = [1, 4, 16, 64, 256], rounds = 5, warmup = 2
             // [size][round]: each round's samples.
             var wall = [[[Double]]](repeating: [], count: sizes.count), compute = wall, last = wall
@@ -359,13 +360,12 @@ struct Simulate: ParsableCommand {
             return points.isEmpty ? nil : HostSharing(nodes: nodes, factors: points, routing: routing)
         }
 
-        /// The simulator's cost model of the model at `path` (its config.json) on `nodes` nodes with
-        /// `profile`, a machine each, the `memory` placement and uniform routing: what the
-        /// calibration's measurements are compared with. Nil for a model without a config.json (a
-        /// GGUF file), which the cost model cannot read.
-        static func rooflineCost(model path: String, profile: PowerProfile, nodes: Int, shares: RoutingShares? = nil,
-                                 linkLatency: Double = 0, sharing: HostSharing? = nil) throws -> CostModel? {
-            guard let spec = try configSpec(model: path) else { return nil }
+        /// The simulator's cost model of `spec` on `nodes` nodes with `profile` and the `memory`
+        /// placement, routing by `shares` (default: uniform): what the calibration's measurements
+        /// are compared with. The nodes have a machine each and no link cost unless given
+        /// `linkLatency` (one way) and `sharing` (then they share one host measured so).
+        static func rooflineCost(spec: ModelSpec, profile: PowerProfile, nodes: Int, shares: RoutingShares? = nil,
+                                 linkLatency: Double = 0, sharing: HostSharing? = nil) throws -> CostModel {
             let node = "{profile: {idle_watts: 1, busy_watts: 1, memory_bandwidth_gbs: \(profile.memoryBandwidth / 1e9), tflops: \(profile.flopsPerSecond / 1e12)}}"
             let yaml = "coordinator: \(node)\nnodes:\n" + String(repeating: "  - \(node)\n", count: nodes)
             var cluster = try ClusterSpec.parse(yaml, file: "calibrate")
