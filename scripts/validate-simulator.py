@@ -5,11 +5,15 @@ the same 3 nodes, this machine's calibrated profile and the same placement strat
 
 1. The trace: Vidur's CSV (`arrived_at,num_prefill_tokens,num_decode_tokens`), given (--trace)
    or generated (Poisson arrivals, uniform lengths, seeded; written next to the results).
-2. `farside simulate calibrate --local-nodes 3 --model M --routing LOAD` measures this machine
-   right after the first live round (the bf16 GEMV's weight-read rate, bf16 GEMM FLOP/s, one
-   MoE layer's round trip through 3 local nodes, the per-step overhead beyond the roofline, the
-   nodes' busy and wall time over the roofline's when they share the machine, with routes drawn
-   by the routing that round recorded) into a profile (or --profile takes one written before).
+2. Calibration (unless --profile gives one): a calibration trace, generated like the trace but
+   with another seed (--calibration-requests, --calibration-seed), replayed live as below with
+   `farside serve --step-log`; then `farside simulate calibrate --local-nodes 3 --model M
+   --routing LOAD --step-log LOG` measures this machine (the bf16 GEMV's weight-read rate, bf16
+   GEMM FLOP/s, one MoE layer's round trip through 3 local nodes, the nodes' busy and wall time
+   over the roofline's when they share the machine, with routes drawn by the routing the
+   calibration replay recorded) and fits the nodes' busy time per step size and the per-step
+   overhead to the logged steps (--no-step-log: the probes' figures alone) into a profile.
+   Nothing of the validated trace's replays feeds the prediction.
 3. Live: `farside serve --local-nodes 3 --placement S --no-prefix-cache` on the model (a
    synthetic Kimi-K2-shaped MoE made by `farside synth` when missing: 384 routed experts top 8,
    so the nodes compute routed experts). Each request is sent at its arrival time (one thread
@@ -39,8 +43,10 @@ Loopback only. Benchmark a copy of the binary (a rebuild replaces .build/release
 a running server): FARSIDE_BIN=/tmp/farside-sim or --bin.
 
 Usage: scripts/validate-simulator.py [--bin PATH] [--model DIR] [--trace CSV | --requests N
-       --rate R --prompt-tokens A-B --decode-tokens A-B --seed S] [--profile JSON] [--rounds N]
+       --rate R --prompt-tokens A-B --decode-tokens A-B --seed S] [--profile JSON |
+       --calibration-requests N --calibration-seed S --no-step-log] [--rounds N]
        [--placement memory] [--out DIR] [--json]
+(With --trace, the calibration trace is still generated from --rate and the length flags.)
 """
 import argparse
 import csv
@@ -273,16 +279,20 @@ def nearest_rank(xs, p):
     return xs[min(max(int(k), 1), len(xs)) - 1]
 
 
-def live_round(args, rows, vocab, workdir, r):
+def live_round(args, rows, vocab, workdir, r, step_log=None):
+    """One replay through a fresh server; with `step_log`, the server logs its steps there, and
+    the file keeps the replay's steps only (its warm-up's are cut)."""
+    raw_log = step_log.with_suffix(".all.csv") if step_log else None
     server = Server(args.bin, args.model, ["--local-nodes", "3", "--placement", args.placement, "--no-prefix-cache",
                                            "--max-seqs", str(args.max_seqs), "--max-batch-tokens", str(args.max_batch_tokens),
-                                           "--kv-budget", args.kv_budget],
+                                           "--kv-budget", args.kv_budget, *(["--step-log", str(raw_log)] if raw_log else [])],
                     workdir / f"serve-{r}.log")
     try:
         # Warm-up (page faults, first allocations), outside the measured window.
         for i in range(3):
             stream(server.port, prompt_ids(10_000 + i, 32, vocab), 8)
         time.sleep(1.5)  # a heartbeat from every node (0.5 s apart) with the warm-up's busy time
+        warm_lines = len(raw_log.read_text().splitlines()) if raw_log else 0
         before = json.loads(http_get(server.port, "/admin/cluster"))
         m0 = http_get(server.port, "/metrics")
         loads = []
@@ -292,6 +302,9 @@ def live_round(args, rows, vocab, workdir, r):
         m1 = http_get(server.port, "/metrics")
     finally:
         server.close()
+    if raw_log:
+        lines = raw_log.read_text().splitlines()
+        step_log.write_text("\n".join(lines[:2] + lines[warm_lines:]) + "\n")
     errors = [x[4] for x in results if x[4]]
     short = [i for i, (x, row) in enumerate(zip(results, rows)) if not x[4] and (len(x[2]) != row[2] or x[3] != "length")]
     b = {n["id"]: n["busy_seconds"] for n in before["nodes"]}
@@ -381,6 +394,10 @@ def main():
     ap.add_argument("--prompt-tokens", default="16-256", help="generated trace: prompt lengths, uniform A-B")
     ap.add_argument("--decode-tokens", default="16-96", help="generated trace: output lengths, uniform A-B")
     ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--calibration-requests", type=int, help="requests in the calibration replay (default: a third of --requests, at least 16)")
+    ap.add_argument("--calibration-seed", type=int, help="its trace's seed (default: --seed + 1)")
+    ap.add_argument("--step-log", action=argparse.BooleanOptionalAction, default=True,
+                    help="fit the nodes' busy time and the step overhead to the calibration replay's step log")
     ap.add_argument("--profile", help="a `farside simulate calibrate` profile (default: calibrate now)")
     ap.add_argument("--placement", default="memory")
     ap.add_argument("--max-seqs", type=int, default=64)
@@ -436,19 +453,34 @@ def main():
     if args.profile:
         read_profile(profile_path)  # a bad file fails before the live rounds, not after
     uptime_before = Path("/proc/loadavg").read_text().split()[:3]
+    calibration = None
+    if not args.profile:
+        # Calibration: another trace of the same kind replayed live with a step log, then the
+        # probes, their routes drawn by the routing it recorded (the router's skew changes how
+        # the nodes' threads share work), and the fit to its steps.
+        n = args.calibration_requests or max(len(rows) // 3, 16)
+        if not 1 <= n <= 100_000:
+            fail("--calibration-requests must be in 1...100000")
+        cal_rows = generate_trace(n, args.rate, span(args.prompt_tokens, "--prompt-tokens"), span(args.decode_tokens, "--decode-tokens"),
+                                  args.seed + 1 if args.calibration_seed is None else args.calibration_seed)
+        if max(p + d for _, p, d in cal_rows) > max_positions:
+            fail(f"--prompt-tokens plus --decode-tokens exceed the model's {max_positions} positions")
+        write_trace(cal_rows, workdir / "calibration-trace.csv")
+        step_log = workdir / "steps-calibration.csv"
+        calibration = live_round(args, cal_rows, vocab, workdir, "calibration", step_log if args.step_log else None)
+        say(json.dumps({"calibration": calibration}))
+        c = subprocess.run([args.bin, "simulate", "calibrate", "--out", str(profile_path), "--local-nodes", "3", "--model", str(model),
+                            "--routing", calibration["routing"], *(["--step-log", str(step_log)] if args.step_log else [])],
+                           capture_output=True, text=True, timeout=600)
+        if c.returncode != 0:
+            fail(f"farside simulate calibrate: {c.stderr.strip()}")
+        say(c.stdout.strip())
     measured = []
     for r in range(args.rounds):
-        m = live_round(args, rows, vocab, workdir, r + 1)
+        # Logged too (not fitted): where each live step's time went, to set beside the calibration's.
+        m = live_round(args, rows, vocab, workdir, r + 1, workdir / f"steps-{r + 1}.csv")
         say(json.dumps({"measured": m}))
         measured.append(m)
-        if r == 0 and not args.profile:
-            # Calibrated right after the first round, its probe's routes drawn by the routing
-            # that round recorded (the router's skew changes how the nodes' threads share work).
-            c = subprocess.run([args.bin, "simulate", "calibrate", "--out", str(profile_path), "--local-nodes", "3", "--model", str(model),
-                                "--routing", m["routing"]], capture_output=True, text=True, timeout=600)
-            if c.returncode != 0:
-                fail(f"farside simulate calibrate: {c.stderr.strip()}")
-            say(c.stdout.strip())
     uptime_after = Path("/proc/loadavg").read_text().split()[:3]
     profile = read_profile(profile_path)
     for m in measured:
@@ -465,10 +497,12 @@ def main():
         clusters["processor-sharing"] = workdir / "cluster-processor-sharing.yaml"
         cluster_file(clusters["processor-sharing"], plain.resolve(), profile, args, True)
 
-    # The routing of the first round (its statistics) drives the simulation.
+    # The calibration replay's routing statistics drive the simulation (with a --profile given,
+    # the first round's).
+    routing = calibration["routing"] if calibration else measured[0]["routing"]
     sims = {}
     for shared, cluster in clusters.items():
-        sims[shared] = simulate(args, trace, cluster, measured[0]["routing"])
+        sims[shared] = simulate(args, trace, cluster, routing)
         sims[shared]["busy_energy_j"] = busy_energy(sum(sims[shared]["node_busy_s"].values()), profile)
         say(json.dumps({"predicted": sims[shared], "cluster": str(cluster)}))
     # The three nodes do share this machine: with the sharing `calibrate` measured (the profile's
@@ -497,7 +531,7 @@ def main():
                          "predicted_alternative": alt[key], "error_alternative": (alt[key] - live) / live if live else None,
                          "predicted_processor_sharing": ps[key] if ps else None,
                          "error_processor_sharing": (ps[key] - live) / live if ps and live else None})
-    summary = {"trace": str(trace), "requests": len(rows), "profile": profile, "rounds": len(measured),
+    summary = {"trace": str(trace), "requests": len(rows), "profile": profile, "rounds": len(measured), "calibration": calibration,
                "completed": [m["completed"] for m in measured], "loadavg_before": uptime_before, "loadavg_after": uptime_after,
                "comparison": rows_out, "measured": measured, "predicted": sim, "predicted_alternative": alt,
                "predicted_processor_sharing": ps,

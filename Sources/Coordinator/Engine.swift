@@ -166,7 +166,26 @@ public final class Engine: @unchecked Sendable {
         /// server, heartbeats, and move a placement forward (`ExpertCluster.tend`), which may
         /// only happen while no step is in flight.
         public var idleWork: (@Sendable () -> Void)?
+        /// Called on the engine thread after every step that ran a forward pass, with what it
+        /// computed and how long the whole step took (`farside serve --step-log`).
+        public var onStep: (@Sendable (StepRecord) -> Void)?
         public init() {}
+    }
+
+    /// One engine step as `Options.onStep` hears of it: the quantities `farside simulate`
+    /// costs a step by (`Simulation`), and the step's measured wall time.
+    public struct StepRecord: Sendable {
+        /// Tokens computed (decode tokens and prompt chunks).
+        public var tokens = 0
+        /// Sequences in the step.
+        public var sequences = 0
+        /// Σ over the step's tokens of the positions each attends to (itself included).
+        public var positions = 0.0
+        /// KV positions the step's sequences held before it (read once each).
+        public var kvTokens = 0
+        /// Wall seconds of the whole step: planning, the forward pass with its expert round
+        /// trips, sampling, handing tokens to their streams.
+        public var seconds = 0.0
     }
 
     /// Counters and gauges for metrics, read with `snapshot()`.
@@ -448,11 +467,17 @@ public final class Engine: @unchecked Sendable {
     /// One step: plan, run every scheduled token in one forward pass, sample, report.
     private func step() {
         let start = DispatchTime.now().uptimeNanoseconds
+        // Set once the step runs a forward pass; heard by `onStep` with the step's wall time.
+        var record: StepRecord?
         defer {
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
             lock.lock()
             stats.stepSeconds += seconds
             lock.unlock()
+            if var r = record, let onStep = options.onStep {
+                r.seconds = seconds
+                onStep(r)
+            }
         }
         // A sequence gets its KV (its cached prefix) when admitted (`admit` runs before `pending`
         // is asked): a prefix hit changes how many of its tokens are pending. `reserve` allocates
@@ -490,9 +515,14 @@ public final class Engine: @unchecked Sendable {
         var caches: [any KVStore] = []
         caches.reserveCapacity(slices.count)
         var members: [(Sequence, Int)] = []
+        var shape = StepRecord()
         for slice in slices {
             guard let s = sequences[slice.id], let cache: any KVStore = s.streamed ?? s.cache, slice.tokens <= s.pending else { continue }
             let from = s.computed
+            shape.sequences += 1
+            shape.tokens += slice.tokens
+            shape.positions += Double(slice.tokens) * (Double(from) + Double(slice.tokens + 1) / 2)
+            shape.kvTokens += from
             batch.append(s.tokens[from ..< from + slice.tokens], sequence: caches.count, start: from,
                          logitsForLast: from + slice.tokens == s.tokens.count)
             caches.append(cache)
@@ -502,6 +532,7 @@ public final class Engine: @unchecked Sendable {
         stats.steps += 1
         stats.stepTokens += batch.count
         lock.unlock()
+        record = shape
         let logits: [Float]
         do {
             logits = try model.forward(batch, caches: caches)

@@ -540,6 +540,11 @@ public final class ExpertCluster: ExpertBackend {
     /// off or `clearTimings()` in a long-running process.
     public var recordsTimings = false
     public private(set) var timings: [StepTiming] = []
+    /// Layer steps finished since the start, and the compute seconds their replies reported,
+    /// summed over nodes and attempts (the nodes' busy time they cost): always kept, two adds
+    /// per layer step, for `farside serve --step-log` to difference per engine step.
+    public private(set) var layerSteps = 0
+    public private(set) var nodeComputeSeconds = 0.0
     public func clearTimings() { timings.removeAll(keepingCapacity: true) }
 
     /// Outstanding steps by id, and which step each outstanding request belongs to.
@@ -596,6 +601,8 @@ public final class ExpertCluster: ExpertBackend {
             try send(step, id: handle.id)
         }
         let combineStart = Self.now()
+        layerSteps += 1
+        nodeComputeSeconds += step.computeSum
         let n = step.batch.rows, d = model.hidden
         sum.removeAll(keepingCapacity: true)
         sum.append(contentsOf: repeatElement(0, count: n * d))

@@ -42,10 +42,15 @@ public struct HostSharing: Sendable, Equatable, Codable {
     /// many rows leave its other threads idle, which the roofline does not see.
     public var routing: String?
 
-    public init(nodes: Int, factors: [Point], routing: String? = nil) {
+    /// The live server's step log (`farside serve --step-log`) whose steps gave the busy
+    /// factors where it held enough of a size (`StepLog.fitSharing`); nil: the probes' alone.
+    public var stepLog: String?
+
+    public init(nodes: Int, factors: [Point], routing: String? = nil, stepLog: String? = nil) {
         self.nodes = nodes
         self.factors = factors
         self.routing = routing
+        self.stepLog = stepLog
     }
 
     /// Why the measurement cannot be used (nil: it can): no points, tokens not increasing from

@@ -113,6 +113,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "A Jinja chat template file to use instead of the model's own.")
     var chatTemplate: String?
 
+    @Option(name: .long, help: "Write one CSV line per engine step to this file (tokens, sequences, positions, KV read, wall seconds, the expert nodes' reported compute): where a step's time goes, and what `farside simulate calibrate --step-log` fits the simulator to.")
+    var stepLog: String?
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
         guard (0...64).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...64, got \(localNodes)") }
@@ -141,6 +144,7 @@ struct Serve: ParsableCommand {
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ValidationError("--drain-timeout must be a finite number of seconds >= 0") }
         guard (1024...(1 << 30)).contains(maxBodyBytes) else { throw ValidationError("--max-body-bytes must be in 1024...1073741824, got \(maxBodyBytes)") }
         if let n = defaultMaxTokens, n < 1 { throw ValidationError("--default-max-tokens must be at least 1, got \(n)") }
+        if let p = stepLog, p.isEmpty { throw ValidationError("--step-log must name a file") }
         if let k = apiKey, k.isEmpty { throw ValidationError("--api-key must not be empty") }
         if apiKey != nil && apiKeyFile != nil { throw ValidationError("--api-key and --api-key-file are exclusive: give one") }
         if apiKeyFile != nil { _ = try readAPIKeyFile() }
@@ -232,6 +236,10 @@ struct Serve: ParsableCommand {
             // while the engine thread goes round, STOPPING=1 on SIGTERM.
             let notify = SystemdNotify()
             notify.status("loading the model")
+            // Opened first, so a path that cannot be written fails before the model loads.
+            let stepLogWriter = try stepLog.map { path in
+                try StepLogWriter(path: path, nodes: localNodes + nodes) { [logger] in logger.warning("\($0)") }
+            }
             let path = try model ?? DefaultModel.path()
             let (m, cluster) = try loadModel(path: path, localNodes: localNodes, nodeTimeout: nodeTimeout, splitDense: splitDense,
                                              remoteNodes: nodes, controlEndpoint: nodeListen, logNodeEvents: true,
@@ -262,6 +270,11 @@ struct Serve: ParsableCommand {
                 // Nodes started elsewhere may register at --node-listen while the server runs;
                 // placements move on, heartbeats are read, between steps.
                 opts.idleWork = { control?.tend() }
+            }
+            if let log = stepLogWriter {
+                opts.onStep = { [cluster] step in
+                    log.record(step, layerSteps: cluster?.layerSteps ?? 0, nodeCompute: cluster?.nodeComputeSeconds ?? 0)
+                }
             }
             let engine = try Engine(model: m, options: opts)
             if let cluster { control = ClusterControl(engine: engine, cluster: cluster) }

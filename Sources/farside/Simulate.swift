@@ -161,8 +161,12 @@ struct Simulate: ParsableCommand {
         @Option(name: .long, help: "With --local-nodes N ≥ 2: draw the host-sharing probe's routes from a live run's routing statistics (farside-routing-load-v1 JSON, the simulator's --routing) instead of uniformly.")
         var routing: String?
 
+        @Option(name: .long, help: "With --local-nodes N ≥ 2: a step log of `farside serve --local-nodes N --step-log FILE` on the same model; the nodes' busy time per step size and the per-step overhead are fitted to its steps instead of the probes'.")
+        var stepLog: String?
+
         func validate() throws {
             guard (0...16).contains(localNodes) else { throw ValidationError("--local-nodes must be in 0...16, got \(localNodes)") }
+            guard stepLog == nil || localNodes >= 2 else { throw ValidationError("--step-log is fitted with the host-sharing probe through --local-nodes N (N ≥ 2); give both") }
             guard model == nil || localNodes > 0 else { throw ValidationError("--model is for the round trip through --local-nodes N; give both") }
             guard routing == nil || localNodes >= 2 else { throw ValidationError("--routing is for the host-sharing probe through --local-nodes N (N ≥ 2); give both") }
         }
@@ -174,7 +178,7 @@ struct Simulate: ParsableCommand {
                 let read = MemoryBandwidth.measure(rounds: 5)
                 profile.memoryBandwidth = Self.gemvBandwidth()
                 profile.flopsPerSecond = Self.gemmFlops()
-                var roundTrip: Double?, stepOverhead: Double?, sharing: HostSharing?
+                var roundTrip: Double?, stepOverhead: Double?, sharing: HostSharing?, fitted: Int?
                 if localNodes > 0 {
                     let path = try model ?? DefaultModel.path()
                     // The routing file is checked before any node starts.
@@ -184,6 +188,17 @@ struct Simulate: ParsableCommand {
                     }
                     let shares = try spec.flatMap { spec in
                         try routing.map { try RoutingShares.recorded(try RoutingLoad.load($0), file: $0, layers: spec.moeLayers, experts: spec.experts) }
+                    }
+                    // So is the step log.
+                    let log = try stepLog.map { file in
+                        guard spec != nil else {
+                            throw SimulatorError.invalidOption(name: "--step-log", problem: "\(path) has no config.json: the simulator cannot read its shape to fit its steps")
+                        }
+                        let log = try StepLog.load(file)
+                        guard log.nodes == localNodes else {
+                            throw SimulatorError.invalidOption(name: "--step-log", problem: "\(file) comes from a server with \(log.nodes) expert nodes, but --local-nodes is \(localNodes): log a server with as many")
+                        }
+                        return log
                     }
                     let (m, cluster) = try loadModel(path: path, localNodes: localNodes)
                     guard let cluster else {
@@ -197,8 +212,18 @@ struct Simulate: ParsableCommand {
                             sharing = try Self.hostSharing(model: m, spec: spec, cluster: cluster, nodes: localNodes, profile: profile,
                                                            roundTrip: rtt, routing: routing, shares: shares)
                         }
-                        stepOverhead = try Self.stepOverhead(model: m, spec: spec, profile: profile, nodes: localNodes, roundTrip: rtt,
-                                                             sharing: sharing, shares: shares)
+                        if let log, let stepLog, let probe = sharing {
+                            // What serving costs, from the log's steps; the probes' where it is thin.
+                            var raw = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares)
+                            sharing = log.fitSharing(probe: probe, raw: &raw, file: stepLog)
+                            var cost = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares,
+                                                             linkLatency: rtt / 2, sharing: sharing)
+                            stepOverhead = log.meanResidual(cost: &cost)
+                            fitted = log.steps.count
+                        } else {
+                            stepOverhead = try Self.stepOverhead(model: m, spec: spec, profile: profile, nodes: localNodes, roundTrip: rtt,
+                                                                 sharing: sharing, shares: shares)
+                        }
                     }
                 }
                 let e = JSONEncoder()
@@ -214,6 +239,7 @@ struct Simulate: ParsableCommand {
                              read / 1e9, profile.memoryBandwidth / 1e9, profile.flopsPerSecond / 1e9)
                       + (roundTrip.map { String(format: ", MoE layer round trip through %d local nodes %.0f µs", localNodes, $0 * 1e6) } ?? "")
                       + (stepOverhead.map { String(format: ", step overhead %.0f µs", $0 * 1e6) } ?? "")
+                      + (fitted.map { " (fitted to \($0) logged steps)" } ?? "")
                       + (sharing.map { ", nodes' busy and wall time over the roofline's (tokens: factors) "
                           + $0.factors.map { String(format: "%d: %.2f %.2f", $0.tokens, $0.factor, $0.wallFactor ?? $0.factor) }.joined(separator: ", ") } ?? "")
                       + "; wrote " + out)

@@ -358,6 +358,82 @@ final class SimulatorTests: XCTestCase {
         }
     }
 
+    /// A cost model of qwen3-30b-a3b on 3 vm-2vcpu nodes with a machine each, uniform routing.
+    func threeNodeCost() throws -> CostModel {
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        let cluster = try ClusterSpec.parse("coordinator: {class: vm-2vcpu}\nnodes:\n  - {id: n, count: 3, class: vm-2vcpu}\n", file: "c.yaml")
+        let placement = try Planner.plan(layout: model.layout, nodes: cluster.nodes.map { PlacementNode(id: $0.id, memoryBytes: 0, profile: $0.profile) },
+                                         available: [true, true, true], load: nil, strategy: .memory, current: nil)
+        return CostModel(model: model, cluster: cluster, placement: placement,
+                         shares: try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 0, seed: 0))
+    }
+
+    func testAStepLogIsReadAndEveryBadLineIsNamed() throws {
+        let head = "# farside-step-log-v1 nodes=3\ntokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds\n"
+        let log = try StepLog.parse(head + "1,1,17.0,16,0.002,3,0.001\n40,2,900.5,30,0.04,6,0.02\n", file: "s.csv")
+        XCTAssertEqual(log.nodes, 3)
+        XCTAssertEqual(log.steps, [StepLog.Step(tokens: 1, sequences: 1, positions: 17, kvTokens: 16, seconds: 0.002, layerSteps: 3, nodeCompute: 0.001),
+                                   StepLog.Step(tokens: 40, sequences: 2, positions: 900.5, kvTokens: 30, seconds: 0.04, layerSteps: 6, nodeCompute: 0.02)])
+        for (text, line, needle) in [("tokens,sequences\n", 1, "first line"),
+                                     ("# farside-step-log-v1 nodes=3\ntokens,seconds\n", 2, "header"),
+                                     (head, 2, "no steps"),
+                                     (head + "1,1,17,16,0.002,3,0.001\n1,1,17,16,0.002,3\n", 4, "6 fields"),
+                                     (head + "0,1,17,16,0.002,3,0.001\n", 3, "tokens ≥ 1"),
+                                     (head + "2,3,17,16,0.002,3,0.001\n", 3, "sequences"),
+                                     (head + "1,1,17,16,-1,3,0.001\n", 3, "seconds > 0"),
+                                     (head + "1,1,17,16,nan,3,0.001\n", 3, "seconds > 0"),
+                                     (head + "1,1,17,16,0.002,3,x\n", 3, "node_compute_seconds")] {
+            XCTAssertThrowsError(try StepLog.parse(text, file: "s.csv"), needle) { error in
+                guard case let SimulatorError.syntax("s.csv", l, problem) = error, l == line, problem.contains(needle) else {
+                    return XCTFail("\(needle): \(error)")
+                }
+                XCTAssertTrue("\(error)".hasPrefix("s.csv:\(line): "), "\(error)")
+            }
+        }
+        XCTAssertThrowsError(try StepLog.load("/nonexistent/steps.csv")) { error in
+            XCTAssertTrue("\(error)".contains("/nonexistent/steps.csv") && "\(error)".contains("no such file"), "\(error)")
+        }
+    }
+
+    func testAStepLogFitsTheBusyFactorsItHasStepsForAndTheStepOverhead() throws {
+        var raw = try threeNodeCost()
+        let probe = HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 2, wallFactor: 3), .init(tokens: 4, factor: 1.5, wallFactor: 2),
+                                                    .init(tokens: 16, factor: 1.2, wallFactor: 1.8)],
+                                routing: "load.json")
+        // 30 one- and two-token steps whose nodes reported 2.5× the roofline's busy time, 25
+        // steps of 3 to 7 tokens at 1.1×, and 5 steps of 20 tokens (too few to replace a point).
+        // Each step's wall time is the cost model's plus 3 ms when it is a decode step (one
+        // token per sequence), plus 1 s when it carries a prompt chunk.
+        var cost = try threeNodeCost()
+        var steps: [StepLog.Step] = []
+        func step(_ t: Int, _ f: Double, sequences: Int) {
+            let busy = raw.expertSeconds(tokens: t).busy.reduce(0, +)
+            let positions = Double(t * 100), kv = Double(t * 99)
+            let predicted = cost.attentionSeconds(tokens: t, positions: positions, kvTokens: kv) + cost.expertSeconds(tokens: t).seconds
+            steps.append(.init(tokens: t, sequences: sequences, positions: positions, kvTokens: kv,
+                               seconds: predicted + (t == sequences ? 0.003 : 1), layerSteps: 48, nodeCompute: f * busy))
+        }
+        for i in 0..<30 { step(1 + i % 2, 2.5, sequences: 1 + i % 2) }
+        for i in 0..<25 { step(3 + i % 5, 1.1, sequences: 1) }
+        for _ in 0..<5 { step(20, 9, sequences: 20) }
+        let log = StepLog(nodes: 3, steps: steps)
+        let fitted = log.fitSharing(probe: probe, raw: &raw, file: "steps.csv")
+        XCTAssertNil(fitted.problem)
+        XCTAssertEqual(fitted.stepLog, "steps.csv")
+        XCTAssertEqual(fitted.routing, "load.json")
+        XCTAssertEqual(fitted.factors.map(\.tokens), [1, 5, 16], "fitted points at their class's median size; the thin class keeps the probe's")
+        XCTAssertEqual(fitted.factors[0].factor, 2.5, accuracy: 1e-12)
+        XCTAssertEqual(fitted.factors[0].wallFactor!, 3 * 2.5 / 2, accuracy: 1e-12, "the probe's wall factor scaled as the busy one")
+        XCTAssertEqual(fitted.factors[1].factor, 1.1, accuracy: 1e-12)
+        XCTAssertEqual(fitted.factors[2], probe.factors[2])
+
+        // The overhead: the decode steps' (the 1- and 2-token ones and the 20-token ones) mean
+        // wall time beyond the cost model's; the prompt chunks' second is left out.
+        XCTAssertEqual(log.meanResidual(cost: &cost), 0.003, accuracy: 1e-9)
+        XCTAssertEqual(StepLog(nodes: 3, steps: [.init(tokens: 1, sequences: 1, positions: 1, kvTokens: 0, seconds: 1e-9, layerSteps: 0, nodeCompute: 0)])
+                        .meanResidual(cost: &cost), 0, "never below 0")
+    }
+
     func testATraceWithCRLFLineEndsIsRead() throws {
         let r = try Trace.parse(csv: "arrived_at,num_prefill_tokens,num_decode_tokens\r\n0.5,10,3\r\n1.25,20,4\r\n", file: "crlf.csv")
         XCTAssertEqual(r, [TraceRequest(arrival: 0.5, promptTokens: 10, outputTokens: 3), TraceRequest(arrival: 1.25, promptTokens: 20, outputTokens: 4)])
