@@ -43,7 +43,7 @@ public struct HostSharing: Sendable, Equatable, Codable {
     public var routing: String?
 
     /// The live server's step log (`farside serve --step-log`) whose steps gave the busy
-    /// factors where it held enough of a size (`StepLog.fitSharing`); nil: the probes' alone.
+    /// and wall factors where it held enough of a size (`StepLog.fit`); nil: the probes' alone.
     public var stepLog: String?
 
     public init(nodes: Int, factors: [Point], routing: String? = nil, stepLog: String? = nil) {

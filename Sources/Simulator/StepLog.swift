@@ -4,10 +4,10 @@ import Foundation
 /// written by the coordinator's `StepLogWriter`): what each step computed, its wall time, and
 /// the compute seconds the expert nodes reported for it.
 ///
-/// `farside simulate calibrate --step-log` fits two of the simulator's costs to it, as Vidur
+/// `farside simulate calibrate --step-log` fits the simulator's costs to it (`fit`), as Vidur
 /// profiles CPU overheads from real runs (Agrawal et al., MLSys 2024): the expert nodes' busy
-/// time per step size when they share a host (`fitSharing`), and the coordinator's per-step
-/// overhead (`meanResidual`). The probes of `calibrate` run the model's layers back to back
+/// and wall time per step size when they share a host, and the coordinator's per-step
+/// overhead. The probes of `calibrate` run the model's layers back to back
 /// with nothing else on the machine; a server also runs its HTTP threads, its clients and the
 /// engine's planning and sampling on the same cores, which the log sees and the probes do not.
 public struct StepLog: Sendable, Equatable {
@@ -82,63 +82,96 @@ public struct StepLog: Sendable, Equatable {
         return StepLog(nodes: nodes, steps: steps)
     }
 
+    /// The index of the size in `sizes` (increasing) nearest to `tokens` in log scale.
+    static func sizeClass(_ tokens: Int, sizes: [Int]) -> Int {
+        let t = Double(tokens)
+        var c = 0
+        while c + 1 < sizes.count && t * t > Double(sizes[c]) * Double(sizes[c + 1]) { c += 1 }
+        return c
+    }
+
     /// Steps a size class needs before its factor replaces the probe's.
     public static let minimumSteps = 20
 
-    /// `probe` (the host-sharing factors `calibrate`'s probes measured at their step sizes) with
-    /// each size class's busy factor taken from the logged steps instead, where the log holds at
-    /// least `minimumSteps` steps of the class (steps whose size is nearer, in log scale, to that
-    /// probe size than to the next). A fitted point sits at the median size of its class's
-    /// steps; its factor is Σ the compute the nodes reported over Σ `raw`'s busy seconds for the
-    /// same step sizes (`raw`: the cost model with a machine per node and no measured sharing,
-    /// so its busy time is the roofline's work), so summed over the logged steps the simulator's
-    /// busy time is what the nodes reported. Its wall factor is the probe's at that size scaled
-    /// alike (a node computing longer keeps the layer waiting longer). Classes the log is thin
-    /// on keep the probe's point.
-    public func fitSharing(probe: HostSharing, raw: inout CostModel, file: String) -> HostSharing {
+    /// The host-sharing factors and the per-step overhead fitted to the logged steps, starting
+    /// from `probe` (the factors `calibrate`'s probes measured at their step sizes). The steps
+    /// are grouped into size classes, each around one of the probe's sizes (nearest in log
+    /// scale); a class with fewer than `minimumSteps` steps keeps the probe's point. For a class
+    /// with enough:
+    /// - the point sits at the median size of its steps;
+    /// - its busy factor is Σ the compute the nodes reported over Σ `raw`'s busy seconds for the
+    ///   same step sizes (`raw`: the cost model with a machine per node and no measured sharing,
+    ///   so its busy time is the roofline's work), so over the logged steps the simulator's busy
+    ///   time is what the nodes reported;
+    /// - its wall factor: for the smallest class, the probe's at that size scaled as the busy one
+    ///   (a node computing longer keeps the layer waiting longer), and the per-step overhead is
+    ///   the mean of that class's steps' wall time beyond `cost`'s (the fixed cost a step has
+    ///   beyond its roofline: the smallest steps are mostly that); for the larger classes, the
+    ///   factor that makes `cost`'s time for the class's steps, with that overhead and
+    ///   `roundTrip` per MoE layer, add up to their logged wall time (their roofline terms
+    ///   dominate, and the probe's layer calls, back to back with nothing else running, do not
+    ///   show what a server's step of that size waits for).
+    /// `cost(sharing)` is the simulator's cost model with the nodes on one host measured so, the
+    /// link, and no coordinator overhead. The overhead is at least 0; a wall factor that would
+    /// not be positive keeps the scaled probe's.
+    public func fit(probe: HostSharing, raw: inout CostModel, cost: (HostSharing) throws -> CostModel, layers: Int,
+                    roundTrip: Double, file: String) rethrows -> (sharing: HostSharing, overhead: Double) {
         let sizes = probe.factors.map(\.tokens)
         var classes = [[Step]](repeating: [], count: sizes.count)
-        for s in steps where s.layerSteps > 0 {
-            let t = Double(s.tokens)
-            var c = 0
-            while c + 1 < sizes.count && t * t > Double(sizes[c]) * Double(sizes[c + 1]) { c += 1 }
-            classes[c].append(s)
-        }
-        var points: [HostSharing.Point] = []
-        for (c, point) in probe.factors.enumerated() {
-            let members = classes[c]
-            guard members.count >= Self.minimumSteps else { points.append(point); continue }
+        for s in steps where s.layerSteps > 0 { classes[Self.sizeClass(s.tokens, sizes: sizes)].append(s) }
+        var points = probe.factors
+        var fitted = [Bool](repeating: false, count: sizes.count)
+        for (c, members) in classes.enumerated() where members.count >= Self.minimumSteps {
             var reported = 0.0, roofline = 0.0
             for s in members {
                 reported += s.nodeCompute
                 roofline += raw.expertSeconds(tokens: s.tokens).busy.reduce(0, +)
             }
-            guard reported > 0, roofline > 0 else { points.append(point); continue }
+            guard reported > 0, roofline > 0 else { continue }
             let median = members.map(\.tokens).sorted()[(members.count - 1) / 2]
             let factor = reported / roofline
-            let wall = probe.wallFactor(tokens: median) * factor / probe.factor(tokens: median)
-            points.append(.init(tokens: median, factor: factor, wallFactor: wall))
+            points[c] = .init(tokens: median, factor: factor, wallFactor: probe.wallFactor(tokens: median) * factor / probe.factor(tokens: median))
+            fitted[c] = true
         }
-        return HostSharing(nodes: probe.nodes, factors: points, routing: probe.routing, stepLog: file)
+        func sharing() -> HostSharing { HostSharing(nodes: probe.nodes, factors: points, routing: probe.routing, stepLog: file) }
+        var model = try cost(sharing())
+        // The overhead from the smallest class; the decode steps, or all, when it is thin.
+        let decode = steps.filter { $0.tokens == $0.sequences }
+        let base = fitted[0] ? classes[0] : decode.count >= Self.minimumSteps ? decode : steps
+        var residual = 0.0
+        for s in base {
+            residual += s.seconds - model.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
+                - model.expertSeconds(tokens: s.tokens).seconds
+        }
+        let overhead = base.isEmpty ? 0 : max(residual / Double(base.count), 0)
+        let link = Double(layers) * roundTrip
+        for c in 1..<max(sizes.count, 1) where fitted[c] {
+            var waited = 0.0, work = 0.0
+            for s in classes[c] {
+                waited += s.seconds - overhead - link - model.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
+                work += raw.expertSeconds(tokens: s.tokens).seconds
+            }
+            if waited > 0 && work > 0 { points[c].wallFactor = waited / work }
+        }
+        return (sharing(), overhead)
     }
 
-    /// The mean over the logged decode steps (one token per sequence) of their wall time minus
-    /// `cost`'s time for the same step (the coordinator's roofline and the experts' phase;
-    /// `cost` with no coordinator overhead): the fixed per-step cost the simulator's
-    /// coordinator needs (`overhead_us`) beyond its roofline, at least 0. Decode steps, since
-    /// their roofline terms are small next to the fixed cost and they are what a request's
-    /// TPOT is made of; a step with a prompt chunk adds the roofline's error on its GEMMs,
-    /// which a per-step constant would spread over every step (all steps stand in when the log
-    /// holds fewer than `minimumSteps` decode steps).
-    public func meanResidual(cost: inout CostModel) -> Double {
-        let decode = steps.filter { $0.tokens == $0.sequences }
-        let chosen = decode.count >= Self.minimumSteps ? decode : steps
-        var sum = 0.0
-        for s in chosen {
-            let predicted = cost.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
-                + cost.expertSeconds(tokens: s.tokens).seconds
-            sum += s.seconds - predicted
+    /// The logged steps by size class (as `fit` groups them around `sizes`): how many,
+    /// the smallest and largest size, and their mean wall time live and by `cost` plus
+    /// `overhead` per step. How well a fitted profile reproduces the log, class by class.
+    public func classes(sizes: [Int], cost: inout CostModel, overhead: Double) -> [(tokens: ClosedRange<Int>, steps: Int, live: Double, predicted: Double)] {
+        var groups = [[Step]](repeating: [], count: sizes.count)
+        for s in steps { groups[Self.sizeClass(s.tokens, sizes: sizes)].append(s) }
+        return groups.filter { !$0.isEmpty }.map { g in
+            var live = 0.0, predicted = 0.0
+            for s in g {
+                live += s.seconds
+                predicted += cost.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
+                    + cost.expertSeconds(tokens: s.tokens).seconds + overhead
+            }
+            let n = Double(g.count)
+            return (g.map(\.tokens).min()! ... g.map(\.tokens).max()!, g.count, live / n, predicted / n)
         }
-        return max(sum / Double(chosen.count), 0)
     }
+
 }

@@ -179,6 +179,7 @@ struct Simulate: ParsableCommand {
                 profile.memoryBandwidth = Self.gemvBandwidth()
                 profile.flopsPerSecond = Self.gemmFlops()
                 var roundTrip: Double?, stepOverhead: Double?, sharing: HostSharing?, fitted: Int?
+                var checks: [(tokens: ClosedRange<Int>, steps: Int, live: Double, predicted: Double)] = []
                 if localNodes > 0 {
                     let path = try model ?? DefaultModel.path()
                     // The routing file is checked before any node starts.
@@ -215,11 +216,15 @@ struct Simulate: ParsableCommand {
                         if let log, let stepLog, let probe = sharing {
                             // What serving costs, from the log's steps; the probes' where it is thin.
                             var raw = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares)
-                            sharing = log.fitSharing(probe: probe, raw: &raw, file: stepLog)
-                            var cost = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares,
-                                                             linkLatency: rtt / 2, sharing: sharing)
-                            stepOverhead = log.meanResidual(cost: &cost)
+                            let (fittedSharing, overhead) = try log.fit(probe: probe, raw: &raw, cost: {
+                                try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares, linkLatency: rtt / 2, sharing: $0)
+                            }, layers: spec.moeLayers, roundTrip: rtt, file: stepLog)
+                            sharing = fittedSharing
+                            stepOverhead = overhead
                             fitted = log.steps.count
+                            var cost = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares,
+                                                             linkLatency: rtt / 2, sharing: fittedSharing)
+                            checks = log.classes(sizes: probe.factors.map(\.tokens), cost: &cost, overhead: overhead)
                         } else {
                             stepOverhead = try Self.stepOverhead(model: m, spec: spec, profile: profile, nodes: localNodes, roundTrip: rtt,
                                                                  sharing: sharing, shares: shares)
@@ -243,6 +248,12 @@ struct Simulate: ParsableCommand {
                       + (sharing.map { ", nodes' busy and wall time over the roofline's (tokens: factors) "
                           + $0.factors.map { String(format: "%d: %.2f %.2f", $0.tokens, $0.factor, $0.wallFactor ?? $0.factor) }.joined(separator: ", ") } ?? "")
                       + "; wrote " + out)
+                if !checks.isEmpty {
+                    // How the fitted profile reproduces the logged steps, size class by size class.
+                    print("logged steps by size (tokens: steps, mean step live -> simulated): " + checks.map {
+                        String(format: "%d-%d: %d, %.2f -> %.2f ms", $0.tokens.lowerBound, $0.tokens.upperBound, $0.steps, $0.live * 1e3, $0.predicted * 1e3)
+                    }.joined(separator: "; "))
+                }
             }
         }
 

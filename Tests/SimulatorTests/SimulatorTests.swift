@@ -358,10 +358,18 @@ final class SimulatorTests: XCTestCase {
         }
     }
 
-    /// A cost model of qwen3-30b-a3b on 3 vm-2vcpu nodes with a machine each, uniform routing.
-    func threeNodeCost() throws -> CostModel {
+    /// A cost model of qwen3-30b-a3b on 3 vm-2vcpu nodes, uniform routing: a machine each, or
+    /// with `sharing` one host measured so; `latency` the links' one way.
+    func threeNodeCost(sharing: HostSharing? = nil, latency: Double = 0) throws -> CostModel {
         let model = try ModelSpec.load("qwen3-30b-a3b")
-        let cluster = try ClusterSpec.parse("coordinator: {class: vm-2vcpu}\nnodes:\n  - {id: n, count: 3, class: vm-2vcpu}\n", file: "c.yaml")
+        var cluster = try ClusterSpec.parse("coordinator: {class: vm-2vcpu}\nnodes:\n  - {id: n, count: 3, class: vm-2vcpu}\n", file: "c.yaml")
+        for i in cluster.nodes.indices {
+            cluster.nodes[i].linkLatency = latency
+            if let sharing {
+                cluster.nodes[i].host = "vm"
+                cluster.nodes[i].hostSharing = sharing
+            }
+        }
         let placement = try Planner.plan(layout: model.layout, nodes: cluster.nodes.map { PlacementNode(id: $0.id, memoryBytes: 0, profile: $0.profile) },
                                          available: [true, true, true], load: nil, strategy: .memory, current: nil)
         return CostModel(model: model, cluster: cluster, placement: placement,
@@ -395,43 +403,52 @@ final class SimulatorTests: XCTestCase {
         }
     }
 
-    func testAStepLogFitsTheBusyFactorsItHasStepsForAndTheStepOverhead() throws {
+    func testAStepLogFitsTheBusyAndWallFactorsItHasStepsForAndTheStepOverhead() throws {
+        let model = try ModelSpec.load("qwen3-30b-a3b")
         var raw = try threeNodeCost()
         let probe = HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 2, wallFactor: 3), .init(tokens: 4, factor: 1.5, wallFactor: 2),
                                                     .init(tokens: 16, factor: 1.2, wallFactor: 1.8)],
                                 routing: "load.json")
-        // 30 one- and two-token steps whose nodes reported 2.5× the roofline's busy time, 25
-        // steps of 3 to 7 tokens at 1.1×, and 5 steps of 20 tokens (too few to replace a point).
-        // Each step's wall time is the cost model's plus 3 ms when it is a decode step (one
-        // token per sequence), plus 1 s when it carries a prompt chunk.
-        var cost = try threeNodeCost()
+        let rtt = 100e-6
+        let cost = { (s: HostSharing) in try self.threeNodeCost(sharing: s, latency: rtt / 2) }
+        // The busy factors the log below implies, the wall factors the probe's scaled alike.
+        let busyFitted = HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 2.5, wallFactor: 3 * 2.5 / 2),
+                                                         .init(tokens: 5, factor: 1.1, wallFactor: probe.wallFactor(tokens: 5) * 1.1 / probe.factor(tokens: 5)),
+                                                         probe.factors[2]])
+        var first = try cost(busyFitted)
+        // 30 one-token steps whose nodes reported 2.5× the roofline's busy time and which took
+        // 3 ms beyond the model's time; 25 five-token steps at 1.1×, whose layers waited 4× the
+        // roofline's slowest node; 5 steps of 20 tokens (too few to replace a point).
         var steps: [StepLog.Step] = []
-        func step(_ t: Int, _ f: Double, sequences: Int) {
-            let busy = raw.expertSeconds(tokens: t).busy.reduce(0, +)
+        func step(_ t: Int, _ f: Double, seconds: (Double, Double) -> Double) {
             let positions = Double(t * 100), kv = Double(t * 99)
-            let predicted = cost.attentionSeconds(tokens: t, positions: positions, kvTokens: kv) + cost.expertSeconds(tokens: t).seconds
-            steps.append(.init(tokens: t, sequences: sequences, positions: positions, kvTokens: kv,
-                               seconds: predicted + (t == sequences ? 0.003 : 1), layerSteps: 48, nodeCompute: f * busy))
+            let attention = first.attentionSeconds(tokens: t, positions: positions, kvTokens: kv)
+            steps.append(.init(tokens: t, sequences: t, positions: positions, kvTokens: kv,
+                               seconds: seconds(attention, first.expertSeconds(tokens: t).seconds), layerSteps: 48,
+                               nodeCompute: f * raw.expertSeconds(tokens: t).busy.reduce(0, +)))
         }
-        for i in 0..<30 { step(1 + i % 2, 2.5, sequences: 1 + i % 2) }
-        for i in 0..<25 { step(3 + i % 5, 1.1, sequences: 1) }
-        for _ in 0..<5 { step(20, 9, sequences: 20) }
+        for _ in 0..<30 { step(1, 2.5) { $0 + $1 + 0.003 } }
+        for _ in 0..<25 { step(5, 1.1) { a, _ in a + 0.003 + Double(model.moeLayers) * rtt + 4 * raw.expertSeconds(tokens: 5).seconds } }
+        for _ in 0..<5 { step(20, 9) { a, e in a + e + 1 } }
         let log = StepLog(nodes: 3, steps: steps)
-        let fitted = log.fitSharing(probe: probe, raw: &raw, file: "steps.csv")
+        let (fitted, overhead) = try log.fit(probe: probe, raw: &raw, cost: cost, layers: model.moeLayers, roundTrip: rtt, file: "steps.csv")
         XCTAssertNil(fitted.problem)
         XCTAssertEqual(fitted.stepLog, "steps.csv")
         XCTAssertEqual(fitted.routing, "load.json")
         XCTAssertEqual(fitted.factors.map(\.tokens), [1, 5, 16], "fitted points at their class's median size; the thin class keeps the probe's")
+        XCTAssertEqual(overhead, 0.003, accuracy: 1e-9, "the smallest class's steps beyond the model")
         XCTAssertEqual(fitted.factors[0].factor, 2.5, accuracy: 1e-12)
-        XCTAssertEqual(fitted.factors[0].wallFactor!, 3 * 2.5 / 2, accuracy: 1e-12, "the probe's wall factor scaled as the busy one")
+        XCTAssertEqual(fitted.factors[0].wallFactor!, 3.75, accuracy: 1e-12, "the probe's wall factor scaled as the busy one")
         XCTAssertEqual(fitted.factors[1].factor, 1.1, accuracy: 1e-12)
+        XCTAssertEqual(fitted.factors[1].wallFactor!, 4, accuracy: 1e-9, "what the class's steps waited beyond the rest, over the roofline")
         XCTAssertEqual(fitted.factors[2], probe.factors[2])
-
-        // The overhead: the decode steps' (the 1- and 2-token ones and the 20-token ones) mean
-        // wall time beyond the cost model's; the prompt chunks' second is left out.
-        XCTAssertEqual(log.meanResidual(cost: &cost), 0.003, accuracy: 1e-9)
-        XCTAssertEqual(StepLog(nodes: 3, steps: [.init(tokens: 1, sequences: 1, positions: 1, kvTokens: 0, seconds: 1e-9, layerSteps: 0, nodeCompute: 0)])
-                        .meanResidual(cost: &cost), 0, "never below 0")
+        // The fitted profile gives back the logged steps' times, class by class.
+        var final = try cost(fitted)
+        let classes = log.classes(sizes: [1, 4, 16], cost: &final, overhead: overhead)
+        XCTAssertEqual(classes.map(\.steps), [30, 25, 5])
+        XCTAssertEqual(classes.map(\.tokens), [1...1, 5...5, 20...20])
+        for c in classes.prefix(2) { XCTAssertEqual(c.predicted, c.live, accuracy: 1e-9 * c.live) }
+        _ = first
     }
 
     func testATraceWithCRLFLineEndsIsRead() throws {
