@@ -186,6 +186,10 @@ public final class Engine: @unchecked Sendable {
         /// Wall seconds of the whole step: planning, the forward pass with its expert round
         /// trips, sampling, handing tokens to their streams.
         public var seconds = 0.0
+        /// Seconds from the end of the previous step to the start of this one when the engine
+        /// went straight on (taking in new requests, the expert backend's control plane,
+        /// publishing its counters); 0 after it waited for work.
+        public var gap = 0.0
     }
 
     /// Counters and gauges for metrics, read with `snapshot()`.
@@ -251,6 +255,9 @@ public final class Engine: @unchecked Sendable {
     /// The disk tier's directory (set once in `init`): where streamed sequences keep their KV.
     private let diskDirectory: String?
     private var thread: Thread?
+    /// When the last step that ran a forward pass ended (`DispatchTime` ns), for the next
+    /// step's `StepRecord.gap`; nil once the engine waited for work.
+    private var lastStepEnd: UInt64?
 
     /// One running request.
     final class Sequence {
@@ -410,6 +417,7 @@ public final class Engine: @unchecked Sendable {
         while true {
             lock.lock()
             while inbox.isEmpty && cancelled.isEmpty && chores.isEmpty && scheduler.isIdle && !stopping {
+                lastStepEnd = nil  // a wait for work is no gap between steps
                 if !lock.wait(until: Date().addingTimeInterval(0.2)) {
                     lock.unlock()
                     options.idleWork?()
@@ -469,14 +477,18 @@ public final class Engine: @unchecked Sendable {
         let start = DispatchTime.now().uptimeNanoseconds
         // Set once the step runs a forward pass; heard by `onStep` with the step's wall time.
         var record: StepRecord?
+        let gap = lastStepEnd.map { Double(start - $0) * 1e-9 } ?? 0
         defer {
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+            let end = DispatchTime.now().uptimeNanoseconds
+            let seconds = Double(end - start) * 1e-9
             lock.lock()
             stats.stepSeconds += seconds
             lock.unlock()
-            if var r = record, let onStep = options.onStep {
+            if var r = record {
+                lastStepEnd = end
                 r.seconds = seconds
-                onStep(r)
+                r.gap = gap
+                options.onStep?(r)
             }
         }
         // A sequence gets its KV (its cached prefix) when admitted (`admit` runs before `pending`

@@ -21,17 +21,19 @@ public enum StepLogError: Error, CustomStringConvertible {
 /// The format (`farside-step-log-v1`, read by the simulator's `StepLog`): a first line
 /// `# farside-step-log-v1 nodes=N` (the expert nodes the server started with), a header line,
 /// then CSV rows
-/// `tokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds`, where
-/// `positions` is Σ over the step's tokens of the positions each attends to, `kv_tokens` the
-/// KV positions its sequences held before it, `seconds` the step's wall time, `layer_steps`
-/// the expert layer steps it ran and `node_compute_seconds` their reported compute, summed.
+/// `tokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds,gap_seconds`,
+/// where `positions` is Σ over the step's tokens of the positions each attends to, `kv_tokens`
+/// the KV positions its sequences held before it, `seconds` the step's wall time, `layer_steps`
+/// the expert layer steps it ran, `node_compute_seconds` their reported compute, summed, and
+/// `gap_seconds` the engine's time between the previous step and this one when it went
+/// straight on (0 after it waited for work).
 ///
 /// Each line is one `write(2)`, unbuffered, so the file is whole however the server ends; at
 /// one line per step (not per token or layer) that costs a few microseconds a step, only with
 /// the flag. Used by the engine thread alone (`Engine.Options.onStep`).
 public final class StepLogWriter: @unchecked Sendable {
     public static let format = "farside-step-log-v1"
-    public static let columns = "tokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds"
+    public static let columns = "tokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds,gap_seconds"
 
     private let fd: Int32
     private let path: String
@@ -63,7 +65,7 @@ public final class StepLogWriter: @unchecked Sendable {
         lastLayerSteps = layerSteps
         lastCompute = nodeCompute
         guard !failed else { return }
-        let line = "\(r.tokens),\(r.sequences),\(r.positions),\(r.kvTokens),\(r.seconds),\(steps),\(compute)\n"
+        let line = "\(r.tokens),\(r.sequences),\(r.positions),\(r.kvTokens),\(r.seconds),\(steps),\(compute),\(r.gap)\n"
         if !put(line) {
             failed = true
             warn("--step-log \(path): a write failed (\(String(cString: strerror(errno)))); no more steps are logged")

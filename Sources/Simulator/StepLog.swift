@@ -12,7 +12,7 @@ import Foundation
 /// engine's planning and sampling on the same cores, which the log sees and the probes do not.
 public struct StepLog: Sendable, Equatable {
     public static let format = "farside-step-log-v1"
-    public static let columns = ["tokens", "sequences", "positions", "kv_tokens", "seconds", "layer_steps", "node_compute_seconds"]
+    public static let columns = ["tokens", "sequences", "positions", "kv_tokens", "seconds", "layer_steps", "node_compute_seconds", "gap_seconds"]
 
     public struct Step: Sendable, Equatable {
         public var tokens: Int
@@ -26,10 +26,16 @@ public struct StepLog: Sendable, Equatable {
         /// Expert layer steps it ran, and the compute seconds the nodes reported for them.
         public var layerSteps: Int
         public var nodeCompute: Double
-        public init(tokens: Int, sequences: Int, positions: Double, kvTokens: Double, seconds: Double, layerSteps: Int, nodeCompute: Double) {
+        /// The engine's time between the previous step and this one when it went straight on.
+        public var gap: Double
+        public init(tokens: Int, sequences: Int, positions: Double, kvTokens: Double, seconds: Double, layerSteps: Int, nodeCompute: Double,
+                    gap: Double = 0) {
             self.tokens = tokens; self.sequences = sequences; self.positions = positions; self.kvTokens = kvTokens
-            self.seconds = seconds; self.layerSteps = layerSteps; self.nodeCompute = nodeCompute
+            self.seconds = seconds; self.layerSteps = layerSteps; self.nodeCompute = nodeCompute; self.gap = gap
         }
+        /// What the step held the engine for: its wall time and the gap before it. A simulated
+        /// step stands for both (the simulator has no time between steps).
+        public var engineSeconds: Double { seconds + gap }
     }
 
     /// The expert nodes the server ran with (its first line's `nodes=`).
@@ -70,11 +76,12 @@ public struct StepLog: Sendable, Equatable {
                   let kv = Double(f[3]), kv.isFinite, kv >= 0,
                   let seconds = Double(f[4]), seconds.isFinite, seconds > 0,
                   let layerSteps = Int(f[5]), layerSteps >= 0,
-                  let compute = Double(f[6]), compute.isFinite, compute >= 0 else {
-                throw SimulatorError.syntax(file: file, line: i + 1, problem: "'\(line)': want tokens ≥ 1, 1 ≤ sequences ≤ tokens, positions ≥ tokens, kv_tokens ≥ 0, seconds > 0, layer_steps ≥ 0 and node_compute_seconds ≥ 0")
+                  let compute = Double(f[6]), compute.isFinite, compute >= 0,
+                  let gap = Double(f[7]), gap.isFinite, gap >= 0 else {
+                throw SimulatorError.syntax(file: file, line: i + 1, problem: "'\(line)': want tokens ≥ 1, 1 ≤ sequences ≤ tokens, positions ≥ tokens, kv_tokens ≥ 0, seconds > 0, layer_steps ≥ 0, node_compute_seconds ≥ 0 and gap_seconds ≥ 0")
             }
             steps.append(Step(tokens: tokens, sequences: sequences, positions: positions, kvTokens: kv, seconds: seconds,
-                              layerSteps: layerSteps, nodeCompute: compute))
+                              layerSteps: layerSteps, nodeCompute: compute, gap: gap))
         }
         guard !steps.isEmpty else {
             throw SimulatorError.syntax(file: file, line: lines.count, problem: "the log has no steps: serve some requests with --step-log first")
@@ -90,65 +97,77 @@ public struct StepLog: Sendable, Equatable {
         return c
     }
 
-    /// Steps a size class needs before its factor replaces the probe's.
-    public static let minimumSteps = 20
+    /// The size classes the fit groups steps into: powers of two from 1 to the largest logged
+    /// step's (a step belongs to the nearest in log scale). Finer than the probe's sizes where
+    /// steps are many and small: one- and two-token steps differ by half again, and one class
+    /// for both would leave each off by its share of the other's error.
+    public var classSizes: [Int] {
+        let largest = steps.map(\.tokens).max() ?? 1
+        var sizes = [1]
+        while sizes.last! < largest { sizes.append(sizes.last! * 2) }
+        return sizes
+    }
 
-    /// The host-sharing factors and the per-step overhead fitted to the logged steps, starting
-    /// from `probe` (the factors `calibrate`'s probes measured at their step sizes). The steps
-    /// are grouped into size classes, each around one of the probe's sizes (nearest in log
-    /// scale); a class with fewer than `minimumSteps` steps keeps the probe's point. For a class
-    /// with enough:
-    /// - the point sits at the median size of its steps;
+    /// Steps a size class needs before it gives a fitted point.
+    public static let minimumSteps = 10
+
+    /// The host-sharing factors and the per-step overhead fitted to the logged steps, from
+    /// `probe` (the factors `calibrate`'s probes measured). The steps are grouped by size
+    /// (`classSizes`); each class with at least `minimumSteps` steps gives one point, at the
+    /// median size of its steps:
     /// - its busy factor is Σ the compute the nodes reported over Σ `raw`'s busy seconds for the
     ///   same step sizes (`raw`: the cost model with a machine per node and no measured sharing,
     ///   so its busy time is the roofline's work), so over the logged steps the simulator's busy
     ///   time is what the nodes reported;
-    /// - its wall factor: for the smallest class, the probe's at that size scaled as the busy one
-    ///   (a node computing longer keeps the layer waiting longer), and the per-step overhead is
-    ///   the mean of that class's steps' wall time beyond `cost`'s (the fixed cost a step has
-    ///   beyond its roofline: the smallest steps are mostly that); for the larger classes, the
-    ///   factor that makes `cost`'s time for the class's steps, with that overhead and
-    ///   `roundTrip` per MoE layer, add up to their logged wall time (their roofline terms
-    ///   dominate, and the probe's layer calls, back to back with nothing else running, do not
-    ///   show what a server's step of that size waits for).
-    /// `cost(sharing)` is the simulator's cost model with the nodes on one host measured so, the
-    /// link, and no coordinator overhead. The overhead is at least 0; a wall factor that would
-    /// not be positive keeps the scaled probe's.
+    /// - its wall factor: for the one-token class, the probe's at one token scaled as the busy
+    ///   one (a node computing longer keeps the layer waiting longer), and the per-step overhead
+    ///   is that class's mean engine time (`Step.engineSeconds`) beyond `cost`'s (the fixed cost
+    ///   of a step: one-token steps are mostly that) — unless that is negative (the probe's
+    ///   round trip and wall factor already cost more than a served one-token step), when the
+    ///   overhead is 0 and the one-token class is fitted as the others; for the other classes, the factor that
+    ///   makes `cost`'s time for the class's steps, with that overhead and `roundTrip` per MoE
+    ///   layer, add up to their logged engine time (the probe's layer calls, back to back with
+    ///   nothing else running, do not show what a server's step of that size waits for).
+    /// With no one-token class the overhead comes from the decode steps (one token per
+    /// sequence), or all steps; the other classes' wall factors make up the rest. With no
+    /// class of enough steps the probe stands. `cost(sharing)` is the simulator's cost model
+    /// with the nodes on one host measured so, the link, and no coordinator overhead. The
+    /// overhead is at least 0; a wall factor that would not be positive stays the scaled probe's.
     public func fit(probe: HostSharing, raw: inout CostModel, cost: (HostSharing) throws -> CostModel, layers: Int,
                     roundTrip: Double, file: String) rethrows -> (sharing: HostSharing, overhead: Double) {
-        let sizes = probe.factors.map(\.tokens)
+        let sizes = classSizes
         var classes = [[Step]](repeating: [], count: sizes.count)
         for s in steps where s.layerSteps > 0 { classes[Self.sizeClass(s.tokens, sizes: sizes)].append(s) }
-        var points = probe.factors
-        var fitted = [Bool](repeating: false, count: sizes.count)
-        for (c, members) in classes.enumerated() where members.count >= Self.minimumSteps {
+        var points: [HostSharing.Point] = [], members: [[Step]] = []
+        for group in classes where group.count >= Self.minimumSteps {
             var reported = 0.0, roofline = 0.0
-            for s in members {
+            for s in group {
                 reported += s.nodeCompute
                 roofline += raw.expertSeconds(tokens: s.tokens).busy.reduce(0, +)
             }
             guard reported > 0, roofline > 0 else { continue }
-            let median = members.map(\.tokens).sorted()[(members.count - 1) / 2]
+            let median = group.map(\.tokens).sorted()[(group.count - 1) / 2]
             let factor = reported / roofline
-            points[c] = .init(tokens: median, factor: factor, wallFactor: probe.wallFactor(tokens: median) * factor / probe.factor(tokens: median))
-            fitted[c] = true
+            points.append(.init(tokens: median, factor: factor, wallFactor: probe.wallFactor(tokens: median) * factor / probe.factor(tokens: median)))
+            members.append(group)
+        }
+        guard !points.isEmpty else {
+            var model = try cost(probe)
+            return (probe, Self.residual(steps, model: &model))
         }
         func sharing() -> HostSharing { HostSharing(nodes: probe.nodes, factors: points, routing: probe.routing, stepLog: file) }
         var model = try cost(sharing())
-        // The overhead from the smallest class; the decode steps, or all, when it is thin.
         let decode = steps.filter { $0.tokens == $0.sequences }
-        let base = fitted[0] ? classes[0] : decode.count >= Self.minimumSteps ? decode : steps
-        var residual = 0.0
-        for s in base {
-            residual += s.seconds - model.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
-                - model.expertSeconds(tokens: s.tokens).seconds
-        }
-        let overhead = base.isEmpty ? 0 : max(residual / Double(base.count), 0)
+        let base = points[0].tokens == 1 ? members[0] : decode.count >= Self.minimumSteps ? decode : steps
+        let residual = Self.residual(base, model: &model)
+        let overhead = max(residual, 0)
         let link = Double(layers) * roundTrip
-        for c in 1..<max(sizes.count, 1) where fitted[c] {
+        // A one-token class the model already over-predicts (no room for an overhead) is
+        // fitted as the larger ones.
+        for c in points.indices where points[c].tokens > 1 || residual < 0 {
             var waited = 0.0, work = 0.0
-            for s in classes[c] {
-                waited += s.seconds - overhead - link - model.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
+            for s in members[c] {
+                waited += s.engineSeconds - overhead - link - model.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
                 work += raw.expertSeconds(tokens: s.tokens).seconds
             }
             if waited > 0 && work > 0 { points[c].wallFactor = waited / work }
@@ -156,16 +175,28 @@ public struct StepLog: Sendable, Equatable {
         return (sharing(), overhead)
     }
 
-    /// The logged steps by size class (as `fit` groups them around `sizes`): how many,
-    /// the smallest and largest size, and their mean wall time live and by `cost` plus
-    /// `overhead` per step. How well a fitted profile reproduces the log, class by class.
-    public func classes(sizes: [Int], cost: inout CostModel, overhead: Double) -> [(tokens: ClosedRange<Int>, steps: Int, live: Double, predicted: Double)] {
+    /// The mean of `steps`' engine time beyond `model`'s time for them (0 for no steps).
+    static func residual(_ steps: [Step], model: inout CostModel) -> Double {
+        guard !steps.isEmpty else { return 0 }
+        var sum = 0.0
+        for s in steps {
+            sum += s.engineSeconds - model.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
+                - model.expertSeconds(tokens: s.tokens).seconds
+        }
+        return sum / Double(steps.count)
+    }
+
+    /// The logged steps by size class (`classSizes`): how many, the smallest and largest size,
+    /// and their mean engine time (`Step.engineSeconds`) live and by `cost` plus `overhead` per
+    /// step. How well a fitted profile reproduces the log, class by class.
+    public func classes(cost: inout CostModel, overhead: Double) -> [(tokens: ClosedRange<Int>, steps: Int, live: Double, predicted: Double)] {
+        let sizes = classSizes
         var groups = [[Step]](repeating: [], count: sizes.count)
         for s in steps { groups[Self.sizeClass(s.tokens, sizes: sizes)].append(s) }
         return groups.filter { !$0.isEmpty }.map { g in
             var live = 0.0, predicted = 0.0
             for s in g {
-                live += s.seconds
+                live += s.engineSeconds
                 predicted += cost.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
                     + cost.expertSeconds(tokens: s.tokens).seconds + overhead
             }
@@ -173,5 +204,4 @@ public struct StepLog: Sendable, Equatable {
             return (g.map(\.tokens).min()! ... g.map(\.tokens).max()!, g.count, live / n, predicted / n)
         }
     }
-
 }

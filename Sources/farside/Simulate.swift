@@ -224,7 +224,7 @@ struct Simulate: ParsableCommand {
                             fitted = log.steps.count
                             var cost = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares,
                                                              linkLatency: rtt / 2, sharing: fittedSharing)
-                            checks = log.classes(sizes: probe.factors.map(\.tokens), cost: &cost, overhead: overhead)
+                            checks = log.classes(cost: &cost, overhead: overhead)
                         } else {
                             stepOverhead = try Self.stepOverhead(model: m, spec: spec, profile: profile, nodes: localNodes, roundTrip: rtt,
                                                                  sharing: sharing, shares: shares)

@@ -67,7 +67,7 @@ def test_the_simulator_predicts_a_live_replay_within_the_bound(model, tmp_path):
     # wall time), per step size, fitted to the logged steps where they hold enough of a size ...
     sharing = out["profile"].get("hostSharing")
     tokens = [p["tokens"] for p in sharing["factors"]] if sharing else []
-    assert sharing and sharing["nodes"] == 3 and len(tokens) == 5 and tokens == sorted(set(tokens)) and tokens[0] >= 1, sharing
+    assert sharing and sharing["nodes"] == 3 and len(tokens) >= 2 and tokens == sorted(set(tokens)) and tokens[0] >= 1, sharing
     assert all(0 < p["factor"] < 100 and 0 < p["wallFactor"] < 100 for p in sharing["factors"]), sharing
     assert sharing.get("stepLog") == str(tmp_path / "steps-calibration.csv"), sharing
     # ... with routes drawn by the routing the calibration replay recorded.
@@ -108,9 +108,9 @@ def test_calibrate_checks_its_routing_file_and_step_log_before_starting_nodes(mo
     assert r.returncode != 0 and str(wrong) in r.stderr, r.stderr
     r = subprocess.run(base + ["--step-log", str(tmp_path / "steps.csv")], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--step-log" in r.stderr and "--local-nodes" in r.stderr, r.stderr
-    head = "# farside-step-log-v1 nodes=3\ntokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds\n"
-    for text, needle in [(head + "1,1,17,16,0.002,3,0.001\n1,1,17\n", ":4: 3 fields"),
-                         (head.replace("nodes=3", "nodes=2") + "1,1,17,16,0.002,3,0.001\n", "2 expert nodes"),
+    head = "# farside-step-log-v1 nodes=3\ntokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds,gap_seconds\n"
+    for text, needle in [(head + "1,1,17,16,0.002,3,0.001,0\n1,1,17\n", ":4: 3 fields"),
+                         (head.replace("nodes=3", "nodes=2") + "1,1,17,16,0.002,3,0.001,0\n", "2 expert nodes"),
                          ("not a step log\n", ":1: not a step log")]:
         bad = tmp_path / "steps.csv"
         bad.write_text(text)

@@ -377,20 +377,23 @@ final class SimulatorTests: XCTestCase {
     }
 
     func testAStepLogIsReadAndEveryBadLineIsNamed() throws {
-        let head = "# farside-step-log-v1 nodes=3\ntokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds\n"
-        let log = try StepLog.parse(head + "1,1,17.0,16,0.002,3,0.001\n40,2,900.5,30,0.04,6,0.02\n", file: "s.csv")
+        let head = "# farside-step-log-v1 nodes=3\ntokens,sequences,positions,kv_tokens,seconds,layer_steps,node_compute_seconds,gap_seconds\n"
+        let log = try StepLog.parse(head + "1,1,17.0,16,0.002,3,0.001,0.0001\n40,2,900.5,30,0.04,6,0.02,0\n", file: "s.csv")
         XCTAssertEqual(log.nodes, 3)
-        XCTAssertEqual(log.steps, [StepLog.Step(tokens: 1, sequences: 1, positions: 17, kvTokens: 16, seconds: 0.002, layerSteps: 3, nodeCompute: 0.001),
+        XCTAssertEqual(log.steps, [StepLog.Step(tokens: 1, sequences: 1, positions: 17, kvTokens: 16, seconds: 0.002, layerSteps: 3, nodeCompute: 0.001, gap: 0.0001),
                                    StepLog.Step(tokens: 40, sequences: 2, positions: 900.5, kvTokens: 30, seconds: 0.04, layerSteps: 6, nodeCompute: 0.02)])
+        XCTAssertEqual(log.steps[0].engineSeconds, 0.0021, accuracy: 1e-15)
+        XCTAssertEqual(log.classSizes, [1, 2, 4, 8, 16, 32, 64])
         for (text, line, needle) in [("tokens,sequences\n", 1, "first line"),
                                      ("# farside-step-log-v1 nodes=3\ntokens,seconds\n", 2, "header"),
                                      (head, 2, "no steps"),
-                                     (head + "1,1,17,16,0.002,3,0.001\n1,1,17,16,0.002,3\n", 4, "6 fields"),
-                                     (head + "0,1,17,16,0.002,3,0.001\n", 3, "tokens ≥ 1"),
-                                     (head + "2,3,17,16,0.002,3,0.001\n", 3, "sequences"),
-                                     (head + "1,1,17,16,-1,3,0.001\n", 3, "seconds > 0"),
-                                     (head + "1,1,17,16,nan,3,0.001\n", 3, "seconds > 0"),
-                                     (head + "1,1,17,16,0.002,3,x\n", 3, "node_compute_seconds")] {
+                                     (head + "1,1,17,16,0.002,3,0.001,0\n1,1,17,16,0.002,3,0\n", 4, "7 fields"),
+                                     (head + "0,1,17,16,0.002,3,0.001,0\n", 3, "tokens ≥ 1"),
+                                     (head + "2,3,17,16,0.002,3,0.001,0\n", 3, "sequences"),
+                                     (head + "1,1,17,16,-1,3,0.001,0\n", 3, "seconds > 0"),
+                                     (head + "1,1,17,16,nan,3,0.001,0\n", 3, "seconds > 0"),
+                                     (head + "1,1,17,16,0.002,3,x,0\n", 3, "node_compute_seconds"),
+                                     (head + "1,1,17,16,0.002,3,0.001,-0.5\n", 3, "gap_seconds")] {
             XCTAssertThrowsError(try StepLog.parse(text, file: "s.csv"), needle) { error in
                 guard case let SimulatorError.syntax("s.csv", l, problem) = error, l == line, problem.contains(needle) else {
                     return XCTFail("\(needle): \(error)")
@@ -413,19 +416,19 @@ final class SimulatorTests: XCTestCase {
         let cost = { (s: HostSharing) in try self.threeNodeCost(sharing: s, latency: rtt / 2) }
         // The busy factors the log below implies, the wall factors the probe's scaled alike.
         let busyFitted = HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 2.5, wallFactor: 3 * 2.5 / 2),
-                                                         .init(tokens: 5, factor: 1.1, wallFactor: probe.wallFactor(tokens: 5) * 1.1 / probe.factor(tokens: 5)),
-                                                         probe.factors[2]])
+                                                         .init(tokens: 5, factor: 1.1, wallFactor: probe.wallFactor(tokens: 5) * 1.1 / probe.factor(tokens: 5))])
         var first = try cost(busyFitted)
-        // 30 one-token steps whose nodes reported 2.5× the roofline's busy time and which took
-        // 3 ms beyond the model's time; 25 five-token steps at 1.1×, whose layers waited 4× the
-        // roofline's slowest node; 5 steps of 20 tokens (too few to replace a point).
+        // 30 one-token steps whose nodes reported 2.5× the roofline's busy time and which held
+        // the engine 3 ms beyond the model's time (2 ms in the step, 1 ms in the gap before it);
+        // 25 five-token steps at 1.1×, whose layers waited 4× the roofline's slowest node; 5
+        // steps of 20 tokens (too few to give a point).
         var steps: [StepLog.Step] = []
         func step(_ t: Int, _ f: Double, seconds: (Double, Double) -> Double) {
             let positions = Double(t * 100), kv = Double(t * 99)
             let attention = first.attentionSeconds(tokens: t, positions: positions, kvTokens: kv)
             steps.append(.init(tokens: t, sequences: t, positions: positions, kvTokens: kv,
-                               seconds: seconds(attention, first.expertSeconds(tokens: t).seconds), layerSteps: 48,
-                               nodeCompute: f * raw.expertSeconds(tokens: t).busy.reduce(0, +)))
+                               seconds: seconds(attention, first.expertSeconds(tokens: t).seconds) - 0.001, layerSteps: 48,
+                               nodeCompute: f * raw.expertSeconds(tokens: t).busy.reduce(0, +), gap: 0.001))
         }
         for _ in 0..<30 { step(1, 2.5) { $0 + $1 + 0.003 } }
         for _ in 0..<25 { step(5, 1.1) { a, _ in a + 0.003 + Double(model.moeLayers) * rtt + 4 * raw.expertSeconds(tokens: 5).seconds } }
@@ -435,20 +438,31 @@ final class SimulatorTests: XCTestCase {
         XCTAssertNil(fitted.problem)
         XCTAssertEqual(fitted.stepLog, "steps.csv")
         XCTAssertEqual(fitted.routing, "load.json")
-        XCTAssertEqual(fitted.factors.map(\.tokens), [1, 5, 16], "fitted points at their class's median size; the thin class keeps the probe's")
+        XCTAssertEqual(fitted.factors.map(\.tokens), [1, 5], "fitted points at their class's median size; none for the thin class")
         XCTAssertEqual(overhead, 0.003, accuracy: 1e-9, "the smallest class's steps beyond the model")
         XCTAssertEqual(fitted.factors[0].factor, 2.5, accuracy: 1e-12)
         XCTAssertEqual(fitted.factors[0].wallFactor!, 3.75, accuracy: 1e-12, "the probe's wall factor scaled as the busy one")
         XCTAssertEqual(fitted.factors[1].factor, 1.1, accuracy: 1e-12)
         XCTAssertEqual(fitted.factors[1].wallFactor!, 4, accuracy: 1e-9, "what the class's steps waited beyond the rest, over the roofline")
-        XCTAssertEqual(fitted.factors[2], probe.factors[2])
         // The fitted profile gives back the logged steps' times, class by class.
         var final = try cost(fitted)
-        let classes = log.classes(sizes: [1, 4, 16], cost: &final, overhead: overhead)
+        let classes = log.classes(cost: &final, overhead: overhead)
         XCTAssertEqual(classes.map(\.steps), [30, 25, 5])
         XCTAssertEqual(classes.map(\.tokens), [1...1, 5...5, 20...20])
         for c in classes.prefix(2) { XCTAssertEqual(c.predicted, c.live, accuracy: 1e-9 * c.live) }
-        _ = first
+
+        // One-token steps quicker than the model with no overhead at all: the overhead is 0 and
+        // the one-token class's wall factor is fitted to them too.
+        steps = []
+        for _ in 0..<30 { step(1, 2.5) { a, _ in a + Double(model.moeLayers) * rtt + 0.5 * raw.expertSeconds(tokens: 1).seconds } }
+        let quick = StepLog(nodes: 3, steps: steps)
+        let (refit, none) = try quick.fit(probe: probe, raw: &raw, cost: cost, layers: model.moeLayers, roundTrip: rtt, file: "steps.csv")
+        XCTAssertEqual(none, 0)
+        XCTAssertEqual(refit.factors.map(\.tokens), [1])
+        XCTAssertEqual(refit.factors[0].wallFactor!, 0.5, accuracy: 1e-9)
+        var again = try cost(refit)
+        let one = quick.classes(cost: &again, overhead: none)[0]
+        XCTAssertEqual(one.predicted, one.live, accuracy: 1e-9 * one.live)
     }
 
     func testATraceWithCRLFLineEndsIsRead() throws {
