@@ -354,9 +354,12 @@ def cluster_file(path, profile_path, profile, args, shared_host):
     # What a one-token step costs beyond the roofline (`calibrate --model`), per step.
     step = profile.get("stepOverheadSeconds") if args.step_overhead else None
     overhead = f", overhead_us: {step * 1e6:.1f}" if step else ""
+    # How the live steps scatter (`calibrate --step-log`), for the coordinator's steps.
+    j = profile.get("stepJitter") if args.jitter else None
+    jitter = f", jitter: {{sigma: {j['sigma']:.4f}, autocorrelation: {j['autocorrelation']:.4f}}}" if j else ""
     path.write_text(
         "# The live run's cluster: coordinator and 3 local expert nodes, all on this machine.\n"
-        f"coordinator: {{profile_file: {profile_path}, kv_budget: {args.kv_budget}{overhead}}}\n"
+        f"coordinator: {{profile_file: {profile_path}, kv_budget: {args.kv_budget}{overhead}{jitter}}}\n"
         "nodes:\n"
         f"  - {{id: local, count: 3, profile_file: {profile_path}{host}{link}}}\n"
         f"scheduler: {{max_batch_tokens: {args.max_batch_tokens}, max_seqs: {args.max_seqs}, max_waiting: 256}}\n")
@@ -407,6 +410,8 @@ def main():
     ap.add_argument("--out", help="directory for the trace, profile, cluster file, logs and results (default: a new temporary one)")
     ap.add_argument("--step-overhead", action=argparse.BooleanOptionalAction, default=True,
                     help="give the coordinator the calibrated per-step overhead (stepOverheadSeconds)")
+    ap.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=True,
+                    help="scatter the simulated steps as the calibration replay's one-token steps did (stepJitter)")
     ap.add_argument("--json", action="store_true", help="print only the final JSON summary")
     args = ap.parse_args()
     if not Path(args.bin).exists():

@@ -33,6 +33,9 @@ public struct ClusterSpec: Sendable, Equatable {
     public var limits: Scheduler.Limits
     /// Requests that may wait; more are refused (`--max-waiting`).
     public var maxWaiting: Int
+    /// How the coordinator's step times scatter around the cost model's (`coordinator:
+    /// jitter:`); nil: every step takes exactly the model's time.
+    public var stepJitter: StepJitter? = nil
 
     /// Reads a cluster file.
     public static func load(_ path: String) throws -> ClusterSpec {
@@ -131,10 +134,19 @@ public struct ClusterSpec: Sendable, Equatable {
 
         guard let c = top.node("coordinator") else { throw SimulatorError.missingKey(file: file, line: 1, key: "coordinator") }
         let coordinator = try machine(try Fields(c, file: file, key: "coordinator",
-                                                 known: ["class", "profile", "profile_file", "gpus", "kv_budget", "site", "overhead_us"]),
+                                                 known: ["class", "profile", "profile_file", "gpus", "kv_budget", "site", "overhead_us", "jitter"]),
                                       id: "coordinator")
         var coord = coordinator
-        coord.memoryBytes = try Fields(c, file: file, key: "coordinator", known: nil).size("kv_budget") ?? 0
+        let coordinatorFields = try Fields(c, file: file, key: "coordinator", known: nil)
+        coord.memoryBytes = try coordinatorFields.size("kv_budget") ?? 0
+        var jitter: StepJitter?
+        if let j = coordinatorFields.node("jitter") {
+            let g = try Fields(j, file: file, key: "coordinator.jitter", known: ["sigma", "autocorrelation"])
+            let sigma = try g.required("sigma"), rho = try g.number("autocorrelation") ?? 0
+            guard sigma <= 2 else { throw SimulatorError.invalidValue(file: file, line: g.line("sigma"), key: "sigma", problem: "must be in 0...2 (the spread of log step time), got \(sigma)") }
+            guard rho < 1 else { throw SimulatorError.invalidValue(file: file, line: g.line("autocorrelation"), key: "autocorrelation", problem: "must be in 0..<1, got \(rho)") }
+            jitter = StepJitter(sigma: sigma, autocorrelation: rho)
+        }
 
         guard let list = top.node("nodes") else { throw SimulatorError.missingKey(file: file, line: 1, key: "nodes") }
         guard case .sequence(let seq) = list, !seq.isEmpty else {
@@ -166,7 +178,7 @@ public struct ClusterSpec: Sendable, Equatable {
             limits.maxSequences = try f.integer("max_seqs") ?? limits.maxSequences
             maxWaiting = try f.integer("max_waiting") ?? maxWaiting
         }
-        return ClusterSpec(file: file, coordinator: coord, nodes: nodes, limits: limits, maxWaiting: maxWaiting)
+        return ClusterSpec(file: file, coordinator: coord, nodes: nodes, limits: limits, maxWaiting: maxWaiting, stepJitter: jitter)
     }
 
     static func line(of e: YamlError) -> Int {

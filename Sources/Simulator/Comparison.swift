@@ -48,7 +48,7 @@ public enum Comparison {
         var events = 0
         let memory = try plan(.memory, load: nil)
         var pilotCost = CostModel(model: model, cluster: cluster, placement: memory, shares: shares)
-        let pilot = Simulation.run(requests: requests, cost: &pilotCost, strategy: "memory", released: released)
+        let pilot = Simulation.run(requests: requests, cost: &pilotCost, strategy: "memory", released: released, seed: seed)
         events += pilot.events
         let load = ExpertLoad(tokens: pilot.routed, steps: Double(max(pilot.result.steps, 1)),
                               seconds: pilot.result.simulatedSeconds > 0 ? pilot.result.simulatedSeconds : nil)
@@ -59,7 +59,7 @@ public enum Comparison {
                 continue
             }
             var cost = CostModel(model: model, cluster: cluster, placement: try plan(strategy, load: load), shares: shares)
-            let run = Simulation.run(requests: requests, cost: &cost, strategy: strategy.description, released: released)
+            let run = Simulation.run(requests: requests, cost: &cost, strategy: strategy.description, released: released, seed: seed)
             events += run.events
             results.append(run.result)
         }

@@ -74,8 +74,9 @@ public struct Simulation {
     /// Runs `requests` on `cost`'s cluster and placement. `released` says how nodes holding no
     /// expert are charged (as the planner's `releasedNodes`). Returns the result and the number
     /// of events handled (arrivals, steps, completions).
+    /// The coordinator's step times scatter by the cluster's `stepJitter`, drawn from `seed`.
     public static func run(requests: [TraceRequest], cost: inout CostModel, strategy: String,
-                           released: ReleasedNodePower = .off) -> (result: StrategyResult, events: Int, routed: [[Double]]) {
+                           released: ReleasedNodePower = .off, seed: UInt64 = 0) -> (result: StrategyResult, events: Int, routed: [[Double]]) {
         let cluster = cost.cluster, model = cost.model
         var scheduler = Scheduler(limits: cluster.limits)
         var seqs = [SequenceState](repeating: SequenceState(), count: requests.count)
@@ -95,6 +96,7 @@ public struct Simulation {
         // interval it starts in (steps are far shorter than intervals).
         let interval = max(requests.last?.arrival ?? 0, 1e-3) / Double(intervals)
         var busyOverTime: [[Double]] = []
+        var jitter = cluster.stepJitter.map { StepJitter.Stream($0, seed: seed) }
 
         while next < requests.count || !scheduler.isIdle {
             while next < requests.count && requests[next].arrival <= now {
@@ -148,8 +150,10 @@ public struct Simulation {
             while busyOverTime.count <= bucket { busyOverTime.append([Double](repeating: 0, count: cluster.nodes.count + 1)) }
             busyOverTime[bucket][0] += attention
             for n in 0..<cluster.nodes.count { busyOverTime[bucket][n + 1] += experts.busy[n] }
-            now += attention + experts.seconds
-            engineBusy += attention + experts.seconds
+            // The step's wall time scatters (`StepJitter`); the nodes' busy time is the model's.
+            let duration = (attention + experts.seconds) * (jitter?.next() ?? 1)
+            now += duration
+            engineBusy += duration
             coordinatorBusy += attention
             stepsOfSize[min(count, stepsOfSize.count - 1)] += 1
             stepTokens += Double(count)

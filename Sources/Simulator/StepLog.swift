@@ -186,6 +186,33 @@ public struct StepLog: Sendable, Equatable {
         return sum / Double(steps.count)
     }
 
+    /// How the logged one-token steps' engine times scatter (`StepJitter`): the standard
+    /// deviation of their log, and the lag-one autocorrelation of it between one-token steps
+    /// that follow each other. Nil with fewer than `minimumSteps` such pairs.
+    public var jitter: StepJitter? {
+        var logs: [Double] = [], pairs: [(Double, Double)] = []
+        var previous: Double?
+        for s in steps {
+            guard s.tokens == 1 else { previous = nil; continue }
+            let l = log(s.engineSeconds)
+            logs.append(l)
+            if let p = previous { pairs.append((p, l)) }
+            previous = l
+        }
+        guard pairs.count >= Self.minimumSteps else { return nil }
+        let mean = logs.reduce(0, +) / Double(logs.count)
+        let sigma = (logs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(logs.count)).squareRoot()
+        let ma = pairs.map(\.0).reduce(0, +) / Double(pairs.count), mb = pairs.map(\.1).reduce(0, +) / Double(pairs.count)
+        var sab = 0.0, saa = 0.0, sbb = 0.0
+        for (a, b) in pairs {
+            sab += (a - ma) * (b - mb)
+            saa += (a - ma) * (a - ma)
+            sbb += (b - mb) * (b - mb)
+        }
+        let rho = saa > 0 && sbb > 0 ? sab / (saa * sbb).squareRoot() : 0
+        return StepJitter(sigma: min(sigma, 2), autocorrelation: min(max(rho, 0), 0.99))
+    }
+
     /// The logged steps by size class (`classSizes`): how many, the smallest and largest size,
     /// and their mean engine time (`Step.engineSeconds`) live and by `cost` plus `overhead` per
     /// step. How well a fitted profile reproduces the log, class by class.

@@ -180,6 +180,7 @@ struct Simulate: ParsableCommand {
                 profile.flopsPerSecond = Self.gemmFlops()
                 var roundTrip: Double?, stepOverhead: Double?, sharing: HostSharing?, fitted: Int?
                 var checks: [(tokens: ClosedRange<Int>, steps: Int, live: Double, predicted: Double)] = []
+                var jitter: StepJitter?
                 if localNodes > 0 {
                     let path = try model ?? DefaultModel.path()
                     // The routing file is checked before any node starts.
@@ -225,6 +226,7 @@ struct Simulate: ParsableCommand {
                             var cost = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares,
                                                              linkLatency: rtt / 2, sharing: fittedSharing)
                             checks = log.classes(cost: &cost, overhead: overhead)
+                            jitter = log.jitter
                         } else {
                             stepOverhead = try Self.stepOverhead(model: m, spec: spec, profile: profile, nodes: localNodes, roundTrip: rtt,
                                                                  sharing: sharing, shares: shares)
@@ -235,7 +237,7 @@ struct Simulate: ParsableCommand {
                 e.outputFormatting = [.prettyPrinted, .sortedKeys]
                 do {
                     try e.encode(CalibratedProfile(profile: profile, linkRoundTripSeconds: roundTrip, stepOverheadSeconds: stepOverhead,
-                                                   hostSharing: sharing))
+                                                   hostSharing: sharing, stepJitter: jitter))
                         .write(to: URL(fileURLWithPath: out))
                 } catch {
                     throw SimulatorError.unwritableFile(file: out, reason: error.localizedDescription)
@@ -252,7 +254,8 @@ struct Simulate: ParsableCommand {
                     // How the fitted profile reproduces the logged steps, size class by size class.
                     print("logged steps by size (tokens: steps, mean step live -> simulated): " + checks.map {
                         String(format: "%d-%d: %d, %.2f -> %.2f ms", $0.tokens.lowerBound, $0.tokens.upperBound, $0.steps, $0.live * 1e3, $0.predicted * 1e3)
-                    }.joined(separator: "; "))
+                    }.joined(separator: "; ")
+                        + (jitter.map { String(format: "; one-token steps scatter: σ %.3f of log time, autocorrelation %.2f", $0.sigma, $0.autocorrelation) } ?? ""))
                 }
             }
         }
@@ -264,13 +267,16 @@ struct Simulate: ParsableCommand {
             var linkRoundTripSeconds: Double?
             var stepOverheadSeconds: Double?
             var hostSharing: HostSharing?
-            enum Keys: String, CodingKey { case linkRoundTripSeconds, stepOverheadSeconds, hostSharing }
+            /// How the logged one-token steps scatter (`--step-log`), for the coordinator's `jitter:`.
+            var stepJitter: StepJitter?
+            enum Keys: String, CodingKey { case linkRoundTripSeconds, stepOverheadSeconds, hostSharing, stepJitter }
             func encode(to encoder: Encoder) throws {
                 try profile.encode(to: encoder)
                 var c = encoder.container(keyedBy: Keys.self)
                 try c.encodeIfPresent(linkRoundTripSeconds, forKey: .linkRoundTripSeconds)
                 try c.encodeIfPresent(stepOverheadSeconds, forKey: .stepOverheadSeconds)
                 try c.encodeIfPresent(hostSharing, forKey: .hostSharing)
+                try c.encodeIfPresent(stepJitter, forKey: .stepJitter)
             }
         }
 

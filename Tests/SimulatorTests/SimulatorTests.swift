@@ -465,6 +465,59 @@ final class SimulatorTests: XCTestCase {
         XCTAssertEqual(one.predicted, one.live, accuracy: 1e-9 * one.live)
     }
 
+    func testStepJitterScattersStepsWithItsSpreadAndMemoryAndMeanOne() throws {
+        var stream = StepJitter.Stream(StepJitter(sigma: 0.15, autocorrelation: 0.75), seed: 7)
+        let draws = (0..<200_000).map { _ in stream.next() }
+        let mean = draws.reduce(0, +) / Double(draws.count)
+        XCTAssertEqual(mean, 1, accuracy: 0.01, "a step's expected time is the model's")
+        let logs = draws.map { log($0) }, m = logs.reduce(0, +) / Double(logs.count)
+        let sd = (logs.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(logs.count)).squareRoot()
+        XCTAssertEqual(sd, 0.15, accuracy: 0.01)
+        var sab = 0.0, saa = 0.0
+        for i in 1..<logs.count { sab += (logs[i - 1] - m) * (logs[i] - m); saa += (logs[i - 1] - m) * (logs[i - 1] - m) }
+        XCTAssertEqual(sab / saa, 0.75, accuracy: 0.02)
+        var again = StepJitter.Stream(StepJitter(sigma: 0.15, autocorrelation: 0.75), seed: 7)
+        XCTAssertEqual((0..<100).map { _ in again.next() }, Array(draws.prefix(100)), "a seed gives the same draws")
+
+        // Read from a log's one-token steps: alternating times have no positive memory.
+        let alternating = (0..<40).map { i in StepLog.Step(tokens: 1, sequences: 1, positions: 10, kvTokens: 9, seconds: exp(i % 2 == 0 ? 0 : 0.2),
+                                                            layerSteps: 3, nodeCompute: 0.001) }
+        let j = try XCTUnwrap(StepLog(nodes: 3, steps: alternating).jitter)
+        XCTAssertEqual(j.sigma, 0.1, accuracy: 1e-12)
+        XCTAssertEqual(j.autocorrelation, 0)
+        let drifting = (0..<40).map { i in StepLog.Step(tokens: 1, sequences: 1, positions: 10, kvTokens: 9, seconds: 0.002 * (1 + Double(i / 10) * 0.1),
+                                                         layerSteps: 3, nodeCompute: 0.001) }
+        XCTAssertGreaterThan(try XCTUnwrap(StepLog(nodes: 3, steps: drifting).jitter).autocorrelation, 0.8)
+        XCTAssertNil(StepLog(nodes: 3, steps: Array(alternating.prefix(5))).jitter, "too few one-token steps")
+
+        // In a cluster file; the simulated TPOT moves with it, the nodes' busy time does not.
+        let base = "coordinator: {class: vm-2vcpu%@}\nnodes:\n  - {id: n, count: 3, class: vm-2vcpu}\n"
+        let plain = try ClusterSpec.parse(base.replacingOccurrences(of: "%@", with: ""), file: "c.yaml")
+        let jittered = try ClusterSpec.parse(base.replacingOccurrences(of: "%@", with: ", jitter: {sigma: 0.3, autocorrelation: 0.8}"), file: "c.yaml")
+        XCTAssertEqual(jittered.stepJitter, StepJitter(sigma: 0.3, autocorrelation: 0.8))
+        XCTAssertNil(plain.stepJitter)
+        for (bad, key) in [(", jitter: {sigma: 3}", "sigma"), (", jitter: {sigma: 0.1, autocorrelation: 1}", "autocorrelation"),
+                           (", jitter: {sigma: 0.1, memory: 2}", "memory"), (", jitter: {autocorrelation: 0.5}", "sigma")] {
+            XCTAssertThrowsError(try ClusterSpec.parse(base.replacingOccurrences(of: "%@", with: bad), file: "c.yaml"), bad) { error in
+                XCTAssertTrue("\(error)".hasPrefix("c.yaml:1: ") && "\(error)".contains(key), "\(bad): \(error)")
+            }
+        }
+        let model = try ModelSpec.load("qwen3-30b-a3b")
+        let requests = try Trace.poisson(rate: 0.05, duration: 200, prompt: .uniform(16, 64), output: .uniform(8, 32), seed: 3)
+        func run(_ cluster: ClusterSpec) throws -> StrategyResult {
+            let placement = try Planner.plan(layout: model.layout, nodes: cluster.nodes.map { PlacementNode(id: $0.id, memoryBytes: 0, profile: $0.profile) },
+                                             available: [true, true, true], load: nil, strategy: .memory, current: nil)
+            var cost = CostModel(model: model, cluster: cluster, placement: placement,
+                                 shares: try RoutingShares.zipf(layers: model.moeLayers, experts: model.experts, skew: 0, seed: 0))
+            return Simulation.run(requests: requests, cost: &cost, strategy: "memory", seed: 11).result
+        }
+        let a = try run(plain), b = try run(jittered)
+        XCTAssertNotEqual(a.tpotP50, b.tpotP50)
+        XCTAssertEqual(a.completed, b.completed)
+        XCTAssertEqual(a.nodes[1].busySeconds, b.nodes[1].busySeconds, accuracy: 0.05 * a.nodes[1].busySeconds, "the same steps, give or take batching")
+        XCTAssertEqual(try run(jittered), b, "a seed gives the same result")
+    }
+
     func testATraceWithCRLFLineEndsIsRead() throws {
         let r = try Trace.parse(csv: "arrived_at,num_prefill_tokens,num_decode_tokens\r\n0.5,10,3\r\n1.25,20,4\r\n", file: "crlf.csv")
         XCTAssertEqual(r, [TraceRequest(arrival: 0.5, promptTokens: 10, outputTokens: 3), TraceRequest(arrival: 1.25, promptTokens: 20, outputTokens: 4)])
