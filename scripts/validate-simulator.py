@@ -65,6 +65,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+# How far the machine's one-token step time may move between calibration and replay before the
+# comparison is flagged as measuring the machine (main's summary "drifted").
+DRIFT = 0.15
 COLUMNS = ["arrived_at", "num_prefill_tokens", "num_decode_tokens"]
 
 
@@ -330,6 +333,16 @@ def live_round(args, rows, vocab, workdir, r, step_log=None):
     }
 
 
+def one_token_step_ms(step_log):
+    """The mean engine time (step plus gap) of a step log's one-token steps, ms; None without."""
+    times = []
+    for line in Path(step_log).read_text().splitlines()[2:]:
+        f = line.split(",")
+        if f[0] == "1":
+            times.append(float(f[4]) + float(f[7]))
+    return statistics.mean(times) * 1e3 if times else None
+
+
 def merge_loads(loads):
     """The routing statistics sampled during the replay, added up (shares are what the simulator uses)."""
     out = dict(loads[-1])
@@ -487,6 +500,15 @@ def main():
         say(json.dumps({"measured": m}))
         measured.append(m)
     uptime_after = Path("/proc/loadavg").read_text().split()[:3]
+    # The machine's speed between the calibration and the replays: their one-token steps' mean
+    # engine time (same kind of trace, so the same work). A VM's speed drifts; past DRIFT the
+    # comparison measures the machine, not the simulator, and says so.
+    drift = None
+    if calibration and args.step_log:
+        cal_ms = one_token_step_ms(workdir / "steps-calibration.csv")
+        live_ms = [one_token_step_ms(workdir / f"steps-{m['round']}.csv") for m in measured]
+        if cal_ms and all(live_ms):
+            drift = {"calibration_ms": cal_ms, "rounds_ms": live_ms, "ratio": statistics.median(live_ms) / cal_ms}
     profile = read_profile(profile_path)
     for m in measured:
         m["busy_energy_j"] = busy_energy(sum(m["node_busy_s"].values()), profile)
@@ -537,6 +559,7 @@ def main():
                          "predicted_processor_sharing": ps[key] if ps else None,
                          "error_processor_sharing": (ps[key] - live) / live if ps and live else None})
     summary = {"trace": str(trace), "requests": len(rows), "profile": profile, "rounds": len(measured), "calibration": calibration,
+               "drift": drift, "drifted": bool(drift and abs(drift["ratio"] - 1) > DRIFT),
                "completed": [m["completed"] for m in measured], "loadavg_before": uptime_before, "loadavg_after": uptime_after,
                "comparison": rows_out, "measured": measured, "predicted": sim, "predicted_alternative": alt,
                "predicted_processor_sharing": ps,
@@ -549,6 +572,11 @@ def main():
           f"{', '.join(str(m['completed']) for m in measured)} of {len(rows)}; load average before {' '.join(uptime_before)}, "
           f"after {' '.join(uptime_after)}; results in {workdir}\n")
     extra = " predicted, one host under processor sharing | error |" if ps else ""
+    if drift:
+        print(f"one-token steps: {drift['calibration_ms']:.2f} ms in the calibration replay, "
+              f"{', '.join(f'{x:.2f}' for x in drift['rounds_ms'])} ms in the replay(s): ratio {drift['ratio']:.2f}"
+              + (f" -- the machine's speed moved by more than {DRIFT:.0%} between them: this comparison measures the machine, not the simulator"
+                 if summary["drifted"] else "") + "\n")
     print(f"| metric | measured (median) | predicted ({claimed_label}) | error | predicted, {alt_label} | error |{extra}")
     print("|---|---|---|---|---|---|" + ("---|---|" if ps else ""))
     pct = lambda e: f"{e * 100:+.1f}%" if e is not None else "-"

@@ -133,8 +133,10 @@ public struct StepLog: Sendable, Equatable {
     /// class of enough steps the probe stands. `cost(sharing)` is the simulator's cost model
     /// with the nodes on one host measured so, the link, and no coordinator overhead. The
     /// overhead is at least 0; a wall factor that would not be positive stays the scaled probe's.
-    public func fit(probe: HostSharing, raw: inout CostModel, cost: (HostSharing) throws -> CostModel, layers: Int,
-                    roundTrip: Double, file: String) rethrows -> (sharing: HostSharing, overhead: Double) {
+    /// Returns the round trip too: `roundTrip` as measured, or, when the one-token steps took
+    /// less than the model with no wait at all, what they leave for it.
+    public func fit(probe: HostSharing, raw: inout CostModel, cost: (_ sharing: HostSharing, _ roundTrip: Double) throws -> CostModel,
+                    layers: Int, roundTrip measured: Double, file: String) rethrows -> (sharing: HostSharing, overhead: Double, roundTrip: Double) {
         let sizes = classSizes
         var classes = [[Step]](repeating: [], count: sizes.count)
         for s in steps where s.layerSteps > 0 { classes[Self.sizeClass(s.tokens, sizes: sizes)].append(s) }
@@ -152,15 +154,29 @@ public struct StepLog: Sendable, Equatable {
             members.append(group)
         }
         guard !points.isEmpty else {
-            var model = try cost(probe)
-            return (probe, Self.residual(steps, model: &model))
+            var model = try cost(probe, measured)
+            return (probe, max(Self.residual(steps, model: &model), 0), measured)
         }
         func sharing() -> HostSharing { HostSharing(nodes: probe.nodes, factors: points, routing: probe.routing, stepLog: file) }
-        var model = try cost(sharing())
+        var model = try cost(sharing(), measured)
         let decode = steps.filter { $0.tokens == $0.sequences }
         let base = points[0].tokens == 1 ? members[0] : decode.count >= Self.minimumSteps ? decode : steps
         let residual = Self.residual(base, model: &model)
         let overhead = max(residual, 0)
+        var roundTrip = measured
+        if residual < 0 && points[0].tokens == 1 {
+            // The model already over-predicts the one-token steps. When even no wait for the
+            // nodes would leave them over-predicted, the probe's round trip is more than a
+            // served step's layers take (it varies by 2× between calibrations here): the round
+            // trip comes from these steps instead, with the probe's wait scaled as above.
+            var left = 0.0, waits = 0.0
+            for s in members[0] {
+                let attention = model.attentionSeconds(tokens: s.tokens, positions: s.positions, kvTokens: s.kvTokens)
+                left += s.engineSeconds - attention - Double(layers) * measured
+                waits += s.engineSeconds - attention - points[0].wallFactor! * raw.expertSeconds(tokens: s.tokens).seconds
+            }
+            if left <= 0 { roundTrip = max(waits / Double(members[0].count * max(layers, 1)), 0) }
+        }
         let link = Double(layers) * roundTrip
         // A one-token class the model already over-predicts (no room for an overhead) is
         // fitted as the larger ones.
@@ -172,7 +188,7 @@ public struct StepLog: Sendable, Equatable {
             }
             if waited > 0 && work > 0 { points[c].wallFactor = waited / work }
         }
-        return (sharing(), overhead)
+        return (sharing(), overhead, roundTrip)
     }
 
     /// The mean of `steps`' engine time beyond `model`'s time for them (0 for no steps).

@@ -181,6 +181,7 @@ struct Simulate: ParsableCommand {
                 var roundTrip: Double?, stepOverhead: Double?, sharing: HostSharing?, fitted: Int?
                 var checks: [(tokens: ClosedRange<Int>, steps: Int, live: Double, predicted: Double)] = []
                 var jitter: StepJitter?
+                var probedRoundTrip: Double?
                 if localNodes > 0 {
                     let path = try model ?? DefaultModel.path()
                     // The routing file is checked before any node starts.
@@ -208,6 +209,7 @@ struct Simulate: ParsableCommand {
                     }
                     let rtt = try Self.layerRoundTrip(model: m, cluster: cluster)
                     roundTrip = rtt
+                    probedRoundTrip = rtt
                     // Both compare with the simulator's cost model, which reads the model's config.json.
                     if let spec {
                         if localNodes >= 2 {
@@ -217,14 +219,15 @@ struct Simulate: ParsableCommand {
                         if let log, let stepLog, let probe = sharing {
                             // What serving costs, from the log's steps; the probes' where it is thin.
                             var raw = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares)
-                            let (fittedSharing, overhead) = try log.fit(probe: probe, raw: &raw, cost: {
-                                try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares, linkLatency: rtt / 2, sharing: $0)
+                            let (fittedSharing, overhead, fittedRoundTrip) = try log.fit(probe: probe, raw: &raw, cost: {
+                                try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares, linkLatency: $1 / 2, sharing: $0)
                             }, layers: spec.moeLayers, roundTrip: rtt, file: stepLog)
                             sharing = fittedSharing
                             stepOverhead = overhead
+                            roundTrip = fittedRoundTrip
                             fitted = log.steps.count
                             var cost = try Self.rooflineCost(spec: spec, profile: profile, nodes: localNodes, shares: shares,
-                                                             linkLatency: rtt / 2, sharing: fittedSharing)
+                                                             linkLatency: fittedRoundTrip / 2, sharing: fittedSharing)
                             checks = log.classes(cost: &cost, overhead: overhead)
                             jitter = log.jitter
                         } else {
@@ -246,7 +249,7 @@ struct Simulate: ParsableCommand {
                              read / 1e9, profile.memoryBandwidth / 1e9, profile.flopsPerSecond / 1e9)
                       + (roundTrip.map { String(format: ", MoE layer round trip through %d local nodes %.0f µs", localNodes, $0 * 1e6) } ?? "")
                       + (stepOverhead.map { String(format: ", step overhead %.0f µs", $0 * 1e6) } ?? "")
-                      + (fitted.map { " (fitted to \($0) logged steps)" } ?? "")
+                      + (fitted.map { " (fitted to \($0) logged steps" + (roundTrip != probedRoundTrip ? String(format: "; round trip from them, the probe's %.0f µs more than they left for it", (probedRoundTrip ?? 0) * 1e6) : "") + ")" } ?? "")
                       + (sharing.map { ", nodes' busy and wall time over the roofline's (tokens: factors) "
                           + $0.factors.map { String(format: "%d: %.2f %.2f", $0.tokens, $0.factor, $0.wallFactor ?? $0.factor) }.joined(separator: ", ") } ?? "")
                       + "; wrote " + out)

@@ -7,10 +7,11 @@ Every request must complete with exactly its tokens, and the live throughput, TP
 expert nodes' busy-time energy must lie within a factor of BOUND around the span of the
 predictions: the claimed one (the three nodes on one host, costing the slow-down `calibrate`
 measured there), nodes on machines of their own, and the nodes under processor sharing. The
-bound is loose on purpose: the claimed prediction was 10-18% short of the live busy energy and
-1-27% short of its TPOT p50 in the runs in BENCHMARKS.md ("Simulator validation against the
-live cluster"), the calibration moves predictions by tens of percent from minute to minute, and
-a timed run on a shared 2-core VM drifts by ±30%; so this catches a broken simulator (a cost
+bound is loose on purpose: on a 3-minute trace the claimed prediction came within 1-8% of the
+live TPOT p50 and busy energy in BENCHMARKS.md ("Simulator validation against the live
+cluster"), but a shared 2-core VM drifts by ±30% and once ran a whole calibration replay at half
+speed (the prediction then follows it; the script flags such a run), and this short run sees
+few steps of each size; so this catches a broken simulator (a cost
 term lost, a unit slip, the wrong placement or trace: errors of several times), not a
 regression of a few tens of percent. Before the replay, a calibration replay of 32 requests (a
 trace of another seed) logs its steps (`serve --step-log`), which calibrate fits the nodes' busy
@@ -40,13 +41,23 @@ def model(tmp_path_factory):
     return out
 
 
-def test_the_simulator_predicts_a_live_replay_within_the_bound(model, tmp_path):
+def validate(model, out_dir):
     r = subprocess.run([sys.executable, str(REPO / "scripts/validate-simulator.py"), "--bin", str(BIN), "--model", str(model),
                         "--requests", "48", "--rate", "1.2", "--prompt-tokens", "16-192", "--decode-tokens", "8-64",
-                        "--seed", "5", "--calibration-requests", "32", "--out", str(tmp_path), "--json"],
+                        "--seed", "5", "--calibration-requests", "32", "--out", str(out_dir), "--json"],
                        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    return json.loads(r.stdout)
+
+
+def test_the_simulator_predicts_a_live_replay_within_the_bound(model, tmp_path):
+    out = validate(model, tmp_path)
+    if out["drifted"]:
+        # The machine's speed moved by more than 15% between the calibration replay and the
+        # validated one (a shared VM's slow minute): measured again once, and the bound holds
+        # on that run whatever it shows.
+        tmp_path = tmp_path / "again"
+        out = validate(model, tmp_path)
     live = out["measured"][0]
     assert live["errors"] == 0, live["error_samples"]
     assert live["wrong_length"] == 0, f"{live['wrong_length']} streams did not end with exactly their tokens and 'length'"
@@ -63,6 +74,8 @@ def test_the_simulator_predicts_a_live_replay_within_the_bound(model, tmp_path):
     assert sum(s[0] for s in steps) >= sum(1 for _ in steps) and all(s[5] > 0 for s in steps)
     logged, beats = sum(s[6] for s in steps), sum(cal["node_busy_s"].values())
     assert abs(logged - beats) <= 0.05 * beats, (logged, beats)
+    # The machine's speed between calibration and replay is reported (one-token steps' time).
+    assert out["drift"] and 0 < out["drift"]["ratio"] < 100 and out["drifted"] == (abs(out["drift"]["ratio"] - 1) > 0.15), out["drift"]
     # calibrate measured how the three nodes sharing this machine slow each other (busy and
     # wall time), per step size, fitted to the logged steps where they hold enough of a size ...
     sharing = out["profile"].get("hostSharing")

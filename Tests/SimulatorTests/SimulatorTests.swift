@@ -413,11 +413,11 @@ final class SimulatorTests: XCTestCase {
                                                     .init(tokens: 16, factor: 1.2, wallFactor: 1.8)],
                                 routing: "load.json")
         let rtt = 100e-6
-        let cost = { (s: HostSharing) in try self.threeNodeCost(sharing: s, latency: rtt / 2) }
+        let cost = { (s: HostSharing, roundTrip: Double) in try self.threeNodeCost(sharing: s, latency: roundTrip / 2) }
         // The busy factors the log below implies, the wall factors the probe's scaled alike.
         let busyFitted = HostSharing(nodes: 3, factors: [.init(tokens: 1, factor: 2.5, wallFactor: 3 * 2.5 / 2),
                                                          .init(tokens: 5, factor: 1.1, wallFactor: probe.wallFactor(tokens: 5) * 1.1 / probe.factor(tokens: 5))])
-        var first = try cost(busyFitted)
+        var first = try cost(busyFitted, rtt)
         // 30 one-token steps whose nodes reported 2.5× the roofline's busy time and which held
         // the engine 3 ms beyond the model's time (2 ms in the step, 1 ms in the gap before it);
         // 25 five-token steps at 1.1×, whose layers waited 4× the roofline's slowest node; 5
@@ -434,7 +434,8 @@ final class SimulatorTests: XCTestCase {
         for _ in 0..<25 { step(5, 1.1) { a, _ in a + 0.003 + Double(model.moeLayers) * rtt + 4 * raw.expertSeconds(tokens: 5).seconds } }
         for _ in 0..<5 { step(20, 9) { a, e in a + e + 1 } }
         let log = StepLog(nodes: 3, steps: steps)
-        let (fitted, overhead) = try log.fit(probe: probe, raw: &raw, cost: cost, layers: model.moeLayers, roundTrip: rtt, file: "steps.csv")
+        let (fitted, overhead, sameTrip) = try log.fit(probe: probe, raw: &raw, cost: cost, layers: model.moeLayers, roundTrip: rtt, file: "steps.csv")
+        XCTAssertEqual(sameTrip, rtt)
         XCTAssertNil(fitted.problem)
         XCTAssertEqual(fitted.stepLog, "steps.csv")
         XCTAssertEqual(fitted.routing, "load.json")
@@ -445,7 +446,7 @@ final class SimulatorTests: XCTestCase {
         XCTAssertEqual(fitted.factors[1].factor, 1.1, accuracy: 1e-12)
         XCTAssertEqual(fitted.factors[1].wallFactor!, 4, accuracy: 1e-9, "what the class's steps waited beyond the rest, over the roofline")
         // The fitted profile gives back the logged steps' times, class by class.
-        var final = try cost(fitted)
+        var final = try cost(fitted, rtt)
         let classes = log.classes(cost: &final, overhead: overhead)
         XCTAssertEqual(classes.map(\.steps), [30, 25, 5])
         XCTAssertEqual(classes.map(\.tokens), [1...1, 5...5, 20...20])
@@ -456,13 +457,27 @@ final class SimulatorTests: XCTestCase {
         steps = []
         for _ in 0..<30 { step(1, 2.5) { a, _ in a + Double(model.moeLayers) * rtt + 0.5 * raw.expertSeconds(tokens: 1).seconds } }
         let quick = StepLog(nodes: 3, steps: steps)
-        let (refit, none) = try quick.fit(probe: probe, raw: &raw, cost: cost, layers: model.moeLayers, roundTrip: rtt, file: "steps.csv")
+        let (refit, none, trip) = try quick.fit(probe: probe, raw: &raw, cost: cost, layers: model.moeLayers, roundTrip: rtt, file: "steps.csv")
         XCTAssertEqual(none, 0)
+        XCTAssertEqual(trip, rtt)
         XCTAssertEqual(refit.factors.map(\.tokens), [1])
         XCTAssertEqual(refit.factors[0].wallFactor!, 0.5, accuracy: 1e-9)
-        var again = try cost(refit)
+        var again = try cost(refit, trip)
         let one = quick.classes(cost: &again, overhead: none)[0]
         XCTAssertEqual(one.predicted, one.live, accuracy: 1e-9 * one.live)
+
+        // Quicker still: not even the probe's round trip fits in them. The round trip comes
+        // from the steps (a quarter of the probe's here), the wait stays the probe's scaled.
+        steps = []
+        for _ in 0..<30 { step(1, 2.5) { a, _ in a + Double(model.moeLayers) * rtt / 4 + 3.75 * raw.expertSeconds(tokens: 1).seconds } }
+        let quicker = StepLog(nodes: 3, steps: steps)
+        let (third, zero, shorter) = try quicker.fit(probe: probe, raw: &raw, cost: cost, layers: model.moeLayers, roundTrip: 4 * Double(model.moeLayers) * rtt, file: "s.csv")
+        XCTAssertEqual(zero, 0)
+        XCTAssertEqual(shorter, rtt / 4, accuracy: 1e-12)
+        XCTAssertEqual(third.factors[0].wallFactor!, 3.75, accuracy: 1e-9)
+        var last = try cost(third, shorter)
+        let c = quicker.classes(cost: &last, overhead: zero)[0]
+        XCTAssertEqual(c.predicted, c.live, accuracy: 1e-9 * c.live)
     }
 
     func testStepJitterScattersStepsWithItsSpreadAndMemoryAndMeanOne() throws {
