@@ -97,6 +97,13 @@ public struct StepLog: Sendable, Equatable {
         return c
     }
 
+    /// `steps` by size class, one group per size of `sizes` (`sizeClass`).
+    static func grouped(_ steps: [Step], sizes: [Int]) -> [[Step]] {
+        var groups = [[Step]](repeating: [], count: sizes.count)
+        for s in steps { groups[sizeClass(s.tokens, sizes: sizes)].append(s) }
+        return groups
+    }
+
     /// The size classes the fit groups steps into: powers of two from 1 to the largest logged
     /// step's (a step belongs to the nearest in log scale). Finer than the probe's sizes where
     /// steps are many and small: one- and two-token steps differ by half again, and one class
@@ -137,9 +144,7 @@ public struct StepLog: Sendable, Equatable {
     /// less than the model with no wait at all, what they leave for it.
     public func fit(probe: HostSharing, raw: inout CostModel, cost: (_ sharing: HostSharing, _ roundTrip: Double) throws -> CostModel,
                     layers: Int, roundTrip measured: Double, file: String) rethrows -> (sharing: HostSharing, overhead: Double, roundTrip: Double) {
-        let sizes = classSizes
-        var classes = [[Step]](repeating: [], count: sizes.count)
-        for s in steps where s.layerSteps > 0 { classes[Self.sizeClass(s.tokens, sizes: sizes)].append(s) }
+        let classes = Self.grouped(steps.filter { $0.layerSteps > 0 }, sizes: classSizes)
         var points: [HostSharing.Point] = [], members: [[Step]] = []
         for group in classes where group.count >= Self.minimumSteps {
             var reported = 0.0, roofline = 0.0
@@ -233,10 +238,7 @@ public struct StepLog: Sendable, Equatable {
     /// and their mean engine time (`Step.engineSeconds`) live and by `cost` plus `overhead` per
     /// step. How well a fitted profile reproduces the log, class by class.
     public func classes(cost: inout CostModel, overhead: Double) -> [(tokens: ClosedRange<Int>, steps: Int, live: Double, predicted: Double)] {
-        let sizes = classSizes
-        var groups = [[Step]](repeating: [], count: sizes.count)
-        for s in steps { groups[Self.sizeClass(s.tokens, sizes: sizes)].append(s) }
-        return groups.filter { !$0.isEmpty }.map { g in
+        return Self.grouped(steps, sizes: classSizes).filter { !$0.isEmpty }.map { g in
             var live = 0.0, predicted = 0.0
             for s in g {
                 live += s.engineSeconds
